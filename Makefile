@@ -1,0 +1,40 @@
+# streamrec: `make help` lists the targets. Every target installs what it needs (idempotent).
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test lint bench kafka-start kafka-stop kafka-status clean
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+setup: ## Create .venv, install pinned packages (CPU or GPU torch/fbgemm variant) and the Kafka jars
+	@bash deploy/setup.sh
+
+demo: setup ## Run the whole pipeline locally on MovieLens-100K (Kafka, worker, trainer, serving) with live progress
+	@$(PY) -m deploy demo
+
+test: setup ## Run the whole CPU test suite (real Kafka broker included)
+	@$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup ## ruff + mypy
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check . || true
+	@$(VENV)/bin/mypy streaming trainer serving kernels deploy
+
+bench: setup ## Benchmarks (throughput, latency, ratios); results are printed and written to reports/bench/
+	@$(PY) -m deploy bench
+
+kafka-start: setup ## Start the local Kafka broker on 127.0.0.1:9092 (PORT=... to change)
+	@$(PY) -m deploy kafka start --port $${PORT:-9092}
+
+kafka-stop: ## Stop the local Kafka broker
+	@$(PY) -m deploy kafka stop
+
+kafka-status: ## Show the local Kafka broker's status
+	@$(PY) -m deploy kafka status
+
+clean: ## Remove caches and run outputs (keeps .venv and downloaded jars)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache reports runs snapshots checkpoints

@@ -1,0 +1,1 @@
+"""Local cluster tooling: the real Kafka broker from Maven jars, the demo, Prometheus/Grafana configuration."""

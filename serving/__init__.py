@@ -1,0 +1,1 @@
+"""Serving worker: hot-swapped snapshots and the user-level scoring HTTP API."""

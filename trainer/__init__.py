@@ -1,0 +1,1 @@
+"""Model and continual trainer: the servable ``Ranker``, feature spec, ``Batch``, training loop and snapshots."""
