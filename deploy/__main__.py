@@ -20,6 +20,9 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help="data, logs and pid file")
     k.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="jar cache")
     k.add_argument("--heap", default="512m", help="JVM heap")
+    sub.add_parser("demo", help="the whole pipeline on MovieLens-100K with live progress (see deploy/demo.py)",
+                   add_help=False)
+    sub.add_parser("bench", help="run every benchmarks/bench_*.py and collect reports/bench/*.json", add_help=False)
     return p
 
 
@@ -46,6 +49,15 @@ def smoke(bootstrap: str) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:
+        from deploy import demo
+
+        return demo.main(argv[1:])
+    if argv[:1] == ["bench"]:
+        from deploy import bench
+
+        return bench.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "kafka":
