@@ -7,7 +7,15 @@ import json
 import sys
 from pathlib import Path
 
-from deploy.kafka import DEFAULT_CACHE, DEFAULT_STATE, KAFKA_VERSION, BrokerConfig, BrokerError, KafkaBroker, fetch_jars
+from deploy.kafka import (
+    DEFAULT_CACHE,
+    DEFAULT_STATE,
+    KAFKA_VERSION,
+    BrokerConfig,
+    BrokerError,
+    KafkaBroker,
+    fetch_jars,
+)
 
 
 def _parser() -> argparse.ArgumentParser:
