@@ -1,0 +1,314 @@
+"""Generate the Grafana dashboards (deploy/grafana/dashboards/*.json) from the metric names the services export.
+
+Run ``.venv/bin/python deploy/grafana/generate.py`` after changing a panel; the JSON is committed next to this
+script and provisioned by deploy/grafana/provisioning/dashboards/streamrec.yml. ``tests/deploy`` checks that the
+committed JSON equals this script's output and that every panel query returns data from a live pipeline.
+
+Metric sources: ``streaming/metrics.py`` (``streamrec_stream_*``), ``trainer/metrics.py``
+(``streamrec_trainer_*``), ``serving/metrics.py`` (``streamrec_serving_*``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OUT_DIR = Path(__file__).resolve().parent / "dashboards"
+DS = {"type": "prometheus", "uid": "streamrec-prometheus"}
+
+
+@dataclass
+class Q:
+    """One PromQL target: expression and legend."""
+
+    expr: str
+    legend: str = ""
+    instant: bool = False
+
+
+@dataclass
+class Panel:
+    """A time series (default), stat or table panel."""
+
+    title: str
+    queries: list[Q]
+    unit: str = "short"
+    kind: str = "timeseries"
+    description: str = ""
+    w: int = 12
+    h: int = 8
+    decimals: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Row:
+    """A dashboard row; ``collapsed`` rows nest their panels inside the row (Grafana's JSON layout)."""
+
+    title: str
+    panels: list[Panel]
+    collapsed: bool = False
+
+
+def _panel_json(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
+    targets = []
+    for i, q in enumerate(p.queries):
+        t: dict[str, Any] = {"datasource": DS, "expr": q.expr, "legendFormat": q.legend or "__auto",
+                             "refId": chr(ord("A") + i), "range": not q.instant, "instant": q.instant}
+        targets.append(t)
+    defaults: dict[str, Any] = {"unit": p.unit}
+    if p.decimals is not None:
+        defaults["decimals"] = p.decimals
+    out: dict[str, Any] = {
+        "id": pid,
+        "type": p.kind,
+        "title": p.title,
+        "description": p.description,
+        "datasource": DS,
+        "gridPos": {"h": p.h, "w": p.w, "x": x, "y": y},
+        "targets": targets,
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": {},
+    }
+    if p.kind == "timeseries":
+        out["options"] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+                          "tooltip": {"mode": "multi", "sort": "desc"}}
+    elif p.kind == "stat":
+        out["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                          "colorMode": "value", "graphMode": "area", "textMode": "auto"}
+    out.update(p.extra)
+    return out
+
+
+def _variable(name: str, query: str, label: str, multi: bool = True) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DS,
+        "query": {"query": query, "refId": f"{name}-var"},
+        "definition": query,
+        "refresh": 2,  # on time range change
+        "includeAll": multi,
+        "multi": multi,
+        "allValue": ".*" if multi else None,
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]} if multi else {},
+        "sort": 1,
+        "hide": 0,
+        "options": [],
+        "regex": "",
+    }
+
+
+def dashboard(uid: str, title: str, description: str, rows: list[Row],
+              variables: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A complete dashboard JSON (schemaVersion 39: Grafana 10/11)."""
+    panels: list[dict[str, Any]] = []
+    pid, y = 1, 0
+    for row in rows:
+        row_json: dict[str, Any] = {"id": pid, "type": "row", "title": row.title, "collapsed": row.collapsed,
+                                    "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []}
+        pid += 1
+        y += 1
+        panels.append(row_json)
+        x, row_h = 0, 0
+        for p in row.panels:
+            if x + p.w > 24:
+                x, y = 0, y + row_h
+                row_h = 0
+            pj = _panel_json(p, pid, x, y)
+            pid += 1
+            (row_json["panels"] if row.collapsed else panels).append(pj)
+            x += p.w
+            row_h = max(row_h, p.h)
+        y += row_h
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["streamrec"],
+        "timezone": "browser",
+        "editable": False,
+        "graphTooltip": 1,
+        "refresh": "5s",
+        "schemaVersion": 39,
+        "version": 1,
+        "time": {"from": "now-30m", "to": "now"},
+        "timepicker": {"refresh_intervals": ["5s", "10s", "30s", "1m", "5m"]},
+        "templating": {"list": variables or []},
+        "annotations": {"list": []},
+        "links": [{"type": "dashboards", "tags": ["streamrec"], "asDropdown": False, "title": "streamrec"}],
+        "panels": panels,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dashboards
+
+
+def pipeline() -> dict[str, Any]:
+    s = "streamrec_stream_"
+    rows = [
+        Row("Events", [
+            Panel("Events in by type (events/s)", [
+                Q(f'sum by (kind) (rate({s}events_in_total{{scenario=~"$scenario"}}[$__rate_interval]))', "{{kind}}")],
+                unit="ops"),
+            Panel("Events in by scenario (events/s)", [
+                Q(f'sum by (scenario) (rate({s}events_in_total{{scenario=~"$scenario"}}[$__rate_interval]))',
+                  "{{scenario}}")], unit="ops"),
+            Panel("Samples and targets out (/s)", [
+                Q(f"sum(rate({s}samples_out_total[$__rate_interval]))", "samples"),
+                Q(f"sum(rate({s}targets_out_total[$__rate_interval]))", "targets")], unit="ops"),
+            Panel("Targets per sample (mean)", [
+                Q(f"sum(rate({s}targets_per_sample_sum[$__rate_interval])) / "
+                  f"sum(rate({s}targets_per_sample_count[$__rate_interval]))", "mean")], decimals=1),
+        ]),
+        Row("Join", [
+            Panel("Released impressions by label (/s)", [
+                Q(f'sum by (task, label) (rate({s}released_total{{scenario=~"$scenario"}}[$__rate_interval]))',
+                  "{{task}} {{label}}")], unit="ops"),
+            Panel("Positive rate by task", [
+                Q(f'sum by (task) (rate({s}released_total{{label="positive",scenario=~"$scenario"}}[$__rate_interval])) / '
+                  f'sum by (task) (rate({s}released_total{{scenario=~"$scenario"}}[$__rate_interval]))', "{{task}}")],
+                unit="percentunit"),
+            Panel("Duplicates, late, orphans (/s)", [
+                Q(f"sum(rate({s}duplicates_total[$__rate_interval]))", "duplicates"),
+                Q(f"sum(rate({s}late_total[$__rate_interval]))", "late"),
+                Q(f"sum(rate({s}orphans_total[$__rate_interval]))", "orphans")], unit="ops"),
+            Panel("Dead-lettered by reason (/s)", [
+                Q(f"sum by (reason) (rate({s}deadletter_total[$__rate_interval]))", "{{reason}}")], unit="ops"),
+        ]),
+        Row("Lag", [
+            Panel("Watermark lag (s)", [
+                Q(f"max({s}watermark_lag_seconds)", "watermark lag")], unit="s"),
+            Panel("Consumer lag (records)", [
+                Q(f"sum by (topic) ({s}consumer_lag_records)", "worker {{topic}}"),
+                Q("sum(streamrec_trainer_consumer_lag_records)", "trainer samples")]),
+            Panel("Processing latency p50 / p99", [
+                Q(f"histogram_quantile(0.5, sum by (le) (rate({s}processing_seconds_bucket[$__rate_interval])))", "p50"),
+                Q(f"histogram_quantile(0.99, sum by (le) (rate({s}processing_seconds_bucket[$__rate_interval])))",
+                  "p99")], unit="s"),
+        ]),
+    ]
+    variables = [_variable("scenario", f"label_values({s}events_in_total, scenario)", "Scenario")]
+    return dashboard("streamrec-pipeline", "streamrec / pipeline",
+                     "Streaming worker: events in, join outcomes, bad input, lag (streaming/metrics.py)", rows,
+                     variables)
+
+
+def training() -> dict[str, Any]:
+    t = "streamrec_trainer_"
+    sel = 'scenario=~"$scenario",task=~"$task",window="$window"'
+    rows = [
+        Row("Throughput", [
+            Panel("Samples and impressions trained (/s)", [
+                Q(f"sum(rate({t}samples_total[$__rate_interval]))", "samples/s"),
+                Q(f"sum(rate({t}impressions_total[$__rate_interval]))", "impressions/s")], unit="ops"),
+            Panel("Loss", [
+                Q(f"{t}loss", "total"),
+                Q(f"{t}task_loss", "{{task}}")]),
+            Panel("Time waiting for data vs computing", [
+                Q(f"rate({t}data_wait_seconds_total[$__rate_interval])", "data wait"),
+                Q(f"rate({t}compute_seconds_total[$__rate_interval])", "compute")], unit="percentunit"),
+            Panel("Skipped records by reason (/s)", [
+                Q(f"sum by (reason) (rate({t}skipped_total[$__rate_interval])) or vector(0)", "{{reason}}")],
+                unit="ops"),
+        ]),
+        Row("Progressive validation (scored before training)", [
+            Panel("AUC per scenario × task", [Q(f"{t}auc{{{sel}}}", "{{scenario}} {{task}}")], decimals=3),
+            Panel("GAUC per scenario × task", [Q(f"{t}gauc{{{sel}}}", "{{scenario}} {{task}}")], decimals=3),
+            Panel("Log loss per scenario × task", [Q(f"{t}logloss{{{sel}}}", "{{scenario}} {{task}}")], decimals=3),
+            Panel("Calibration (predicted / observed)", [Q(f"{t}calibration{{{sel}}}", "{{scenario}} {{task}}")],
+                  decimals=2),
+        ]),
+        Row("Snapshots", [
+            Panel("Snapshot version", [Q(f"{t}snapshot_version", "version")], kind="stat", w=6, h=5),
+            Panel("Seconds since last snapshot", [Q(f"{t}seconds_since_last_snapshot", "age")], kind="stat", unit="s",
+                  w=6, h=5),
+            Panel("Snapshot cadence (snapshots/min)", [
+                Q(f"rate({t}snapshots_total[$__rate_interval]) * 60", "snapshots/min")], w=12, h=5),
+            Panel("Event-time lag of the trained model (s)", [
+                Q(f"{t}max_event_ts_lag_seconds", "wall clock − max event ts")], unit="s"),
+            Panel("Consumer lag on samples (records)", [Q(f"{t}consumer_lag_records", "lag")]),
+        ]),
+    ]
+    variables = [
+        _variable("scenario", f"label_values({t}auc, scenario)", "Scenario"),
+        _variable("task", f"label_values({t}auc, task)", "Task"),
+        {**_variable("window", f"label_values({t}auc, window)", "Window", multi=False),
+         "current": {"selected": True, "text": "window", "value": "window"}},
+    ]
+    return dashboard("streamrec-training", "streamrec / training",
+                     "Continual trainer: throughput, loss, progressive AUC/GAUC, snapshots (trainer/metrics.py)",
+                     rows, variables)
+
+
+def serving() -> dict[str, Any]:
+    v = "streamrec_serving_"
+    rows = [
+        Row("Traffic", [
+            Panel("Requests by endpoint (/s)", [
+                Q(f"sum by (endpoint) (rate({v}requests_total[$__rate_interval]))", "{{endpoint}}")], unit="reqps"),
+            Panel("Latency p50 / p99 of /v1/score", [
+                Q(f'histogram_quantile(0.5, sum by (le) (rate({v}request_duration_seconds_bucket{{endpoint="$endpoint"}}'
+                  f"[$__rate_interval])))", "p50"),
+                Q(f'histogram_quantile(0.99, sum by (le) (rate({v}request_duration_seconds_bucket{{endpoint="$endpoint"}}'
+                  f"[$__rate_interval])))", "p99")], unit="s"),
+            Panel("Errors (non-2xx /s) by status", [
+                Q(f'sum by (status) (rate({v}requests_total{{status!~"2.."}}[$__rate_interval])) or vector(0)',
+                  "{{status}}")], unit="reqps"),
+            Panel("Candidates per request (mean)", [
+                Q(f"sum(rate({v}candidates_per_request_sum[$__rate_interval])) / "
+                  f"sum(rate({v}candidates_per_request_count[$__rate_interval]))", "mean")], decimals=0),
+        ]),
+        Row("Model", [
+            Panel("Model version served", [Q(f"{v}model_version", "version")], kind="stat", w=6, h=5),
+            Panel("Freshness (now − snapshot max event ts)", [Q(f"{v}model_freshness_seconds", "freshness")],
+                  kind="stat", unit="s", w=6, h=5),
+            Panel("Seconds since last model update", [Q(f"{v}since_last_update_seconds", "since update")],
+                  kind="stat", unit="s", w=6, h=5),
+            Panel("Swaps and rejected snapshots", [
+                Q(f"increase({v}swaps_total[$__rate_interval])", "swapped"),
+                Q(f"sum(increase({v}swap_failures_total[$__rate_interval])) or vector(0)", "rejected")], w=6, h=5),
+            Panel("Model age over time", [
+                Q(f"{v}model_freshness_seconds", "freshness"),
+                Q(f"{v}since_last_update_seconds", "since update"),
+                Q("streamrec_trainer_seconds_since_last_snapshot", "trainer: since snapshot")], unit="s", w=24),
+        ]),
+        Row("User state", [
+            Panel("Users in the serving replica", [Q(f"{v}user_states", "users")]),
+            Panel("User-state updates (/s) and cold starts (/s)", [
+                Q(f"rate({v}user_state_updates_total[$__rate_interval])", "updates"),
+                Q(f"rate({v}cold_start_requests_total[$__rate_interval])", "cold starts")], unit="ops"),
+        ], collapsed=True),
+    ]
+    variables = [
+        {**_variable("endpoint", f"label_values({v}request_duration_seconds_bucket, endpoint)", "Endpoint", multi=False),
+         "current": {"selected": True, "text": "/v1/score", "value": "/v1/score"}},
+    ]
+    return dashboard("streamrec-serving", "streamrec / serving",
+                     "Serving worker: traffic, latency, errors, model version and freshness (serving/metrics.py)",
+                     rows, variables)
+
+
+DASHBOARDS = {"pipeline": pipeline, "training": training, "serving": serving}
+
+
+def render() -> dict[str, str]:
+    """{file name: JSON text} of every dashboard."""
+    return {f"{name}.json": json.dumps(fn(), indent=2, ensure_ascii=False) + "\n" for name, fn in DASHBOARDS.items()}
+
+
+def main() -> int:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    for name, text in render().items():
+        (OUT_DIR / name).write_text(text)
+        print(f"wrote {OUT_DIR / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
