@@ -192,8 +192,8 @@ def load_movielens(path: Path | None = None, config: MovieLensConfig | None = No
     for col, vals in (("rating", rating), ("timestamp", ts)):
         bad = vals.isna()
         if bad.any():
-            i = int(bad.to_numpy().argmax())
-            raise DatasetError(f"{src}: column {col!r}: unparsable value {inter[col].iloc[i]!r} at row {i + 1}")
+            row = int(bad.to_numpy().argmax())
+            raise DatasetError(f"{src}: column {col!r}: unparsable value {inter[col].iloc[row]!r} at data row {row + 1}")
 
     user_feats: dict[str, dict[str, str]] = {}
     for uid, age, gender, occ in zip(users["user_id"], users["age"], users["gender"], users["occupation"],

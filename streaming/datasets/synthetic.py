@@ -4,7 +4,7 @@ Each user has one latent taste vector ``u`` (dimension ``dim``) shared by every 
 scenario's catalog with a latent vector ``v``. A user's requests go to scenarios drawn from a per-user mix (so every
 user spans several scenarios); each request shows ``items_per_request`` items of that scenario. Labels:
 
-    p(click) = sigmoid(strength * <u, v> / sqrt(dim) + scenario_bias + item_bias)
+    p(click) = sigmoid(strength * <u, v> / sqrt(dim) + scenario_bias + item_bias + user_bias)
     p(like | click) = sigmoid(strength * <u, v> / sqrt(dim) - 1)
 
 Because ``u`` is shared, what a user clicked in one scenario predicts their clicks in another: a model that
@@ -75,6 +75,7 @@ def generate(config: SyntheticConfig | None = None) -> list[Event]:
     item_vec = rng.normal(size=(cfg.num_items, k))                       # (I, k)
     item_scn = np.arange(cfg.num_items) % S                              # round-robin catalogs
     item_bias = rng.normal(scale=0.5, size=cfg.num_items)
+    user_bias = rng.normal(scale=0.5, size=cfg.num_users)
     scn_bias = np.linspace(-0.8, 0.4, S) if S > 1 else np.zeros(1)
     user_mix = rng.dirichlet(np.ones(S), size=cfg.num_users)             # (U, S) scenario visit mix
     seg_dims = min(4, k)
@@ -96,7 +97,7 @@ def generate(config: SyntheticConfig | None = None) -> list[Event]:
             n = min(cfg.items_per_request, len(cat))
             shown = rng.choice(cat, size=n, replace=False)
             affinity = item_vec[shown] @ user_vec[u] / np.sqrt(k)        # (n,)
-            p_click = _sigmoid(cfg.strength * affinity + scn_bias[s] + item_bias[shown])
+            p_click = _sigmoid(cfg.strength * affinity + scn_bias[s] + item_bias[shown] + user_bias[u])
             p_like = _sigmoid(cfg.strength * affinity - 1.0)
             clicks = rng.random(n) < p_click
             likes = clicks & (rng.random(n) < p_like)
