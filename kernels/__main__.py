@@ -13,7 +13,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     import torch
 
-    print(f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}, kernel mode: {kernels.get_kernel().value}")
+    print(
+        f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}, kernel mode: {kernels.get_kernel().value}"
+    )
     return 0
 
 

@@ -31,11 +31,13 @@ targets share its user.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import use_triton
+from kernels.dispatch import check_triton_device, tl, triton, use_triton
 
 
 class AttentionKind(enum.Enum):
@@ -137,6 +139,563 @@ def hta_attention_reference(
     return out[q_valid]  # (Nq, Hq, D), users in order
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Triton kernels.
+#
+# Layout: one program per (user b, query head h, block of BLOCK_M queries of b) in the forward and dq kernels, one per
+# (user b, kv head hk, block of BLOCK_N keys of b) in the dk/dv kernel. Programs read their user's slice through the
+# offsets, so jagged inputs are never padded; a program whose block starts past its user's length returns at once.
+# Every mask below is the module docstring's rule, evaluated per (query, key) tile from q_pos / kv_ts / kv_group:
+#
+#     vis = (q_pos == j) | (grp_j == U) | (grp_j == H) | ((grp_j == R) & (ts_j < ts_i))
+#
+# A tile whose mask is all False (for instance query rows of H tokens against a block of T keys) skips its dots.
+# Softmax uses base-2 exponentials: p = exp2(s * scale * log2(e) - lse2) with lse2 = m + log2(l) saved per (row, head).
+# Every query sees itself, so no real row ends with an empty softmax; the running max starts at -inf and is replaced by
+# 0 while a row has seen nothing yet, which keeps exp2(-inf - (-inf)) out of the arithmetic.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _hta_fwd_kernel(
+    Q,  # (Nq, Hq, D) queries; row i, head h at Q + i * stride_qn + h * stride_qh (+ d, last dim contiguous)
+    K,  # (Nk, Hkv, D) keys
+    V,  # (Nk, Hkv, D) values
+    OUT,  # (Nq, Hq, D) output, written here
+    STAT,  # (Nq, Hq) float32, written here: lse2 (softmax, base-2 log-sum-exp) or n_i (silu, visible-key count)
+    Q_OFF,  # (B+1,) int64 query offsets per user
+    KV_OFF,  # (B+1,) int64 key offsets per user
+    Q_POS,  # (Nq,) int64 each query's position inside its user's keys
+    KV_TS,  # (Nk,) float key timestamps
+    KV_GRP,  # (Nk,) int key TokenGroup
+    stride_qn,  # Q row stride
+    stride_qh,  # Q head stride
+    stride_kn,  # K row stride
+    stride_kh,  # K head stride
+    stride_vn,  # V row stride
+    stride_vh,  # V head stride
+    stride_on,  # OUT row stride
+    stride_oh,  # OUT head stride
+    scale,  # float, softmax/silu scale
+    D,  # head dim (<= BLOCK_D)
+    HQ: tl.constexpr,  # query heads
+    GQA: tl.constexpr,  # query heads per kv head (Hq // Hkv)
+    SILU: tl.constexpr,  # pointwise SiLU attention instead of softmax
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for float32 inputs (ignored for 16-bit)
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    hk = h // GQA  # grouped-query: this head's kv head
+    q_start = tl.load(Q_OFF + b)
+    q_len = tl.load(Q_OFF + b + 1) - q_start
+    if pid_m * BLOCK_M >= q_len:
+        return
+    kv_start = tl.load(KV_OFF + b)
+    kv_len = tl.load(KV_OFF + b + 1) - kv_start
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,) query index inside the user
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < q_len
+    d_ok = offs_d < D
+    rows = q_start + offs_m  # (BM,) global query rows
+    q = tl.load(
+        Q + rows[:, None] * stride_qn + h * stride_qh + offs_d[None, :],
+        mask=m_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    pos = tl.load(Q_POS + rows, mask=m_ok, other=-1)  # (BM,)
+    pos_ok = m_ok & (pos >= 0) & (pos < kv_len)
+    q_ts = tl.load(KV_TS + kv_start + pos, mask=pos_ok, other=0.0)  # (BM,) the query token's own timestamp
+
+    acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max (softmax, base-2 units)
+    l_i = tl.zeros((BLOCK_M,), dtype=tl.float32)  # running sum (softmax) or visible count (silu)
+    qk_scale = scale * 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2 e)
+    for start_n in range(0, kv_len, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)  # (BN,) key index inside the user
+        n_ok = offs_n < kv_len
+        cols = kv_start + offs_n  # (BN,) global key rows
+        grp = tl.load(KV_GRP + cols, mask=n_ok, other=3)
+        ts = tl.load(KV_TS + cols, mask=n_ok, other=0.0)
+        vis = (pos[:, None] == offs_n[None, :]) | (grp[None, :] == 0) | (grp[None, :] == 1)
+        vis = vis | ((grp[None, :] == 2) & (ts[None, :] < q_ts[:, None]))
+        vis = vis & n_ok[None, :] & m_ok[:, None]  # (BM, BN)
+        if tl.sum(vis.to(tl.int32)) > 0:
+            kv_mask = n_ok[:, None] & d_ok[None, :]
+            k = tl.load(
+                K + cols[:, None] * stride_kn + hk * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0
+            )
+            v = tl.load(
+                V + cols[:, None] * stride_vn + hk * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0
+            )
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BM, BN) raw scores, fp32
+            if SILU:
+                x = s * scale
+                a = tl.where(vis, x * tl.sigmoid(x), 0.0)
+                l_i += tl.sum(vis.to(tl.float32), 1)
+                acc += tl.dot(a.to(v.dtype), v, input_precision=DOT_PRECISION)
+            else:
+                s = tl.where(vis, s * qk_scale, float("-inf"))
+                m_new = tl.maximum(m_i, tl.max(s, 1))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with nothing visible yet
+                alpha = tl.exp2(m_i - m_safe)
+                p = tl.exp2(s - m_safe[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+                m_i = m_new
+
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)  # padded rows (never stored) and malformed rows stay finite
+    out = acc / l_safe[:, None]
+    if SILU:  # noqa: SIM108 (constexpr branch)
+        stat = l_safe
+    else:
+        stat = tl.where(l_i > 0.0, m_i + tl.log2(l_safe), 0.0)
+    tl.store(
+        OUT + rows[:, None] * stride_on + h * stride_oh + offs_d[None, :],
+        out.to(OUT.dtype.element_ty),
+        mask=m_ok[:, None] & d_ok[None, :],
+    )
+    tl.store(STAT + rows * HQ + h, stat, mask=m_ok)
+
+
+@triton.jit
+def _hta_bwd_dq_kernel(
+    Q,
+    K,
+    V,  # as in the forward
+    DO,  # (Nq, Hq, D) gradient of the output
+    DQ,  # (Nq, Hq, D) written here (contiguous, same strides as DO's copy below)
+    STAT,  # (Nq, Hq) float32 from the forward (lse2 or n_i)
+    DELTA,  # (Nq, Hq) float32 rowsum(dO * O) (softmax only; unused for silu)
+    Q_OFF,
+    KV_OFF,
+    Q_POS,
+    KV_TS,
+    KV_GRP,  # as in the forward
+    stride_qn,  # Q row stride
+    stride_qh,  # Q head stride
+    stride_kn,  # K row stride
+    stride_kh,  # K head stride
+    stride_vn,  # V row stride
+    stride_vh,  # V head stride
+    stride_don,  # DO (and DQ, allocated like DO) row stride
+    stride_doh,  # DO (and DQ, allocated like DO) head stride
+    scale,
+    D,
+    HQ: tl.constexpr,
+    GQA: tl.constexpr,
+    SILU: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    b = pid_bh // HQ
+    h = pid_bh % HQ
+    hk = h // GQA
+    q_start = tl.load(Q_OFF + b)
+    q_len = tl.load(Q_OFF + b + 1) - q_start
+    if pid_m * BLOCK_M >= q_len:
+        return
+    kv_start = tl.load(KV_OFF + b)
+    kv_len = tl.load(KV_OFF + b + 1) - kv_start
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    m_ok = offs_m < q_len
+    d_ok = offs_d < D
+    rows = q_start + offs_m
+    md_mask = m_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + rows[:, None] * stride_qn + h * stride_qh + offs_d[None, :], mask=md_mask, other=0.0)
+    do = tl.load(DO + rows[:, None] * stride_don + h * stride_doh + offs_d[None, :], mask=md_mask, other=0.0)
+    stat = tl.load(STAT + rows * HQ + h, mask=m_ok, other=1.0)  # (BM,)
+    delta = tl.load(DELTA + rows * HQ + h, mask=m_ok, other=0.0)  # (BM,)
+    pos = tl.load(Q_POS + rows, mask=m_ok, other=-1)
+    pos_ok = m_ok & (pos >= 0) & (pos < kv_len)
+    q_ts = tl.load(KV_TS + kv_start + pos, mask=pos_ok, other=0.0)
+
+    dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
+    qk_scale = scale * 1.4426950408889634
+    for start_n in range(0, kv_len, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < kv_len
+        cols = kv_start + offs_n
+        grp = tl.load(KV_GRP + cols, mask=n_ok, other=3)
+        ts = tl.load(KV_TS + cols, mask=n_ok, other=0.0)
+        vis = (pos[:, None] == offs_n[None, :]) | (grp[None, :] == 0) | (grp[None, :] == 1)
+        vis = vis | ((grp[None, :] == 2) & (ts[None, :] < q_ts[:, None]))
+        vis = vis & n_ok[None, :] & m_ok[:, None]  # (BM, BN)
+        if tl.sum(vis.to(tl.int32)) > 0:
+            kv_mask = n_ok[:, None] & d_ok[None, :]
+            k = tl.load(
+                K + cols[:, None] * stride_kn + hk * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0
+            )
+            v = tl.load(
+                V + cols[:, None] * stride_vn + hk * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0
+            )
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BM, BN)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BM, BN) dL/dP
+            if SILU:
+                x = s * scale
+                sig = tl.sigmoid(x)
+                ds = tl.where(vis, dp * sig * (1.0 + x * (1.0 - sig)), 0.0) / stat[:, None]
+            else:
+                p = tl.exp2(tl.where(vis, s * qk_scale, float("-inf")) - stat[:, None])
+                ds = p * (dp - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
+    dq = dq * scale
+    tl.store(
+        DQ + rows[:, None] * stride_don + h * stride_doh + offs_d[None, :],
+        dq.to(DQ.dtype.element_ty),
+        mask=md_mask,
+    )
+
+
+@triton.jit
+def _hta_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,  # as in the dq kernel
+    DK,  # (Nk, Hkv, D) written here, contiguous
+    DV,  # (Nk, Hkv, D) written here, contiguous
+    STAT,
+    DELTA,  # (Nq, Hq) float32
+    Q_OFF,
+    KV_OFF,
+    Q_POS,
+    KV_TS,
+    KV_GRP,
+    stride_qn,  # Q row stride
+    stride_qh,  # Q head stride
+    stride_kn,  # K row stride
+    stride_kh,  # K head stride
+    stride_vn,  # V row stride
+    stride_vh,  # V head stride
+    stride_don,  # DO (and DQ, allocated like DO) row stride
+    stride_doh,  # DO (and DQ, allocated like DO) head stride
+    stride_dkn,  # DK and DV (contiguous) row stride
+    stride_dkh,  # DK and DV (contiguous) head stride
+    scale,
+    D,
+    HKV: tl.constexpr,  # kv heads
+    GQA: tl.constexpr,  # query heads per kv head: this program sums their contributions (no atomics)
+    SILU: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    pid_bh = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    b = pid_bh // HKV
+    hk = pid_bh % HKV
+    kv_start = tl.load(KV_OFF + b)
+    kv_len = tl.load(KV_OFF + b + 1) - kv_start
+    if pid_n * BLOCK_N >= kv_len:
+        return
+    q_start = tl.load(Q_OFF + b)
+    q_len = tl.load(Q_OFF + b + 1) - q_start
+
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,) key index inside the user
+    offs_d = tl.arange(0, BLOCK_D)
+    n_ok = offs_n < kv_len
+    d_ok = offs_d < D
+    cols = kv_start + offs_n
+    nd_mask = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(K + cols[:, None] * stride_kn + hk * stride_kh + offs_d[None, :], mask=nd_mask, other=0.0)
+    v = tl.load(V + cols[:, None] * stride_vn + hk * stride_vh + offs_d[None, :], mask=nd_mask, other=0.0)
+    grp = tl.load(KV_GRP + cols, mask=n_ok, other=3)
+    ts = tl.load(KV_TS + cols, mask=n_ok, other=0.0)
+    uh = (grp == 0) | (grp == 1)  # (BN,) visible to every query
+    r = grp == 2  # (BN,) visible to later queries
+
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    qk_scale = scale * 1.4426950408889634
+    for g in range(GQA):
+        h = hk * GQA + g  # query heads sharing this kv head
+        for start_m in range(0, q_len, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < q_len
+            rows = q_start + offs_m
+            pos = tl.load(Q_POS + rows, mask=m_ok, other=-1)
+            pos_ok = m_ok & (pos >= 0) & (pos < kv_len)
+            q_ts = tl.load(KV_TS + kv_start + pos, mask=pos_ok, other=0.0)
+            # transposed tile (BN, BM): keys along rows
+            vis_t = (
+                (offs_n[:, None] == pos[None, :]) | uh[:, None] | (r[:, None] & (ts[:, None] < q_ts[None, :]))
+            )
+            vis_t = vis_t & n_ok[:, None] & m_ok[None, :]
+            if tl.sum(vis_t.to(tl.int32)) > 0:
+                md_mask = m_ok[:, None] & d_ok[None, :]
+                q = tl.load(
+                    Q + rows[:, None] * stride_qn + h * stride_qh + offs_d[None, :], mask=md_mask, other=0.0
+                )
+                do = tl.load(
+                    DO + rows[:, None] * stride_don + h * stride_doh + offs_d[None, :],
+                    mask=md_mask,
+                    other=0.0,
+                )
+                stat = tl.load(STAT + rows * (HKV * GQA) + h, mask=m_ok, other=1.0)  # (BM,)
+                s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (BN, BM)
+                dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BN, BM)
+                if SILU:
+                    x = s_t * scale
+                    sig = tl.sigmoid(x)
+                    inv_n = 1.0 / stat
+                    a_t = tl.where(vis_t, x * sig, 0.0) * inv_n[None, :]
+                    ds_t = tl.where(vis_t, dp_t * sig * (1.0 + x * (1.0 - sig)), 0.0) * inv_n[None, :]
+                else:
+                    delta = tl.load(DELTA + rows * (HKV * GQA) + h, mask=m_ok, other=0.0)
+                    a_t = tl.exp2(tl.where(vis_t, s_t * qk_scale, float("-inf")) - stat[None, :])
+                    ds_t = a_t * (dp_t - delta[None, :])
+                dv += tl.dot(a_t.to(do.dtype), do, input_precision=DOT_PRECISION)
+                dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
+    dk = dk * scale
+    out_ptrs = cols[:, None] * stride_dkn + hk * stride_dkh + offs_d[None, :]
+    tl.store(DK + out_ptrs, dk.to(DK.dtype.element_ty), mask=nd_mask)
+    tl.store(DV + out_ptrs, dv.to(DV.dtype.element_ty), mask=nd_mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Host launchers.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Launch:
+    """Block sizes and launch options for one kernel."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def _launch_config(x: torch.Tensor, head_dim: int, backward: bool) -> tuple[_Launch, int]:
+    """(config, BLOCK_D). GPU: 64x64 tiles (32 query rows in the backward, which holds more tiles live). The interpreter
+    gets 16x16 tiles so that small test shapes still cross block boundaries."""
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    if not x.is_cuda:
+        return _Launch(16, 16, 1, 1), block_d
+    if backward:
+        return _Launch(32 if block_d <= 128 else 16, 64 if block_d <= 64 else 32, 4, 2), block_d
+    return _Launch(64 if block_d <= 128 else 32, 64 if block_d <= 64 else 32, 4, 2), block_d
+
+
+def _dot_precision(x: torch.Tensor) -> str:
+    """float32 inputs follow torch's matmul setting (tf32 only if the user allowed it); 16-bit inputs ignore it."""
+    if x.dtype == torch.float32 and x.is_cuda and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32" if x.is_cuda else "ieee"
+
+
+def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
+    """Kernels index (rows, heads) by stride and assume a unit stride along D."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _hta_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_offsets: torch.Tensor,
+    kv_offsets: torch.Tensor,
+    q_pos: torch.Tensor,
+    kv_ts: torch.Tensor,
+    kv_group: torch.Tensor,
+    max_q_len: int,
+    silu: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward kernel: out (Nq, Hq, D) and stat (Nq, Hq) float32 (lse2 or visible counts)."""
+    Nq, Hq, D = q.shape
+    Hkv = k.shape[1]
+    B = q_offsets.numel() - 1
+    out = torch.empty_like(q, memory_format=torch.contiguous_format)
+    stat = torch.empty((Nq, Hq), device=q.device, dtype=torch.float32)
+    if Nq == 0 or B == 0 or max_q_len <= 0:
+        return out, stat
+    cfg, block_d = _launch_config(q, D, backward=False)
+    grid = (B * Hq, triton.cdiv(max_q_len, cfg.block_m))
+    _hta_fwd_kernel[grid](
+        q, k, v, out, stat,
+        q_offsets, kv_offsets, q_pos, kv_ts, kv_group,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
+        scale, D,
+        HQ=Hq, GQA=Hq // Hkv, SILU=silu, DOT_PRECISION=_dot_precision(q),
+        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )  # fmt: skip
+    return out, stat
+
+
+def _hta_backward(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    stat: torch.Tensor,
+    q_offsets: torch.Tensor,
+    kv_offsets: torch.Tensor,
+    q_pos: torch.Tensor,
+    kv_ts: torch.Tensor,
+    kv_group: torch.Tensor,
+    max_q_len: int,
+    max_kv_len: int,
+    silu: bool,
+    scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the dq kernel (grid over query blocks) and the dk/dv kernel (grid over key blocks)."""
+    Nq, Hq, D = q.shape
+    Nk, Hkv, _ = k.shape
+    B = q_offsets.numel() - 1
+    do = do.contiguous()
+    dq = torch.empty_like(do)
+    dk = torch.empty((Nk, Hkv, D), device=k.device, dtype=k.dtype)
+    dv = torch.empty((Nk, Hkv, D), device=v.device, dtype=v.dtype)
+    if Nq == 0 or B == 0:  # no query sees any key: every gradient is zero
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    # (Nq, Hq) rowsum(dO * O) for softmax; the silu branches never read it (any float32 buffer will do)
+    delta = stat if silu else (do.float() * out.float()).sum(-1)
+    cfg, block_d = _launch_config(q, D, backward=True)
+    prec = _dot_precision(q)
+    if max_q_len > 0:
+        _hta_bwd_dq_kernel[(B * Hq, triton.cdiv(max_q_len, cfg.block_m))](
+            q, k, v, do, dq, stat, delta,
+            q_offsets, kv_offsets, q_pos, kv_ts, kv_group,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+            scale, D,
+            HQ=Hq, GQA=Hq // Hkv, SILU=silu, DOT_PRECISION=prec,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+    else:
+        dq.zero_()
+    if Nk > 0 and max_kv_len > 0:
+        _hta_bwd_dkdv_kernel[(B * Hkv, triton.cdiv(max_kv_len, cfg.block_n))](
+            q, k, v, do, dk, dv, stat, delta,
+            q_offsets, kv_offsets, q_pos, kv_ts, kv_group,
+            q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
+            dk.stride(0), dk.stride(1),
+            scale, D,
+            HKV=Hkv, GQA=Hq // Hkv, SILU=silu, DOT_PRECISION=prec,
+            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )  # fmt: skip
+    else:
+        dk.zero_()
+        dv.zero_()
+    return dq, dk, dv
+
+
+class _HTAAttentionFunction(torch.autograd.Function):
+    """Triton forward/backward; the jagged metadata gets no gradient."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_offsets: torch.Tensor,
+        kv_offsets: torch.Tensor,
+        q_pos: torch.Tensor,
+        kv_ts: torch.Tensor,
+        kv_group: torch.Tensor,
+        max_q_len: int,
+        max_kv_len: int,
+        silu: bool,
+        scale: float,
+    ) -> torch.Tensor:
+        out, stat = _hta_forward(
+            q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, silu, scale
+        )
+        ctx.save_for_backward(q, k, v, out, stat, q_offsets, kv_offsets, q_pos, kv_ts, kv_group)
+        ctx.meta = (max_q_len, max_kv_len, silu, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, do: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+        q, k, v, out, stat, q_offsets, kv_offsets, q_pos, kv_ts, kv_group = ctx.saved_tensors
+        max_q_len, max_kv_len, silu, scale = ctx.meta
+        dq, dk, dv = _hta_backward(
+            do,
+            q,
+            k,
+            v,
+            out,
+            stat,
+            q_offsets,
+            kv_offsets,
+            q_pos,
+            kv_ts,
+            kv_group,
+            max_q_len,
+            max_kv_len,
+            silu,
+            scale,
+        )
+        return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+def _validate(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_offsets: torch.Tensor,
+    kv_offsets: torch.Tensor,
+    q_pos: torch.Tensor,
+    kv_ts: torch.Tensor,
+    kv_group: torch.Tensor,
+    kind: AttentionKind,
+) -> None:
+    """Shape/dtype checks that need no device synchronisation."""
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(
+            f"q, k, v must be (N, heads, D); got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[2] != k.shape[2]:
+        raise ValueError(f"head dims differ: q {q.shape[2]} vs k {k.shape[2]}")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"query heads ({q.shape[1]}) must be a multiple of kv heads ({k.shape[1]})")
+    if (
+        q_offsets.dim() != 1
+        or kv_offsets.dim() != 1
+        or q_offsets.numel() != kv_offsets.numel()
+        or q_offsets.numel() < 1
+    ):
+        raise ValueError(
+            f"q_offsets and kv_offsets must be (B+1,); got {tuple(q_offsets.shape)}, {tuple(kv_offsets.shape)}"
+        )
+    if q_pos.shape != (q.shape[0],):
+        raise ValueError(f"q_pos must be ({q.shape[0]},); got {tuple(q_pos.shape)}")
+    if kv_ts.shape != (k.shape[0],) or kv_group.shape != (k.shape[0],):
+        raise ValueError(
+            f"kv_ts and kv_group must be ({k.shape[0]},); got {tuple(kv_ts.shape)}, {tuple(kv_group.shape)}"
+        )
+    if (
+        q_offsets.is_floating_point()
+        or kv_offsets.is_floating_point()
+        or q_pos.is_floating_point()
+        or kv_group.is_floating_point()
+    ):
+        raise TypeError("offsets, q_pos and kv_group must be integer tensors")
+    if not isinstance(kind, AttentionKind):
+        raise TypeError(f"kind must be an AttentionKind, got {kind!r}")
+
+
 def hta_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -151,16 +710,28 @@ def hta_attention(
     kind: AttentionKind = AttentionKind.SOFTMAX,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Jagged HTA attention: Triton on CUDA (or under ``TRITON_INTERPRET=1``), the reference otherwise."""
-    if use_triton(q):
-        try:
-            from kernels import attention_triton  # type: ignore[attr-defined]
-        except ImportError:
-            attention_triton = None
-        if attention_triton is not None:
-            return attention_triton.hta_attention_triton(  # type: ignore[no-any-return]
-                q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len, kind, scale
-            )
-    return hta_attention_reference(
-        q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len, kind, scale
-    )
+    """Jagged HTA attention: Triton on CUDA (or under ``TRITON_INTERPRET=1``), the reference otherwise.
+
+    Shapes and the mask are in the module docstring; ``kernels.set_kernel`` overrides the choice.
+
+    Example:
+        >>> q = torch.randn(3, 2, 16); k = v = torch.randn(3, 1, 16)
+        >>> off = torch.tensor([0, 3]); grp = torch.tensor([TokenGroup.H, TokenGroup.R, TokenGroup.T])
+        >>> out = hta_attention(q, k, v, off, off, torch.arange(3), torch.tensor([0.0, 1.0, 2.0]), grp, 3, 3)
+        >>> out.shape
+        torch.Size([3, 2, 16])
+    """
+    _validate(q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, kind)
+    if not use_triton(q):
+        return hta_attention_reference(
+            q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len, kind, scale
+        )
+    check_triton_device(q, _hta_fwd_kernel, "hta_attention")
+    scale = q.shape[2] ** -0.5 if scale is None else float(scale)
+    k = _rows_contiguous(k.to(q.dtype))
+    v = _rows_contiguous(v.to(q.dtype))
+    out: torch.Tensor = _HTAAttentionFunction.apply(
+        _rows_contiguous(q), k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group,
+        int(max_q_len), int(max_kv_len), kind is AttentionKind.SILU, scale,
+    )  # fmt: skip
+    return out
