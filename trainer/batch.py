@@ -1,0 +1,296 @@
+"""``Batch``: the typed, device-movable model input built from user-level samples by :func:`collate`.
+
+Layout (B users, N tokens, T targets; jagged, no padding)::
+
+    user b's token sequence = [U_0 .. U_{G-1}, H_0 .. H_{h-1}, R_0 .. R_{r-1}, T_0 .. T_{t-1}]
+    seq_offsets     (B+1,)   int64    user b owns token rows seq_offsets[b]:seq_offsets[b+1]; max_seq_len = longest
+    sparse          KeyedJaggedTensor keys trainer.features.SPARSE_FEATURES, one bag per token (stride N): a key
+                                      is empty on tokens it does not describe (e.g. ``action`` on U and T tokens)
+    float_features  KeyedJaggedTensor keys FLOAT_FEATURES, weighted, one bag per target (stride T)
+    token_group     (N,)     int64    kernels.TokenGroup of each token (U=0, H=1, R=2, T=3)
+    token_ts        (N,)     float32  seconds relative to ts_origin[b] (U tokens: -inf, i.e. they see no R token)
+    ts_origin       (B,)     float64  per-user time origin = the sample's earliest target ts (the request time);
+                                      time-gap buckets are measured from it too
+    group_rows      4 x (n_g,) int64  token rows of each group, users in order (group_rows[3] = target rows)
+    group_lengths   (B, 4)   int64    tokens of each group per user; max_group_len = column maxima (ints),
+                                      max_context_len = longest U+H+R part of a user
+    target_offsets  (B+1,)   int64    user b owns targets target_offsets[b]:target_offsets[b+1]; max_targets
+    target_pos      (T,)     int64    each target's position inside its user's token sequence (attention q_pos)
+    target_scenario_ids (T,) int64    hashed scenario id of each target (same id as in ``sparse``)
+    target_dense    (T, 3)   float32  [has_position, log1p(position), squash(target ts - origin)]
+    labels          {task: (T,) float32}  0/1; missing label -> 0
+
+Python-side metadata stays on the CPU: ``sample_ids``, ``user_ids`` (per sample), ``target_user_ids``,
+``target_scenarios``, ``target_event_ids`` (per target) and ``max_event_ts``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from kernels.attention import TokenGroup
+from streaming.sample import Behavior, Sample
+from trainer.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec, squash
+
+TARGET_DENSE_COLUMNS: tuple[str, ...] = ("has_position", "log_position", "target_dt")
+_NEG_INF = float("-inf")
+
+
+@dataclass
+class Batch:
+    """A collated batch of user-level samples (see the module docstring for every field's shape).
+
+    Example:
+        >>> from streaming.sample import Target, Sample
+        >>> s = Sample("s1", "u1", [Target("e1", "r1", "i1", "home", 5.0, labels={"click": 1})])
+        >>> b = collate([s], FeatureSpec())
+        >>> b.num_samples, b.num_targets, b.labels["click"].tolist(), b.labels["conversion"].tolist()
+        (1, 1, [1.0], [0.0])
+    """
+
+    sparse: KeyedJaggedTensor
+    float_features: KeyedJaggedTensor
+    seq_offsets: torch.Tensor
+    max_seq_len: int
+    token_group: torch.Tensor
+    token_ts: torch.Tensor
+    ts_origin: torch.Tensor
+    group_rows: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+    group_lengths: torch.Tensor
+    max_group_len: tuple[int, int, int, int]
+    max_context_len: int
+    target_offsets: torch.Tensor
+    max_targets: int
+    target_pos: torch.Tensor
+    target_scenario_ids: torch.Tensor
+    target_dense: torch.Tensor
+    labels: dict[str, torch.Tensor]
+    sample_ids: list[str]
+    user_ids: list[str]
+    target_user_ids: list[str]
+    target_scenarios: list[str]
+    target_event_ids: list[str]
+    max_event_ts: float
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.sample_ids)
+
+    @property
+    def num_targets(self) -> int:
+        return len(self.target_user_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.token_group.numel())
+
+    @property
+    def device(self) -> torch.device:
+        return self.token_ts.device
+
+    def _map(self, fn: Any) -> Batch:
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, torch.Tensor | KeyedJaggedTensor):
+                changes[f.name] = fn(v)
+            elif isinstance(v, tuple) and v and isinstance(v[0], torch.Tensor):
+                changes[f.name] = tuple(fn(t) for t in v)
+            elif isinstance(v, dict):
+                changes[f.name] = {k: fn(t) for k, t in v.items()}
+        return dataclasses.replace(self, **changes)
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """A copy with every tensor on ``device`` (metadata lists stay Python objects)."""
+        device = torch.device(device)
+        return self._map(lambda t: t.to(device=device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copy for async host->GPU copies; a no-op where no CUDA device exists."""
+        if not torch.cuda.is_available():
+            return self
+        return self._map(lambda t: t.pin_memory())
+
+    def record_stream(self, stream: torch.cuda.Stream) -> None:
+        """Mark every CUDA tensor as used on ``stream`` (for copies made on a side stream)."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            items = v.values() if isinstance(v, dict) else v if isinstance(v, tuple) else [v]
+            for t in items:
+                if isinstance(t, torch.Tensor | KeyedJaggedTensor) and self.device.type == "cuda":
+                    t.record_stream(stream)
+
+
+def _origin(s: Sample) -> float:
+    if s.targets:
+        return min(t.ts for t in s.targets)
+    if s.span_start:
+        return s.span_start
+    ts = [b.ts for b in (*s.history, *s.realtime)]
+    return max(ts) if ts else 0.0
+
+
+def _offsets(lengths: list[int]) -> torch.Tensor:
+    out = torch.zeros(len(lengths) + 1, dtype=torch.int64)
+    if lengths:
+        out[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.int64), 0)
+    return out
+
+
+def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
+    """Build a :class:`Batch` from user-level samples (pure, CPU, deterministic).
+
+    History keeps the ``spec.max_history`` most recent behaviors, real-time the ``spec.max_realtime`` most recent.
+    Non-finite behavior timestamps are replaced by the origin; non-finite float features count as 0.
+
+    Example:
+        >>> from streaming.sample import Target, Sample
+        >>> b = collate([Sample("s", "u", [Target("e", "r", "i", "home", 1.0)])], FeatureSpec())
+        >>> b.token_group.tolist()  # two U tokens, no history, one target
+        [0, 0, 3]
+    """
+    keys = SPARSE_FEATURES
+    # per key: lengths (one entry per token) and values
+    lens: list[list[int]] = [[] for _ in keys]
+    vals: list[list[int]] = [[] for _ in keys]
+    group: list[int] = []
+    tts: list[float] = []
+    origins: list[float] = []
+    seq_lens: list[int] = []
+    glens: list[list[int]] = []
+    tgt_lens: list[int] = []
+    tgt_pos: list[int] = []
+    tgt_scen: list[int] = []
+    tgt_dense: list[list[float]] = []
+    labels: dict[str, list[float]] = {t: [] for t in spec.tasks}
+    f_lens: list[list[int]] = [[] for _ in FLOAT_FEATURES]
+    f_vals: list[list[int]] = [[] for _ in FLOAT_FEATURES]
+    f_wts: list[list[float]] = [[] for _ in FLOAT_FEATURES]
+    t_users: list[str] = []
+    t_scen: list[str] = []
+    t_eids: list[str] = []
+    G = spec.num_user_tokens
+
+    def token(bags: dict[str, list[int]], g: int, ts: float) -> None:
+        for i, k in enumerate(keys):
+            ids = bags.get(k)
+            if ids:
+                lens[i].append(len(ids))
+                vals[i].extend(ids)
+            else:
+                lens[i].append(0)
+        group.append(g)
+        tts.append(ts)
+
+    def behavior(b: Behavior, g: int, origin: float) -> None:
+        ts = b.ts if math.isfinite(b.ts) else origin
+        gap = origin - ts if g == TokenGroup.H else ts - origin
+        token(
+            {
+                "item_id": [spec.bucket("item_id", b.item_id)],
+                "item_feat": [spec.bucket("item_feat", f"{k}={v}") for k, v in b.item.items()],
+                "scenario": [spec.bucket("scenario", b.scenario)],
+                "action": [spec.bucket("action", b.action)],
+                "time_gap": [spec.time_gap_bucket(gap)],
+            },
+            g,
+            ts - origin,
+        )
+
+    for s in samples:
+        origin = _origin(s)
+        origins.append(origin)
+        # U: one bag per user-feature group
+        ubags: list[list[int]] = [[] for _ in range(G)]
+        if spec.include_user_id:
+            ubags[0].append(spec.bucket("user_feat", f"user_id={s.user_id}"))
+        for k, v in s.user.items():
+            ubags[spec.user_token(k)].append(spec.bucket("user_feat", f"{k}={v}"))
+        for ub in ubags:
+            token({"user_feat": ub}, TokenGroup.U, _NEG_INF)
+        hist = s.history[-spec.max_history :] if spec.max_history else []
+        rt = s.realtime[-spec.max_realtime :] if spec.max_realtime else []
+        for b in hist:
+            behavior(b, TokenGroup.H, origin)
+        for b in rt:
+            behavior(b, TokenGroup.R, origin)
+        n_ctx = G + len(hist) + len(rt)
+        for j, t in enumerate(s.targets):
+            ctx = [spec.bucket("context", f"{k}={v}") for k, v in t.context.items()]
+            if t.position is not None:
+                ctx.append(spec.bucket("context", f"position={t.position}"))
+            scen = spec.bucket("scenario", t.scenario)
+            dt = t.ts - origin
+            token(
+                {
+                    "item_id": [spec.bucket("item_id", t.item_id)],
+                    "item_feat": [spec.bucket("item_feat", f"{k}={v}") for k, v in t.item.items()],
+                    "scenario": [scen],
+                    "time_gap": [spec.time_gap_bucket(dt)],
+                    "context": ctx,
+                },
+                TokenGroup.T,
+                dt,
+            )
+            tgt_pos.append(n_ctx + j)
+            tgt_scen.append(scen)
+            has_pos = t.position is not None and t.position >= 0
+            tgt_dense.append([float(has_pos), math.log1p(t.position) if has_pos else 0.0, squash(dt)])  # type: ignore[arg-type]
+            for task in spec.tasks:
+                labels[task].append(float(t.labels.get(task, 0)))
+            for i, (name, feats) in enumerate(zip(FLOAT_FEATURES, (t.dense, t.cross), strict=True)):
+                f_lens[i].append(len(feats))
+                for fk, fv in feats.items():
+                    f_vals[i].append(spec.bucket(name, fk))
+                    f_wts[i].append(squash(fv))
+            t_users.append(s.user_id)
+            t_scen.append(s.targets[j].scenario)
+            t_eids.append(t.event_id)
+        glens.append([G, len(hist), len(rt), len(s.targets)])
+        seq_lens.append(n_ctx + len(s.targets))
+        tgt_lens.append(len(s.targets))
+
+    group_t = torch.tensor(group, dtype=torch.int64)
+    sparse = KeyedJaggedTensor(
+        keys=list(keys),
+        values=torch.tensor([v for vs in vals for v in vs], dtype=torch.int64),
+        lengths=torch.tensor([n for ls in lens for n in ls], dtype=torch.int64),
+    )
+    float_features = KeyedJaggedTensor(
+        keys=list(FLOAT_FEATURES),
+        values=torch.tensor([v for vs in f_vals for v in vs], dtype=torch.int64),
+        lengths=torch.tensor([n for ls in f_lens for n in ls], dtype=torch.int64),
+        weights=torch.tensor([w for ws in f_wts for w in ws], dtype=torch.float32),
+    )
+    return Batch(
+        sparse=sparse,
+        float_features=float_features,
+        seq_offsets=_offsets(seq_lens),
+        max_seq_len=max(seq_lens, default=0),
+        token_group=group_t,
+        token_ts=torch.tensor(tts, dtype=torch.float32),
+        ts_origin=torch.tensor(origins, dtype=torch.float64),
+        group_rows=tuple(torch.nonzero(group_t == g).flatten() for g in TokenGroup),  # type: ignore[arg-type]
+        group_lengths=torch.tensor(glens, dtype=torch.int64).reshape(len(samples), 4),
+        max_group_len=tuple(max((g[i] for g in glens), default=0) for i in range(4)),  # type: ignore[arg-type]
+        max_context_len=max((g[0] + g[1] + g[2] for g in glens), default=0),
+        target_offsets=_offsets(tgt_lens),
+        max_targets=max(tgt_lens, default=0),
+        target_pos=torch.tensor(tgt_pos, dtype=torch.int64),
+        target_scenario_ids=torch.tensor(tgt_scen, dtype=torch.int64),
+        target_dense=torch.tensor(tgt_dense, dtype=torch.float32).reshape(-1, len(TARGET_DENSE_COLUMNS)),
+        labels={k: torch.tensor(v, dtype=torch.float32) for k, v in labels.items()},
+        sample_ids=[s.sample_id for s in samples],
+        user_ids=[s.user_id for s in samples],
+        target_user_ids=t_users,
+        target_scenarios=t_scen,
+        target_event_ids=t_eids,
+        max_event_ts=max((s.max_event_ts for s in samples), default=0.0),
+    )

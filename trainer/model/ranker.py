@@ -1,0 +1,247 @@
+"""``Ranker``: the MTFM-style multi-scenario transformer (heterogeneous tokens, HTA blocks, GQA, GLN, MMoE).
+
+Per user the token sequence is ``[U.., H.., R.., T..]`` (see :mod:`trainer.batch`). MTGR's dynamic mask (U/H seen by
+all, R only by later tokens, T only by itself) is applied inside :func:`kernels.hta_attention`. Each of the
+``num_blocks`` blocks is one full layer (all tokens are queries) and ``target_layers`` target layers (only T tokens
+are queries and are updated). Because no context token (U/H/R) ever sees a T token, the context's hidden states and
+keys/values do not depend on the targets: :meth:`Ranker.encode_user` computes them once per user and
+:meth:`Ranker.score_candidates` scores any number of candidates against that cache (M-FALCON style).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from kernels.attention import AttentionKind, TokenGroup
+from trainer.batch import Batch
+from trainer.features import FeatureSpec
+from trainer.model.embedding import TokenEmbedder
+from trainer.model.heads import MMoE
+from trainer.model.hta import HTALayer, KVLayout
+
+_CTX_GROUPS = (TokenGroup.U, TokenGroup.H, TokenGroup.R)
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    """Architecture of :class:`Ranker` (defaults: a small model that trains on a CPU laptop).
+
+    Attributes:
+        d_model: token width d.
+        num_blocks: HTA blocks B.
+        target_layers: target-only layers K after each block's full layer (MTFM production 3, i.e. 3:1);
+            0 gives a plain full-attention transformer.
+        q_heads / kv_heads: grouped-query attention heads (MTFM 3:1); equal numbers give multi-head attention.
+        head_dim: width of one attention head (decoupled from d_model so 3 heads fit any d).
+        attention: softmax, or HSTU's pointwise SiLU.
+        num_experts / expert_dim: MMoE head.
+        dropout: on each layer's residual branch.
+
+    Example:
+        >>> RankerConfig.from_json(RankerConfig(d_model=32).to_json()).d_model
+        32
+    """
+
+    d_model: int = 64
+    num_blocks: int = 2
+    target_layers: int = 3
+    q_heads: int = 3
+    kv_heads: int = 1
+    head_dim: int = 32
+    attention: AttentionKind = AttentionKind.SOFTMAX
+    num_experts: int = 4
+    expert_dim: int = 64
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.q_heads % self.kv_heads:
+            raise ValueError(f"q_heads ({self.q_heads}) must be a multiple of kv_heads ({self.kv_heads})")
+        if self.num_blocks < 1 or self.target_layers < 0:
+            raise ValueError("num_blocks must be >= 1 and target_layers >= 0")
+
+    @property
+    def num_layers(self) -> int:
+        return self.num_blocks * (1 + self.target_layers)
+
+    def to_json(self) -> str:
+        d: dict[str, Any] = dataclasses.asdict(self)
+        d["attention"] = self.attention.value
+        return json.dumps(d, sort_keys=True)
+
+    @staticmethod
+    def from_json(raw: str | dict[str, Any]) -> RankerConfig:
+        d = dict(json.loads(raw) if isinstance(raw, str) else raw)
+        d["attention"] = AttentionKind(d["attention"])
+        return RankerConfig(**d)
+
+
+@dataclass
+class UserCache:
+    """Per-layer keys/values of every user's context tokens (U, H, R), from :meth:`Ranker.encode_user`.
+
+    ``keys[l]``, ``values[l]`` (N_ctx, kv_heads, head_dim) per layer; ``offsets`` (B+1,) jagged per user;
+    ``ts`` (N_ctx,) float32 relative to ``ts_origin`` (B,) float64; ``group`` (N_ctx,) token groups.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    offsets: torch.Tensor
+    ts: torch.Tensor
+    group: torch.Tensor
+    max_len: int
+    ts_origin: torch.Tensor
+    user_ids: list[str]
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+
+def _user_of(offsets: torch.Tensor, n: int) -> torch.Tensor:
+    """(B+1,) offsets -> (n,) owning user of each row."""
+    b = offsets.numel() - 1
+    return torch.repeat_interleave(torch.arange(b, device=offsets.device), offsets.diff(), output_size=n)
+
+
+def _positions(offsets: torch.Tensor, n: int) -> torch.Tensor:
+    """(B+1,) offsets -> (n,) index of each row inside its user's sequence."""
+    return torch.arange(n, device=offsets.device) - offsets[_user_of(offsets, n)]
+
+
+class Ranker(nn.Module):
+    """The servable multi-task, multi-scenario ranker (no loss inside).
+
+    ``forward(batch) -> {task: (T,) logits}``, one logit per target per task (apply a sigmoid for probabilities).
+
+    Example:
+        >>> from streaming.sample import Sample, Target
+        >>> from trainer.batch import collate
+        >>> spec = FeatureSpec()
+        >>> batch = collate([Sample("s", "u", [Target("e", "r", "i", "home", 1.0)])], spec)
+        >>> Ranker(spec, RankerConfig()).eval()(batch)["click"].shape
+        torch.Size([1])
+    """
+
+    def __init__(self, spec: FeatureSpec, config: RankerConfig) -> None:
+        super().__init__()
+        self.spec, self.config = spec, config
+        c = config
+        self.embedder = TokenEmbedder(spec, c.d_model)
+        self.blocks = nn.ModuleList(
+            nn.ModuleList(
+                HTALayer(c.d_model, c.q_heads, c.kv_heads, c.head_dim, c.attention, c.dropout)
+                for _ in range(1 + c.target_layers)
+            )
+            for _ in range(c.num_blocks)
+        )
+        self.final_norm = nn.LayerNorm(c.d_model)
+        self.head = MMoE(c.d_model, self.embedder.scenario_dim, spec.tasks, c.num_experts, c.expert_dim)
+
+    def layers(self) -> list[tuple[bool, HTALayer]]:
+        """All layers in order as ``(is_full, layer)``."""
+        out: list[tuple[bool, HTALayer]] = []
+        for block in self.blocks:
+            assert isinstance(block, nn.ModuleList)
+            out.extend((i == 0, layer) for i, layer in enumerate(block))  # type: ignore[misc]
+        return out
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        toks, scen = self.embedder(batch)
+        N = batch.num_tokens
+        rows = torch.cat([batch.group_rows[g] for g in TokenGroup])
+        x = toks[TokenGroup.U].new_zeros(N, self.config.d_model)
+        x = x.index_copy(0, rows, torch.cat([toks[g] for g in TokenGroup]))  # (N, d) in sequence order
+        group, t_rows = batch.token_group, batch.group_rows[TokenGroup.T]
+        kv = KVLayout(batch.seq_offsets, batch.token_ts, group, batch.max_seq_len)
+        pos = _positions(batch.seq_offsets, N)
+        t_group = group[t_rows]
+        for full, layer in self.layers():
+            xn = layer.norm_in(x, group)
+            k, v = layer.kv(xn)
+            if full:  # every token is a query
+                x = layer.query_update(x, xn, group, k, v, kv, batch.seq_offsets, pos, batch.max_seq_len)
+            else:  # only targets are queries and are updated; U/H/R pass through
+                xt = layer.query_update(
+                    x[t_rows], xn[t_rows], t_group, k, v, kv, batch.target_offsets, batch.target_pos,
+                    batch.max_targets,
+                )
+                x = x.index_copy(0, t_rows, xt)
+        return self.head(self.final_norm(x[t_rows]), scen)
+
+    @torch.no_grad()
+    def encode_user(self, batch: Batch) -> UserCache:
+        """Run every user's U/H/R tokens through the model once; keep each layer's keys/values (targets ignored)."""
+        toks, _ = self.embedder(batch, _CTX_GROUPS)
+        ctx_offsets = batch.seq_offsets - batch.target_offsets  # (B+1,)
+        n_ctx = batch.num_tokens - batch.num_targets
+        token_user = _user_of(batch.seq_offsets, batch.num_tokens)
+        ctx_rows = torch.cat([batch.group_rows[g] for g in _CTX_GROUPS])
+        dst = ctx_rows - batch.target_offsets[token_user[ctx_rows]]  # row inside the context-only sequence
+        x = toks[TokenGroup.U].new_zeros(n_ctx, self.config.d_model)
+        x = x.index_copy(0, dst, torch.cat([toks[g] for g in _CTX_GROUPS]))
+        ts = batch.token_ts.new_empty(n_ctx).index_copy(0, dst, batch.token_ts[ctx_rows])
+        group = batch.token_group.new_empty(n_ctx).index_copy(0, dst, batch.token_group[ctx_rows])
+        kv = KVLayout(ctx_offsets, ts, group, batch.max_context_len)
+        pos = _positions(ctx_offsets, n_ctx)
+        keys, values = [], []
+        for full, layer in self.layers():
+            xn = layer.norm_in(x, group)
+            k, v = layer.kv(xn)
+            keys.append(k)
+            values.append(v)
+            if full:
+                x = layer.query_update(x, xn, group, k, v, kv, ctx_offsets, pos, batch.max_context_len)
+        return UserCache(keys, values, ctx_offsets, ts, group, batch.max_context_len, batch.ts_origin,
+                         list(batch.user_ids))
+
+    @torch.no_grad()
+    def score_candidates(self, cache: UserCache, batch: Batch) -> dict[str, torch.Tensor]:
+        """Score ``batch``'s targets against ``cache`` (same users, same order); equals ``forward(batch)``.
+
+        Only the T tokens of ``batch`` are embedded and run; each attends to its user's cached context keys/values
+        and to itself. Candidate timestamps are re-expressed relative to the cache's time origin.
+        """
+        if batch.user_ids != cache.user_ids:
+            raise ValueError("score_candidates: batch users differ from the cache's users (same order required)")
+        toks, scen = self.embedder(batch, (TokenGroup.T,))
+        x = toks[TokenGroup.T]  # (T, d)
+        T, n_ctx = batch.num_targets, int(cache.ts.numel())
+        t_off, c_off = batch.target_offsets, cache.offsets
+        t_user = _user_of(t_off, T)
+        c_user = _user_of(c_off, n_ctx)
+        kv_offsets = c_off + t_off
+        c_dst = torch.arange(n_ctx, device=x.device) + t_off[c_user]  # context rows first, then the user's targets
+        t_dst = torch.arange(T, device=x.device) + c_off[t_user + 1]
+        q_pos = t_dst - kv_offsets[t_user]
+        shift = (batch.ts_origin - cache.ts_origin).to(torch.float32)[t_user]
+        t_ts = batch.token_ts[batch.group_rows[TokenGroup.T]] + shift
+        t_group = batch.token_group[batch.group_rows[TokenGroup.T]]
+
+        def merge(ctx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+            out = ctx.new_empty((n_ctx + T, *ctx.shape[1:]))
+            return out.index_copy(0, c_dst, ctx).index_copy(0, t_dst, tgt)
+
+        kv = KVLayout(kv_offsets, merge(cache.ts, t_ts), merge(cache.group, t_group), cache.max_len + batch.max_targets)
+        for li, (_, layer) in enumerate(self.layers()):
+            xn = layer.norm_in(x, t_group)
+            k, v = layer.kv(xn)
+            x = layer.query_update(
+                x, xn, t_group, merge(cache.keys[li], k), merge(cache.values[li], v), kv, t_off, q_pos,
+                batch.max_targets,
+            )
+        return self.head(self.final_norm(x), scen)  # type: ignore[no-any-return]
+
+    def embedding_parameters(self) -> list[nn.Parameter]:
+        """Embedding-table parameters (row-wise Adagrad in the trainer)."""
+        return self.embedder.embedding_parameters()
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        """Every other parameter (AdamW in the trainer)."""
+        emb = {id(p) for p in self.embedding_parameters()}
+        return [p for p in self.parameters() if id(p) not in emb]
