@@ -1,15 +1,183 @@
-"""``python -m trainer``."""
+"""``python -m trainer``: the continual trainer (samples topic → model → snapshots), every flag with help.
+
+Examples::
+
+    python -m trainer --bootstrap 127.0.0.1:9092                       # train forever, snapshot every 5 s
+    python -m trainer --exit-when-idle 10 --snapshot-every-s 2          # drain what is there, then stop
+    torchrun --nproc-per-node 2 -m trainer --distributed                # 2 ranks (see trainer/distributed.py)
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import logging
+import os
+import signal
 import sys
+from pathlib import Path
+from typing import Any
+
+from trainer.features import FeatureSpec, TableSpec
+from trainer.loop import Trainer, TrainerConfig
+from trainer.optim import OptimConfig
+from trainer.progressive import ProgressiveConfig
+from trainer.source import SourceConfig
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    d, s, o, pr = TrainerConfig(), SourceConfig(), OptimConfig(), ProgressiveConfig()
+    k = ap.add_argument_group("Kafka source and batching")
+    k.add_argument("--bootstrap", default=s.bootstrap, help="Kafka bootstrap servers (default %(default)s)")
+    k.add_argument("--topic", default=s.topic, help="samples topic to train on (default %(default)s)")
+    k.add_argument("--deadletter-topic", default=s.deadletter_topic,
+                   help="forward undecodable samples here with a reason; '' = count only (default %(default)s)")
+    k.add_argument("--snapshots-topic", default=d.snapshots_topic,
+                   help="announce each snapshot here as JSON; '' = don't announce (default %(default)s)")
+    k.add_argument("--batch-samples", type=int, default=s.batch_samples,
+                   help="user-level samples per training batch (default %(default)s)")
+    k.add_argument("--batch-timeout-s", type=float, default=s.batch_timeout_s,
+                   help="emit a partial batch this many seconds after its first sample (default %(default)s)")
+    k.add_argument("--start", choices=["earliest", "latest"], default=s.start,
+                   help="where to start on partitions without a checkpointed offset (default %(default)s)")
+    k.add_argument("--dedupe-capacity", type=int, default=s.dedupe_capacity,
+                   help="recently trained sample ids remembered (and checkpointed) to skip replays (default %(default)s)")
+    k.add_argument("--prefetch", type=int, default=s.prefetch,
+                   help="batches decoded/collated ahead of the training step (default %(default)s)")
+    r = ap.add_argument_group("run directory, checkpoints and snapshots")
+    r.add_argument("--run-dir", type=Path, default=d.run_dir, help="parent of the defaults below (default %(default)s)")
+    r.add_argument("--snapshot-dir", type=Path, default=None, help="serving snapshots (default RUN_DIR/snapshots)")
+    r.add_argument("--checkpoint-dir", type=Path, default=None, help="resume checkpoints (default RUN_DIR/checkpoints)")
+    r.add_argument("--metrics-log", type=Path, default=None, help="JSONL metrics log (default RUN_DIR/metrics.jsonl)")
+    r.add_argument("--trained-log", type=Path, default=None,
+                   help="append trained sample ids here, committed with each checkpoint (exactly-once audit; off by default)")
+    r.add_argument("--snapshot-every-s", type=float, default=d.snapshot_every_s,
+                   help="snapshot cadence in seconds, 0 = off (default %(default)s)")
+    r.add_argument("--snapshot-every-samples", type=int, default=d.snapshot_every_samples,
+                   help="also snapshot after this many newly trained samples, 0 = off (default %(default)s)")
+    r.add_argument("--snapshot-keep", type=int, default=d.snapshot_keep, help="snapshots kept (default %(default)s)")
+    r.add_argument("--checkpoint-every-s", type=float, default=d.checkpoint_every_s,
+                   help="checkpoint cadence between snapshots, 0 = only with snapshots (default %(default)s)")
+    r.add_argument("--checkpoint-keep", type=int, default=d.checkpoint_keep, help="checkpoints kept (default %(default)s)")
+    r.add_argument("--log-every-s", type=float, default=d.log_every_s,
+                   help="metrics JSONL line + Prometheus quality refresh cadence (default %(default)s)")
+    t = ap.add_argument_group("training")
+    t.add_argument("--model", choices=["ranker", "dlrm"], default="ranker",
+                   help="ranker = the multi-scenario HTA transformer; dlrm = the DLRM baseline (default %(default)s)")
+    t.add_argument("--d-model", type=int, default=None, help="model width (default: the model config's)")
+    t.add_argument("--num-blocks", type=int, default=None, help="ranker blocks (default: RankerConfig's)")
+    t.add_argument("--target-layers", type=int, default=None, help="ranker target-only layers per block (default: RankerConfig's)")
+    t.add_argument("--dropout", type=float, default=None, help="residual dropout (default: the model config's)")
+    t.add_argument("--max-history", type=int, default=None, help="FeatureSpec.max_history (default: FeatureSpec's)")
+    t.add_argument("--max-realtime", type=int, default=None, help="FeatureSpec.max_realtime (default: FeatureSpec's)")
+    t.add_argument("--max-table-rows", type=int, default=0,
+                   help="cap every embedding table at this many hash buckets, 0 = FeatureSpec defaults (default %(default)s)")
+    t.add_argument("--embedding-lr", type=float, default=o.embedding_lr, help="row-wise Adagrad lr (default %(default)s)")
+    t.add_argument("--dense-lr", type=float, default=o.dense_lr, help="AdamW lr (default %(default)s)")
+    t.add_argument("--weight-decay", type=float, default=o.weight_decay, help="AdamW weight decay (default %(default)s)")
+    t.add_argument("--grad-clip", type=float, default=o.grad_clip, help="dense grad-norm clip, 0 = off (default %(default)s)")
+    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
+                   help="auto = CUDA when available (default %(default)s)")
+    t.add_argument("--seed", type=int, default=d.seed, help="model init seed (default %(default)s)")
+    t.add_argument("--threads", type=int, default=0, help="torch intra-op threads, 0 = torch default (default %(default)s)")
+    e = ap.add_argument_group("progressive validation and metrics")
+    e.add_argument("--eval-window", type=int, default=pr.window,
+                   help="targets per scenario×task in the windowed metrics (default %(default)s)")
+    e.add_argument("--auc-thresholds", type=int, default=pr.auc_thresholds,
+                   help="bins of the constant-memory lifetime AUC (default %(default)s)")
+    e.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address (default %(default)s)")
+    e.add_argument("--metrics-port", type=int, default=9102, help="Prometheus port, 0 = off (default %(default)s)")
+    x = ap.add_argument_group("stopping and scale-out")
+    x.add_argument("--max-samples", type=int, default=None, help="stop after training this many samples")
+    x.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
+    x.add_argument("--exit-when-idle", type=float, default=None, help="stop after this many seconds without records")
+    x.add_argument("--distributed", action="store_true",
+                   help="multi-rank under torchrun: shard embeddings with TorchRec DMP, partitions p %% WORLD_SIZE == RANK")
+    x.add_argument("--log-level", default="INFO", help="Python logging level (default %(default)s)")
+    return ap
+
+
+def _spec(args: argparse.Namespace) -> FeatureSpec:
+    base = FeatureSpec()
+    changes: dict[str, Any] = {}
+    if args.max_history is not None:
+        changes["max_history"] = args.max_history
+    if args.max_realtime is not None:
+        changes["max_realtime"] = args.max_realtime
+    if args.max_table_rows > 0:
+        changes["tables"] = {n: TableSpec(min(t.num_embeddings, max(args.max_table_rows, base.time_gap_buckets)), t.dim)
+                             for n, t in base.tables.items()}
+    return dataclasses.replace(base, **changes) if changes else base
+
+
+def _model(args: argparse.Namespace, spec: FeatureSpec) -> Any:
+    import torch
+
+    torch.manual_seed(args.seed)
+    if args.model == "dlrm":
+        from trainer.model import DLRMBaseline, DLRMConfig  # type: ignore[attr-defined]
+
+        dcfg = DLRMConfig()
+        dchanges = {f: v for f, v in (("d_model", args.d_model), ("dropout", args.dropout))
+                    if v is not None and hasattr(dcfg, f)}
+        return DLRMBaseline(spec, dataclasses.replace(dcfg, **dchanges))
+    from trainer.model import Ranker, RankerConfig  # type: ignore[attr-defined]
+
+    rcfg = RankerConfig()
+    rchanges = {f: v for f, v in (("d_model", args.d_model), ("num_blocks", args.num_blocks),
+                                  ("target_layers", args.target_layers), ("dropout", args.dropout)) if v is not None}
+    return Ranker(spec, dataclasses.replace(rcfg, **rchanges))
+
+
+def config_from_args(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> TrainerConfig:
+    """The frozen :class:`TrainerConfig` of parsed flags."""
+    source = SourceConfig(
+        bootstrap=args.bootstrap, topic=args.topic, deadletter_topic=args.deadletter_topic,
+        batch_samples=args.batch_samples, batch_timeout_s=args.batch_timeout_s, start=args.start,
+        dedupe_capacity=args.dedupe_capacity, prefetch=args.prefetch, rank=rank, world_size=world_size,
+    )
+    optim = OptimConfig(embedding_lr=args.embedding_lr, dense_lr=args.dense_lr, weight_decay=args.weight_decay,
+                        grad_clip=args.grad_clip)
+    run_dir = args.run_dir if world_size == 1 else args.run_dir / f"rank{rank}"
+    return TrainerConfig(
+        source=source, optim=optim,
+        progressive=ProgressiveConfig(window=args.eval_window, auc_thresholds=args.auc_thresholds),
+        run_dir=run_dir, snapshot_dir=args.snapshot_dir, checkpoint_dir=args.checkpoint_dir,
+        metrics_log=args.metrics_log, trained_log=args.trained_log, snapshot_every_s=args.snapshot_every_s,
+        snapshot_every_samples=args.snapshot_every_samples, snapshot_keep=args.snapshot_keep,
+        checkpoint_every_s=args.checkpoint_every_s, checkpoint_keep=args.checkpoint_keep,
+        snapshots_topic=args.snapshots_topic, log_every_s=args.log_every_s, device=args.device, seed=args.seed,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__import__("trainer").__doc__)
-    parser.parse_args(argv)
-    parser.print_help()
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("trainer")
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    if args.distributed:
+        from trainer.distributed import run_distributed
+
+        return run_distributed(args, _spec, _model, config_from_args)
+    spec = _spec(args)
+    config = config_from_args(args)
+    trainer = Trainer(config, _model(args, spec), spec)
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=args.metrics_host)
+    signal.signal(signal.SIGTERM, lambda *_: trainer.stop_event.set())
+    signal.signal(signal.SIGINT, lambda *_: trainer.stop_event.set())
+    log.info("trainer pid %d on %s, run dir %s%s", os.getpid(), trainer.device, config.run_dir,
+             f", resumed from {trainer.resumed_from}" if trainer.resumed_from else "")
+    summary = trainer.run(max_samples=args.max_samples, max_seconds=args.max_seconds,
+                          exit_when_idle_s=args.exit_when_idle)
+    log.info("stopped: %s", summary)
     return 0
 
 

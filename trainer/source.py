@@ -1,0 +1,349 @@
+"""Samples from Kafka: manual partition assignment, offsets from the checkpoint, decoding, dedupe, batching, prefetch.
+
+Offsets live in the trainer checkpoint, not in a consumer group (the TorchEasyRec / DeepRec pattern): the consumer
+has no ``group_id``, is *assigned* its partitions (rank ``r`` of ``w`` takes partitions ``p % w == r``) and seeks to
+the checkpointed offsets on start. Nothing is committed to Kafka.
+
+Every record ends up in exactly one place: a decoded :class:`~streaming.sample.Sample` in a batch, or a counted skip
+``reason`` (``invalid_json``, ``schema_version``, ``bad_field``, ``not_object``, ``no_targets``, ``duplicate``,
+``collate_error``), optionally forwarded to the dead-letter topic. Offsets advance past skipped records too.
+
+:class:`Prefetcher` runs polling, decoding and ``collate`` (and ``pin_memory`` on CUDA) on a background thread with a
+bounded queue, so the training step never waits on JSON parsing or tensor building while data is available.
+
+Example:
+    >>> from streaming.sample import Sample, Target
+    >>> seen = RecentIds(10)
+    >>> ok = Sample("s1", "u1", [Target("e1", "r1", "i1", "home", 1.0)]).encode()
+    >>> samples, skips = decode_records([ok, b"{oops", ok], seen)
+    >>> [s.sample_id for s in samples], [r for r, _, _ in skips]
+    (['s1'], ['invalid_json', 'duplicate'])
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, Literal, TypeVar
+
+from streaming.sample import Sample, SampleError
+
+log = logging.getLogger(__name__)
+
+B = TypeVar("B")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    """Where samples come from and how they are batched.
+
+    Attributes:
+        bootstrap: Kafka bootstrap servers.
+        topic: the samples topic.
+        deadletter_topic: forward undecodable samples here with a reason ("" = count only).
+        batch_samples: samples per training batch (a batch is emitted when full ...).
+        batch_timeout_s: ... or when this many seconds passed since its first sample.
+        start: where to begin on partitions without a checkpointed offset.
+        dedupe_capacity: how many recently trained sample ids are remembered to skip replays.
+        prefetch: batches prepared ahead of the training step.
+        rank: this trainer's rank; it reads partitions ``p % world_size == rank``.
+        world_size: number of trainer ranks.
+    """
+
+    bootstrap: str = "127.0.0.1:9092"
+    topic: str = "samples"
+    deadletter_topic: str = "deadletter"
+    batch_samples: int = 256
+    batch_timeout_s: float = 0.5
+    start: Literal["earliest", "latest"] = "earliest"
+    dedupe_capacity: int = 200_000
+    prefetch: int = 2
+    rank: int = 0
+    world_size: int = 1
+
+
+class RecentIds:
+    """Bounded set of the most recent ids (LRU order; the oldest is forgotten past ``capacity``).
+
+    Example:
+        >>> r = RecentIds(2)
+        >>> r.add("a"), r.add("b"), r.add("a"), r.add("c")
+        (True, True, False, True)
+        >>> "b" in r, r.to_list()
+        (False, ['a', 'c'])
+    """
+
+    def __init__(self, capacity: int, ids: Iterable[str] = ()) -> None:
+        self.capacity = max(1, capacity)
+        self._d: OrderedDict[str, None] = OrderedDict()
+        for i in ids:
+            self.add(i)
+
+    def add(self, sample_id: str) -> bool:
+        """Remember ``sample_id``; True if it was not already remembered."""
+        if sample_id in self._d:
+            self._d.move_to_end(sample_id)
+            return False
+        self._d[sample_id] = None
+        if len(self._d) > self.capacity:
+            self._d.popitem(last=False)
+        return True
+
+    def __contains__(self, sample_id: object) -> bool:
+        return sample_id in self._d
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def to_list(self) -> list[str]:
+        """Oldest first (so ``RecentIds(n, r.to_list())`` rebuilds the same order)."""
+        return list(self._d)
+
+
+Skip = tuple[str, str, bytes]  # (reason, detail, raw record value)
+
+
+def decode_records(values: Sequence[bytes | None], seen: RecentIds) -> tuple[list[Sample], list[Skip]]:
+    """Decode raw record values into samples; everything else becomes a ``(reason, detail, raw)`` skip.
+
+    ``seen`` holds sample ids already trained or already handed out; new ids are added to it.
+    """
+    samples: list[Sample] = []
+    skips: list[Skip] = []
+    for raw in values:
+        if raw is None:
+            skips.append(("invalid_json", "empty record value", b""))
+            continue
+        try:
+            s = Sample.decode(raw)
+        except SampleError as e:
+            skips.append((e.reason, e.detail, raw))
+            continue
+        if not s.targets:
+            skips.append(("no_targets", f"sample {s.sample_id} has no targets", raw))
+            continue
+        if not seen.add(s.sample_id):
+            skips.append(("duplicate", f"sample {s.sample_id} was already trained", raw))
+            continue
+        samples.append(s)
+    return samples, skips
+
+
+@dataclass
+class SampleBatch(Generic[B]):
+    """What the prefetcher hands to the training loop.
+
+    ``batch`` is the collated model batch (None when every record of this poll was skipped); ``offsets`` the next
+    offset to read per partition *after* this batch; ``skipped`` counts by reason; ``lag`` the consumer lag (records
+    behind the log end, summed over this rank's partitions) when it was last measured.
+    """
+
+    batch: B | None
+    samples: list[Sample]
+    offsets: dict[int, int]
+    skipped: Counter[str] = field(default_factory=Counter)
+    records: int = 0
+    lag: int | None = None
+    prepare_s: float = 0.0
+
+
+class KafkaSampleSource:
+    """A kafka-python consumer assigned to this rank's partitions of ``topic``, seeking to given offsets.
+
+    Example:
+        >>> src = KafkaSampleSource(SourceConfig(bootstrap="127.0.0.1:9092"), offsets={0: 42})  # doctest: +SKIP
+        >>> values, offsets = src.poll(max_records=256, timeout_s=0.5)  # doctest: +SKIP
+    """
+
+    def __init__(self, config: SourceConfig, offsets: Mapping[int, int] | None = None,
+                 stop: threading.Event | None = None) -> None:
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.config = config
+        self._tp = TopicPartition
+        self._stop = stop or threading.Event()
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=config.bootstrap, group_id=None, enable_auto_commit=False,
+            auto_offset_reset=config.start, client_id=f"streamrec-trainer-{config.rank}",
+            max_poll_records=max(1, config.batch_samples),
+        )
+        parts: set[int] | None = None
+        while not self._stop.is_set():  # the topic may not exist yet: wait for it (the streaming worker creates it)
+            parts = self.consumer.partitions_for_topic(config.topic)
+            if parts:
+                break
+            self.consumer.topics()  # refresh metadata
+            self._stop.wait(0.5)
+        mine = sorted(p for p in (parts or set()) if p % config.world_size == config.rank)
+        self.partitions = [TopicPartition(config.topic, p) for p in mine]
+        self.consumer.assign(self.partitions)
+        saved = dict(offsets or {})
+        for tp in self.partitions:
+            if tp.partition in saved:
+                self.consumer.seek(tp, int(saved[tp.partition]))
+            elif config.start == "earliest":
+                self.consumer.seek_to_beginning(tp)
+            else:
+                self.consumer.seek_to_end(tp)
+        self.positions: dict[int, int] = {tp.partition: int(self.consumer.position(tp)) for tp in self.partitions}
+        self._last_lag_t = 0.0
+        self.lag: int | None = None
+
+    def poll(self, max_records: int, timeout_s: float) -> tuple[list[bytes | None], dict[int, int]]:
+        """Up to ``max_records`` record values and the next offsets per partition after them."""
+        got = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        values: list[bytes | None] = []
+        for tp, records in got.items():
+            for r in records:
+                values.append(r.value)
+                self.positions[tp.partition] = r.offset + 1
+        return values, dict(self.positions)
+
+    def measure_lag(self, every_s: float = 2.0) -> int | None:
+        """Records between our position and the log end, summed over partitions (refreshed every ``every_s``)."""
+        now = time.monotonic()
+        if now - self._last_lag_t >= every_s and self.partitions:
+            self._last_lag_t = now
+            try:
+                ends = self.consumer.end_offsets(self.partitions)
+                self.lag = sum(max(0, int(ends[tp]) - self.positions.get(tp.partition, 0)) for tp in self.partitions)
+            except Exception as e:  # lag is informational; never stop training for it
+                log.debug("end_offsets failed: %s", e)
+        return self.lag
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class DeadLetter:
+    """Forwards skipped records to a dead-letter topic as JSON ``{source, topic, reason, detail, value}``."""
+
+    def __init__(self, bootstrap: str, topic: str, source_topic: str) -> None:
+        from kafka import KafkaProducer
+
+        self.topic, self.source_topic = topic, source_topic
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
+
+    def send(self, skips: Iterable[Skip]) -> None:
+        for reason, detail, raw in skips:
+            if reason == "duplicate":  # a replay, not bad data
+                continue
+            body = {"source": "trainer", "topic": self.source_topic, "reason": reason, "detail": detail[:500],
+                    "value": raw[:100_000].decode("utf-8", errors="replace")}
+            self.producer.send(self.topic, value=json.dumps(body).encode())
+
+    def close(self) -> None:
+        self.producer.flush(timeout=10)
+        self.producer.close(timeout=10)
+
+
+class Prefetcher(Generic[B]):
+    """Background thread: poll → decode/dedupe → collate (→ pin) into a bounded queue of :class:`SampleBatch`.
+
+    Args:
+        source: an object with ``poll(max_records, timeout_s)`` and ``measure_lag()`` (a :class:`KafkaSampleSource`).
+        collate: ``samples -> batch`` (e.g. ``lambda s: trainer.batch.collate(s, spec)``); exceptions on a batch make
+            it retry per sample so only the offending samples are skipped (``collate_error``).
+        seen: dedupe memory, seeded from the checkpoint's trained ids.
+        config: batching settings.
+        pin: call ``batch.pin_memory()`` (CUDA).
+        deadletter: optional :class:`DeadLetter`.
+    """
+
+    def __init__(self, source: Any, collate: Callable[[list[Sample]], B], seen: RecentIds, config: SourceConfig,
+                 pin: bool = False, deadletter: DeadLetter | None = None) -> None:
+        self.source, self.collate, self.seen, self.config = source, collate, seen, config
+        self.pin, self.deadletter = pin, deadletter
+        self.queue: queue.Queue[SampleBatch[B] | BaseException] = queue.Queue(maxsize=max(1, config.prefetch))
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="trainer-prefetch", daemon=True)
+
+    def start(self) -> Prefetcher[B]:
+        self.thread.start()
+        return self
+
+    def _collate_safe(self, samples: list[Sample], skipped: Counter[str], skips: list[Skip]) -> tuple[B | None, list[Sample]]:
+        if not samples:
+            return None, []
+        try:
+            return self.collate(samples), samples
+        except Exception:
+            good: list[Sample] = []
+            for s in samples:
+                try:
+                    self.collate([s])
+                    good.append(s)
+                except Exception as e:
+                    skipped["collate_error"] += 1
+                    skips.append(("collate_error", f"{type(e).__name__}: {e}", s.encode()))
+            return (self.collate(good) if good else None), good
+
+    def _put(self, item: SampleBatch[B] | BaseException) -> bool:
+        while not self.stop_event.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        cfg = self.config
+        try:
+            while not self.stop_event.is_set():
+                t_first: float | None = None
+                samples: list[Sample] = []
+                skips: list[Skip] = []
+                records = 0
+                offsets: dict[int, int] = {}
+                # Fill one batch: by count, or by time since its first record.
+                while not self.stop_event.is_set() and len(samples) < cfg.batch_samples:
+                    wait = cfg.batch_timeout_s if t_first is None else max(0.0, t_first + cfg.batch_timeout_s - time.monotonic())
+                    if t_first is not None and wait <= 0:
+                        break
+                    values, offsets_now = self.source.poll(cfg.batch_samples - len(samples), min(wait, 0.25) or 0.01)
+                    if not values:
+                        if t_first is None:
+                            offsets = offsets_now
+                            break  # idle: hand back an empty item so the loop can do cadence work
+                        continue
+                    t_first = t_first or time.monotonic()
+                    records += len(values)
+                    offsets = offsets_now
+                    got, bad = decode_records(values, self.seen)
+                    samples.extend(got)
+                    skips.extend(bad)
+                t0 = time.perf_counter()
+                skipped: Counter[str] = Counter(r for r, _, _ in skips)
+                batch, samples = self._collate_safe(samples, skipped, skips)
+                if batch is not None and self.pin:
+                    batch = batch.pin_memory()  # type: ignore[attr-defined]
+                if self.deadletter is not None and skips:
+                    self.deadletter.send(skips)
+                item = SampleBatch(batch=batch, samples=samples, offsets=offsets, skipped=skipped, records=records,
+                                   lag=self.source.measure_lag(), prepare_s=time.perf_counter() - t0)
+                if not self._put(item):
+                    return
+        except BaseException as e:  # surface in the training thread
+            log.exception("prefetch thread failed")
+            self._put(e)
+
+    def get(self, timeout_s: float) -> SampleBatch[B] | None:
+        """Next prepared batch, or None after ``timeout_s``; re-raises a prefetch-thread failure."""
+        try:
+            item = self.queue.get(timeout=timeout_s)
+        except queue.Empty:
+            return None
+        if isinstance(item, BaseException):
+            raise RuntimeError("sample prefetch failed") from item
+        return item
+
+    def close(self) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout=10)
