@@ -294,3 +294,204 @@ def prometheus_service(
 def python_module(module: str, *args: str) -> tuple[str, ...]:
     """argv for ``python -m module args`` with this interpreter (the project's .venv under make)."""
     return (sys.executable, "-m", module, *args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The streamrec pipeline on one broker: worker → trainer → serving (+ Prometheus), as used by the demo, the
+# deploy tests and benchmarks/bench_pipeline.py.
+
+TOPICS = ("impressions", "feedback", "samples", "deadletter", "snapshots", "user_state")
+
+
+def pick_port(preferred: int, host: str = "127.0.0.1") -> int:
+    """``preferred`` if nothing listens there (and it is not 0), else a free port."""
+    return preferred if preferred and not port_in_use(preferred, host) else free_port()
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Ports, topics and directories of one local pipeline (ports taken by something else are replaced by free ones).
+
+    Example:
+        >>> PipelineConfig(topic_prefix="t1-").topic("samples")
+        't1-samples'
+    """
+
+    run_dir: Path = REPO_ROOT / "runs" / "demo"
+    topic_prefix: str = ""
+    worker_port: int = 9101
+    trainer_port: int = 9102
+    serving_port: int = 8000
+    prometheus_port: int = 9090
+    with_prometheus: bool = True
+    snapshot_every_s: float = 5.0
+    ready_timeout_s: float = 120.0
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+
+@dataclass
+class Progress:
+    """One reading of every service's /metrics (what the demo shows and the tests wait on)."""
+
+    worker_events_in: float = 0.0
+    worker_deadletter: float = 0.0
+    worker_samples_out: float = 0.0
+    worker_targets_out: float = 0.0
+    trainer_samples: float = 0.0
+    trainer_impressions: float = 0.0
+    trainer_skipped: float = 0.0
+    trainer_snapshot_version: float = 0.0
+    trainer_last_snapshot_ts: float = 0.0
+    trainer_lag: float = float("nan")
+    auc: dict[tuple[str, str], float] = field(default_factory=dict)  # (scenario, task) -> windowed AUC
+    gauc: dict[tuple[str, str], float] = field(default_factory=dict)
+    serving_version: float = 0.0
+    serving_freshness_s: float = float("nan")
+    serving_since_update_s: float = float("nan")
+
+
+class Pipeline:
+    """Starts the streaming worker, trainer and serving (and Prometheus if installed) against ``bootstrap``.
+
+    Example:
+        >>> with Supervisor(Path("runs/demo")) as sup:                                   # doctest: +SKIP
+        ...     p = Pipeline(PipelineConfig(), "127.0.0.1:9092", sup)
+        ...     p.start()
+        ...     p.replay(["--dataset", "movielens", "--limit", "20000"])
+    """
+
+    def __init__(self, config: PipelineConfig, bootstrap: str, supervisor: Supervisor) -> None:
+        self.config = config
+        self.bootstrap = bootstrap
+        self.sup = supervisor
+        self.worker_port = pick_port(config.worker_port)
+        self.trainer_port = pick_port(config.trainer_port)
+        self.serving_port = pick_port(config.serving_port)
+        self.prometheus_url: str | None = None
+        self.snapshot_dir = config.run_dir / "snapshots"
+        self.checkpoint_dir = config.run_dir / "checkpoints"
+
+    # -- addresses
+    @property
+    def worker_metrics(self) -> str:
+        return f"http://127.0.0.1:{self.worker_port}/metrics"
+
+    @property
+    def trainer_metrics(self) -> str:
+        return f"http://127.0.0.1:{self.trainer_port}/metrics"
+
+    @property
+    def serving_url(self) -> str:
+        return f"http://127.0.0.1:{self.serving_port}"
+
+    def create_topics(self, partitions: int = 4) -> None:
+        """Create the pipeline's topics up front (``user_state`` compacted, ``snapshots`` one partition) so every
+        service sees the same partitions from its first poll; existing topics are kept."""
+        from kafka.admin import KafkaAdminClient, NewTopic
+        from kafka.errors import TopicAlreadyExistsError
+
+        admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="streamrec-cluster")
+        try:
+            for name in TOPICS:
+                cfg = {"cleanup.policy": "compact"} if name == "user_state" else {}
+                topic = NewTopic(self.config.topic(name), 1 if name == "snapshots" else partitions, 1, topic_configs=cfg)
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    admin.create_topics([topic])
+        finally:
+            admin.close()
+
+    # -- services
+    def worker_service(self) -> Service:
+        c = self.config
+        return Service("worker", python_module(
+            "streaming", "worker", "--bootstrap", self.bootstrap,
+            "--impressions-topic", c.topic("impressions"), "--feedback-topic", c.topic("feedback"),
+            "--samples-topic", c.topic("samples"), "--deadletter-topic", c.topic("deadletter"),
+            "--user-state-topic", c.topic("user_state"),
+            "--app-id", f"{c.topic_prefix}streamrec-worker", "--data-dir", str(c.run_dir / "worker"),
+            "--metrics-port", str(self.worker_port)), ready_url=self.worker_metrics)
+
+    def trainer_service(self) -> Service:
+        c = self.config
+        return Service("trainer", python_module(
+            "trainer", "--bootstrap", self.bootstrap, "--topic", c.topic("samples"),
+            "--deadletter-topic", c.topic("deadletter"), "--snapshots-topic", c.topic("snapshots"),
+            "--run-dir", str(c.run_dir / "trainer"), "--snapshot-dir", str(self.snapshot_dir),
+            "--checkpoint-dir", str(self.checkpoint_dir), "--snapshot-every-s", str(c.snapshot_every_s),
+            "--metrics-port", str(self.trainer_port)), ready_url=self.trainer_metrics)
+
+    def serving_service(self) -> Service:
+        c = self.config
+        return Service("serving", python_module(
+            "serving", "--bootstrap", self.bootstrap, "--port", str(self.serving_port),
+            "--snapshots-topic", c.topic("snapshots"), "--user-state-topic", c.topic("user_state"),
+            "--snapshot-dir", str(self.snapshot_dir), "--log-level", "warning"),
+            ready_url=f"{self.serving_url}/healthz")
+
+    def start(self) -> None:
+        """Start every service and wait until each answers its readiness URL."""
+        self.config.run_dir.mkdir(parents=True, exist_ok=True)
+        for svc in (self.worker_service(), self.trainer_service(), self.serving_service()):
+            self.sup.start(svc)
+        for name in ("worker", "trainer", "serving"):
+            self.sup.wait_ready(name, self.config.ready_timeout_s)
+        if self.config.with_prometheus:
+            prom = prometheus_service(
+                self.config.run_dir, {"stream": f"127.0.0.1:{self.worker_port}",
+                                      "trainer": f"127.0.0.1:{self.trainer_port}",
+                                      "serving": f"127.0.0.1:{self.serving_port}"},
+                port=self.config.prometheus_port)
+            if prom is not None:
+                self.sup.start(prom)
+                self.sup.wait_ready("prometheus", 60)
+                assert prom.ready_url is not None
+                self.prometheus_url = prom.ready_url.removesuffix("/-/ready")
+
+    def replay(self, dataset_args: list[str], name: str = "replay") -> Running:
+        """Start ``python -m streaming.replay`` with ``dataset_args`` (e.g. ``--dataset movielens --limit N``)."""
+        c = self.config
+        return self.sup.start(Service(name, python_module(
+            "streaming.replay", "--bootstrap", self.bootstrap, "--impressions-topic", c.topic("impressions"),
+            "--feedback-topic", c.topic("feedback"), "--no-progress", *dataset_args)))
+
+    # -- observation
+    def progress(self) -> Progress:
+        w, t = scrape(self.worker_metrics), scrape(self.trainer_metrics)
+        v = scrape(f"{self.serving_url}/metrics")
+        p = Progress(
+            worker_events_in=metric_sum(w, "streamrec_stream_events_in_total"),
+            worker_deadletter=metric_sum(w, "streamrec_stream_deadletter_total"),
+            worker_samples_out=metric_sum(w, "streamrec_stream_samples_out_total"),
+            worker_targets_out=metric_sum(w, "streamrec_stream_targets_out_total"),
+            trainer_samples=metric_sum(t, "streamrec_trainer_samples_total"),
+            trainer_impressions=metric_sum(t, "streamrec_trainer_impressions_total"),
+            trainer_skipped=metric_sum(t, "streamrec_trainer_skipped_total"),
+            trainer_snapshot_version=metric_sum(t, "streamrec_trainer_snapshot_version"),
+            trainer_last_snapshot_ts=metric_sum(t, "streamrec_trainer_last_snapshot_timestamp_seconds"),
+            trainer_lag=metric_sum(t, "streamrec_trainer_consumer_lag_records") if t else float("nan"),
+            serving_version=metric_sum(v, "streamrec_serving_model_version"),
+            serving_freshness_s=metric_sum(v, "streamrec_serving_model_freshness_seconds") if v else float("nan"),
+            serving_since_update_s=metric_sum(v, "streamrec_serving_since_last_update_seconds") if v else float("nan"),
+        )
+        for (name, lbls), val in t.items():
+            d = dict(lbls)
+            if d.get("window") == "window" and name in ("streamrec_trainer_auc", "streamrec_trainer_gauc"):
+                (p.auc if name.endswith("_auc") and not name.endswith("gauc") else p.gauc)[
+                    (d.get("scenario", ""), d.get("task", ""))] = val
+        return p
+
+    def topic_end_offsets(self, *names: str) -> int:
+        """Sum of the log-end offsets of ``names`` (e.g. how many events the replay has produced)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+        try:
+            parts = []
+            for n in names:
+                for p in consumer.partitions_for_topic(self.config.topic(n)) or ():
+                    parts.append(TopicPartition(self.config.topic(n), p))
+            return int(sum(consumer.end_offsets(parts).values())) if parts else 0
+        finally:
+            consumer.close()

