@@ -281,12 +281,14 @@ class Trainer:
         created = time.time()
         meta = SnapshotMeta(version=version, created_at=created, max_event_ts=self.max_event_ts,
                             samples_trained=self.samples_trained)
-        was_training = self.model.training
-        self.model.eval()
+        model = self.model
+        assert isinstance(model, Ranker)
+        was_training = model.training
+        model.eval()
         try:
-            path = save_snapshot(self.config.snapshots_path, self.model, meta)
+            path = save_snapshot(self.config.snapshots_path, model, meta)
         finally:
-            self.model.train(was_training)
+            model.train(was_training)
         prune_snapshots(self.config.snapshots_path, self.config.snapshot_keep)
         self.last_snapshot_path = Path(path)
         self._dirty_snap = False
