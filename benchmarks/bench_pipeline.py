@@ -1,0 +1,203 @@
+"""End-to-end pipeline benchmark: MovieLens-100K replayed through Kafka → worker → trainer → serving.
+
+Runs the same cluster code as ``make demo`` and the deploy tests (deploy/cluster.py) on a fresh local broker and
+measures, from the services' /metrics and serving's /v1/model:
+
+- replay (produce) rate, events/s;
+- sustained rate of each stage between the moments it had done 10 % and 90 % of the work (worker: events read;
+  trainer: impressions trained, also expressed as input events/s);
+- end to end: all events / (replay start → every sample trained and a snapshot covering them served);
+- freshness: for every ``stride``-th feedback event, wall seconds from being produced to the first served model
+  whose snapshot's ``max_event_ts`` covers it (p50 / p99 / max, and how many no served model covered).
+
+    .venv/bin/python -m benchmarks.bench_pipeline                 # full MovieLens-100K (176,576 events)
+    .venv/bin/python -m benchmarks.bench_pipeline --limit 50000
+
+Writes reports/bench/pipeline.json and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from deploy.cluster import FreshnessProbe, Pipeline, PipelineConfig, ReplayThread, Supervisor, wait_until
+from deploy.demo import Completion
+from deploy.kafka import REPO_ROOT, BrokerConfig, KafkaBroker
+
+OUT = REPO_ROOT / "reports" / "bench" / "pipeline.json"
+
+
+def _crossing(series: list[tuple[float, float]], level: float) -> float | None:
+    """First time the sampled counter reached ``level`` (linear interpolation between samples)."""
+    prev_t, prev_v = None, None
+    for t, v in series:
+        if v >= level:
+            if prev_t is None or prev_v is None or v == prev_v:
+                return t
+            return prev_t + (t - prev_t) * (level - prev_v) / (v - prev_v)
+        prev_t, prev_v = t, v
+    return None
+
+
+def sustained(series: list[tuple[float, float]], total: float) -> float | None:
+    """Rate between 10 % and 90 % of ``total``."""
+    a, b = _crossing(series, 0.1 * total), _crossing(series, 0.9 * total)
+    if a is None or b is None or b <= a:
+        return None
+    return 0.8 * total / (b - a)
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=None, help="replay only the first N events (default: all)")
+    ap.add_argument("--stride", type=int, default=20, help="measure freshness on every N-th feedback event")
+    ap.add_argument("--timeout", type=float, default=1500.0, help="give up after this many seconds")
+    ap.add_argument("--run-dir", type=Path, default=REPO_ROOT / "runs" / "bench-pipeline", help="scratch directory")
+    ap.add_argument("--out", type=Path, default=OUT, help="JSON report path")
+    args = ap.parse_args(argv)
+
+    import shutil
+
+    from streaming.datasets.movielens import DEFAULT_CACHE, ensure_movielens, load_movielens
+    from streaming.events import Feedback
+    from streaming.replay import ReplayConfig
+
+    events = load_movielens(ensure_movielens(REPO_ROOT / DEFAULT_CACHE))
+    if args.limit:
+        events = events[: args.limit]
+    shutil.rmtree(args.run_dir, ignore_errors=True)
+    broker = KafkaBroker(BrokerConfig(state_dir=args.run_dir / "kafka", port=0, heap="1g"))
+    sup = Supervisor(args.run_dir)
+    samples: list[tuple[float, Any]] = []
+    stop = threading.Event()
+    try:
+        bootstrap = broker.start()
+        pipe = Pipeline(PipelineConfig(run_dir=args.run_dir, worker_port=0, trainer_port=0, serving_port=0,
+                                       with_prometheus=False, snapshot_every_s=2.0), bootstrap, sup)
+        pipe.create_topics()
+        pipe.start()
+
+        def sample_loop() -> None:
+            while not stop.is_set():
+                samples.append((time.time(), pipe.progress()))
+                stop.wait(0.5)
+
+        sampler = threading.Thread(target=sample_loop, daemon=True)
+        sampler.start()
+        probe = FreshnessProbe(pipe.serving_url, interval_s=0.1)
+        probe.start()
+        rt = ReplayThread(events, ReplayConfig(bootstrap=bootstrap))
+        t_start = time.time()
+        rt.start()
+        done = Completion()
+        state: dict[str, Any] = {}
+
+        def finished() -> bool:
+            if rt.error is not None:
+                raise RuntimeError(f"replay failed: {rt.error}")
+            if done.replayed is None and not rt.is_alive() and rt.summary is not None:
+                done.replayed = rt.summary.events
+            state["p"] = pipe.progress()
+            return done.update(state["p"], time.monotonic(), settle_s=5.0)
+
+        wait_until(finished, args.timeout, 0.5, "the replay to be trained and served", alive=sup.check_alive)
+        t_served = next((s.wall for s in probe.seen if float(s.version) >= state["p"].serving_version), time.time())
+        stop.set()
+        probe.stop()
+        sampler.join(5)
+        p = state["p"]
+        n = len(rt.events)
+        impressions = rt.summary.impressions
+        worker_series = [(t, s.worker_events_in) for t, s in samples]
+        trainer_series = [(t, s.trainer_impressions) for t, s in samples]
+        worker_rate = sustained(worker_series, n)
+        trainer_imp_rate = sustained(trainer_series, p.trainer_impressions)
+        # freshness of feedback events only ("a feedback event produced → a served model that includes it")
+        fb_idx = [i for i, e in enumerate(rt.events) if isinstance(e, Feedback)][:: args.stride]
+        fresh, missing = [], 0
+        for i in fb_idx:
+            f = _freshness_of(probe, rt, i)
+            if f is None:
+                missing += 1
+            else:
+                fresh.append(f)
+        result: dict[str, Any] = {
+            "machine": f"{platform.machine()} {platform.processor() or ''} ({_cores()} cores), no GPU",
+            "command": "python -m benchmarks.bench_pipeline" + (f" --limit {args.limit}" if args.limit else ""),
+            "events": n,
+            "impressions": impressions,
+            "samples": p.trainer_samples,
+            "replay_events_per_s": rt.summary.rate,
+            "worker_sustained_events_per_s": worker_rate,
+            "trainer_sustained_impressions_per_s": trainer_imp_rate,
+            "trainer_sustained_events_per_s": trainer_imp_rate * n / impressions if trainer_imp_rate else None,
+            "end_to_end_seconds": t_served - t_start,
+            "end_to_end_events_per_s": n / (t_served - t_start),
+            "freshness_events_measured": len(fresh),
+            "freshness_not_covered": missing,
+            "freshness_p50_s": statistics.median(fresh) if fresh else None,
+            "freshness_p99_s": pct(fresh, 0.99) if fresh else None,
+            "freshness_max_s": max(fresh) if fresh else None,
+            "model_swaps_seen": len(probe.seen),
+            "final_model_version": p.serving_version,
+            "target_events_per_s": 5000,
+        }
+    finally:
+        stop.set()
+        sup.stop()
+        broker.stop()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"pipeline benchmark ({result['command']})")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        if k in ("machine", "command"):
+            continue
+        table.add_row(k, f"{v:,.2f}" if isinstance(v, float) else str(v))
+    Console().print(table)
+    print(f"machine: {result['machine']}\nwrote {args.out}")
+    return 0
+
+
+def _freshness_of(probe: FreshnessProbe, rt: ReplayThread, i: int) -> float | None:
+    """Seconds from event ``i`` being produced to the first served model covering its ts (None: never)."""
+    import bisect
+
+    marks = rt.producer.marks if rt.producer else []
+    k = bisect.bisect_left(marks, (i + 1, float("-inf")))
+    if k >= len(marks):
+        return None
+    produced = marks[k][1]
+    ts = rt.ts[i]
+    for s in sorted(probe.seen, key=lambda s: s.wall):
+        if s.max_event_ts >= ts:
+            return max(0.0, s.wall - produced)
+    return None
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
