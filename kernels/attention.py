@@ -118,7 +118,7 @@ def hta_attention_reference(
     if Hq % Hkv != 0:
         raise ValueError(f"query heads ({Hq}) must be a multiple of kv heads ({Hkv})")
     if Nq == 0:
-        return q.new_zeros((0, Hq, D))
+        return q[:0].clone()  # (0, Hq, D), still attached to q's graph
     scale = D**-0.5 if scale is None else scale
     qd, q_valid = _pad(q, q_offsets, max_q_len)  # (B, Lq, Hq, D)
     kd, _ = _pad(k, kv_offsets, max_kv_len)  # (B, Lk, Hkv, D)

@@ -267,4 +267,4 @@ def group_layer_norm(
     y: torch.Tensor = _GroupLayerNormFunction.apply(
         x2, group.reshape(-1), weight.contiguous(), bias.contiguous(), float(eps)
     )
-    return y.reshape(shape)
+    return y if x.dim() == 2 else y.reshape(shape)
