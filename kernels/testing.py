@@ -76,7 +76,10 @@ def make_hta_inputs(
         targets = min(targets, length)
         rest = length - targets
         grp = [int(TokenGroup.U)] * min(rest, 1)
-        grp += [int(TokenGroup.H) if h else int(TokenGroup.R) for h in (torch.rand(max(rest - 1, 0), generator=g) < 0.5)]
+        grp += [
+            int(TokenGroup.H) if h else int(TokenGroup.R)
+            for h in (torch.rand(max(rest - 1, 0), generator=g) < 0.5)
+        ]
         grp += [int(TokenGroup.T)] * targets
         ts = torch.randint(0, 8, (length,), generator=g).double()
         order = torch.randperm(length, generator=g) if shuffle else torch.arange(length)

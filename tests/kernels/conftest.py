@@ -33,7 +33,7 @@ if not HAS_CUDA and "triton" not in sys.modules:
         # restoring the environment below changes only kernels.dispatch's Kernel.AUTO choice.
         triton.knobs.runtime.interpret = True
         import kernels.attention
-        import kernels.group_norm  # noqa: F401
+        import kernels.group_norm
     finally:
         if _previous is None:
             del os.environ["TRITON_INTERPRET"]

@@ -16,7 +16,13 @@ from tests.kernels.conftest import assert_close_to_fp64, rel_err
 
 # (lengths per user, targets per user, q heads, kv heads, head dim); the interpreter uses 16x16 tiles
 CASES = {
-    "mixed_empty_and_len1": ([0, 1, 37, 20, 0], [0, 1, 5, 3, 0], 4, 2, 24),  # empty users, len 1, 37 = 2*16 + 5
+    "mixed_empty_and_len1": (
+        [0, 1, 37, 20, 0],
+        [0, 1, 5, 3, 0],
+        4,
+        2,
+        24,
+    ),  # empty users, len 1, 37 = 2*16 + 5
     "kv1_many_targets": ([19, 33], [19, 30], 3, 1, 16),  # a user of targets only; kv heads = 1
     "one_target_shuffled": ([50], [1], 2, 2, 32),  # tokens in random order: the mask follows groups and times
     "single_token": ([1], [1], 2, 1, 16),
@@ -85,7 +91,11 @@ def test_hand_computed_mask(triton_device: str) -> None:
         for i, self_pos in enumerate((4, 5)):
             keys = [0, 1, 2, self_pos]
             s = (k[keys, 0] @ q[i, 0]) / 4.0  # scale = 16 ** -0.5
-            w = torch.softmax(s, 0) if kind is AttentionKind.SOFTMAX else torch.nn.functional.silu(s) / len(keys)
+            w = (
+                torch.softmax(s, 0)
+                if kind is AttentionKind.SOFTMAX
+                else torch.nn.functional.silu(s) / len(keys)
+            )
             expected = w @ v[keys, 0]
             assert rel_err(out[i, 0], expected) < 1e-5, (kind, i)
 
@@ -113,7 +123,17 @@ def test_targets_do_not_see_each_other(triton_device: str, kind: AttentionKind) 
     q_offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     max_q = int(counts.max())
     sub = hta_attention(
-        x.q[keep], x.k, x.v, q_offsets, x.kv_offsets, x.q_pos[keep], x.kv_ts, x.kv_group, max_q, x.max_kv_len, kind
+        x.q[keep],
+        x.k,
+        x.v,
+        q_offsets,
+        x.kv_offsets,
+        x.q_pos[keep],
+        x.kv_ts,
+        x.kv_group,
+        max_q,
+        x.max_kv_len,
+        kind,
     )
     assert rel_err(sub, out[keep]) < 1e-6
 
@@ -125,7 +145,9 @@ def test_strided_views_and_mixed_dtypes(triton_device: str) -> None:
     q = fused[:, x.q.shape[1] : 2 * x.q.shape[1]]  # a view: stride(0) = 3 * Hq * D
     assert not q.is_contiguous()
     out = hta_attention(q, x.k.double(), x.v.double(), *x.meta(), AttentionKind.SOFTMAX, 0.3)
-    ref = hta_attention_reference(q.double(), x.k.double(), x.v.double(), *x.meta(), AttentionKind.SOFTMAX, 0.3)
+    ref = hta_attention_reference(
+        q.double(), x.k.double(), x.v.double(), *x.meta(), AttentionKind.SOFTMAX, 0.3
+    )
     assert out.dtype == torch.float32
     assert rel_err(out, ref) < 1e-5
 
@@ -173,8 +195,8 @@ def test_gpu_half_precision(dtype: torch.dtype, kind: AttentionKind, layer: str)
     grad_out = torch.randn_like(x.q)
     ref64, g64 = _run(hta_attention_reference, x, x.q, x.k, x.v, grad_out, kind)
     half = [t.to(dtype) for t in (x.q, x.k, x.v)]
-    ref16, g16 = _run(hta_attention_reference, x, *half, grad_out, kind)
-    out, grads = _run(hta_attention, x, *half, grad_out, kind)
+    ref16, g16 = _run(hta_attention_reference, x, half[0], half[1], half[2], grad_out, kind)
+    out, grads = _run(hta_attention, x, half[0], half[1], half[2], grad_out, kind)
     assert out.dtype == dtype
     assert_close_to_fp64(out, ref16, ref64, "out", atol=1e-3)
     for name, got, same, exact in zip(("dq", "dk", "dv"), grads, g16, g64, strict=True):

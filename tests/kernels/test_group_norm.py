@@ -81,7 +81,10 @@ def test_constant_rows_are_finite(triton_device: str) -> None:
 def test_reference_mode_and_bad_inputs(triton_device: str) -> None:
     x, group, weight, bias = _inputs(5, 8, 2, triton_device)
     x = x.float().requires_grad_(True)
-    assert type(group_layer_norm(x, group, weight.float(), bias.float()).grad_fn).__name__ == "_GroupLayerNormFunctionBackward"
+    assert (
+        type(group_layer_norm(x, group, weight.float(), bias.float()).grad_fn).__name__
+        == "_GroupLayerNormFunctionBackward"
+    )
     with pytest.raises(ValueError, match="group must have shape"):
         group_layer_norm(x, group[:3], weight, bias)
     with pytest.raises(ValueError, match="weight must be"):
@@ -90,7 +93,10 @@ def test_reference_mode_and_bad_inputs(triton_device: str) -> None:
         with pytest.raises(ValueError, match="group ids must lie"):
             group_layer_norm(x, group + 5, weight, bias)
     set_kernel(Kernel.REFERENCE)
-    assert type(group_layer_norm(x, group, weight.float(), bias.float()).grad_fn).__name__ != "_GroupLayerNormFunctionBackward"
+    assert (
+        type(group_layer_norm(x, group, weight.float(), bias.float()).grad_fn).__name__
+        != "_GroupLayerNormFunctionBackward"
+    )
 
 
 @pytest.mark.gpu

@@ -64,7 +64,13 @@ def _python(script: str, interpret: bool) -> subprocess.CompletedProcess[str]:
         env["TRITON_INTERPRET"] = "1"
     env["CUDA_VISIBLE_DEVICES"] = ""  # CPU tensors even on a GPU host
     return subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
 
 
@@ -90,7 +96,9 @@ def test_auto_reads_the_env_var_per_call(monkeypatch: pytest.MonkeyPatch) -> Non
     from kernels.testing import make_hta_inputs
 
     if not INTERPRETED or HAS_CUDA:
-        pytest.skip("needs the in-process interpreter (CPU host, triton imported by tests/kernels/conftest.py)")
+        pytest.skip(
+            "needs the in-process interpreter (CPU host, triton imported by tests/kernels/conftest.py)"
+        )
     assert get_kernel() is Kernel.AUTO
     x = make_hta_inputs([5], [2], q_heads=2, kv_heads=2, head_dim=16, target_only=True, dtype=torch.float32)
     q = x.q.requires_grad_(True)
