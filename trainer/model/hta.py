@@ -92,6 +92,6 @@ class HTALayer(nn.Module):
         a = hta_attention(
             q, k, v, q_offsets, kv.offsets, q_pos, kv.ts, kv.group, max_q_len, kv.max_len, kind=self.kind
         )  # (Nq, Hq, D)
-        a = group_layer_norm(a.reshape(a.shape[0], -1), group, self.norm_out_weight, self.norm_out_bias)
+        a = group_layer_norm(a.reshape(a.shape[0], self.q_heads * self.head_dim), group, self.norm_out_weight, self.norm_out_bias)
         y = self.out_proj(a * F.silu(self.gate_proj(xn)))
         return x + self.dropout(y)
