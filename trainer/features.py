@@ -101,7 +101,8 @@ class FeatureSpec:
         include_user_id: also hash ``user_id=<id>`` into the first U token.
         time_gap_buckets: number of log2 buckets for time gaps (bucket = floor(log2(1 + seconds)), clipped).
         tasks: label names; a target without a label for a task gets 0.
-        managed_collision: emit raw 63-bit hashes (no modulo) for TorchRec managed-collision tables.
+        managed_collision: emit raw 63-bit hashes (no modulo) of the sparse features for TorchRec
+            managed-collision tables (float-feature keys stay hashed modulo their table).
         version: spec format version.
 
     Example:
@@ -134,9 +135,11 @@ class FeatureSpec:
         return hash(self.to_json())
 
     def bucket(self, feature: str, value: str) -> int:
-        """Id of ``value`` in ``feature``'s table (raw 63-bit hash under managed collision)."""
+        """Id of ``value`` in ``feature``'s table (raw 63-bit hash for sparse features under managed collision)."""
         h = stable_hash(f"{feature}\x1f{value}")
-        return h if self.managed_collision else h % self.tables[feature].num_embeddings
+        if self.managed_collision and feature in SPARSE_FEATURES:
+            return h
+        return h % self.tables[feature].num_embeddings
 
     def time_gap_bucket(self, seconds: float) -> int:
         """Log2 bucket of a non-negative gap in seconds (negative or non-finite gaps -> bucket 0)."""
