@@ -1,0 +1,383 @@
+"""The HTTP API (FastAPI; OpenAPI at ``/openapi.json``, docs at ``/docs``).
+
+Endpoints:
+    ``POST /v1/score``  score candidates for one user in one scenario (user-level: the user is encoded once).
+    ``GET /v1/model``   the served snapshot: version, created_at, max_event_ts, seconds since update, freshness.
+    ``GET /healthz``    the process is up (always 200 while it answers).
+    ``GET /readyz``     200 once a model is loaded, else 503.
+    ``GET /metrics``    Prometheus text exposition of the worker's registry.
+
+Errors always have the body ``{"error": {"code", "message", "details"}}``: 400 malformed JSON or bad headers,
+404/405 unknown routes, 413 body over the limit, 422 well-formed JSON that is not a valid request (wrong types,
+empty or too many candidates, unbuildable features), 503 no model loaded yet. Bad input is never a 5xx.
+
+Example:
+    >>> app = create_app(ServingConfig(kafka_bootstrap=None), start_background=False)
+    >>> sorted(r for r in app.openapi()["paths"])
+    ['/healthz', '/metrics', '/readyz', '/v1/model', '/v1/score']
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import torch
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.config import ServingConfig
+from serving.hotswap import ModelHolder
+from serving.metrics import ServingMetrics
+from serving.scoring import InputError, NonFiniteScore, ServedModel, score_request
+from serving.user_state import UserStateReplica
+from streaming.user_state import Candidate
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ENDPOINTS = frozenset({"/v1/score", "/v1/model", "/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"})
+
+# -- request/response models -----------------------------------------------------------------------------------
+Id = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+FeatureValue = Annotated[StrictStr, StringConstraints(max_length=1024)] | StrictInt | StrictFloat
+FiniteFloat = Annotated[StrictFloat | StrictInt, Field(allow_inf_nan=False)]
+MAX_FEATURES = 64
+
+
+class CandidateIn(BaseModel):
+    """One item to score. ``item``/``context`` values are categorical (numbers are used as their string form,
+    like the event contract); ``dense`` values are finite numbers."""
+
+    model_config = ConfigDict(strict=True)
+
+    item_id: Id
+    item: dict[Key, FeatureValue] = Field(default_factory=dict, max_length=MAX_FEATURES)
+    context: dict[Key, FeatureValue] = Field(default_factory=dict, max_length=MAX_FEATURES)
+    dense: dict[Key, FiniteFloat] = Field(default_factory=dict, max_length=MAX_FEATURES)
+
+
+class ScoreRequest(BaseModel):
+    """Score ``candidates`` for ``user_id`` in ``scenario``; ``context`` applies to every candidate (a candidate's
+    own ``context`` keys win). The user's history comes from the streaming side's state, never from the client."""
+
+    model_config = ConfigDict(strict=True, json_schema_extra={"examples": [{
+        "user_id": "u1", "scenario": "home", "context": {"hour": "20"},
+        "candidates": [{"item_id": "i1", "item": {"genre": "drama"}}, {"item_id": "i2"}]}]})
+
+    user_id: Id
+    scenario: Id
+    candidates: list[CandidateIn] = Field(min_length=1)
+    context: dict[Key, FeatureValue] = Field(default_factory=dict, max_length=MAX_FEATURES)
+
+
+class CandidateScore(BaseModel):
+    item_id: str
+    scores: dict[str, float] = Field(description="probability per task, e.g. {'click': 0.12, 'conversion': 0.01}")
+
+
+class ScoreResponse(BaseModel):
+    user_id: str
+    scenario: str
+    model_version: int | str
+    request_ts: float = Field(description="the request time (epoch s) used for time gaps and cross features")
+    cold_start: bool = Field(description="true when the user-state replica has no state for this user")
+    candidates: list[CandidateScore]
+
+
+class ModelInfo(BaseModel):
+    version: int | str
+    path: str
+    tasks: list[str]
+    created_at: float
+    max_event_ts: float
+    samples_trained: int
+    loaded_at: float
+    seconds_since_update: float = Field(description="now − the time this snapshot was swapped in")
+    freshness_seconds: float = Field(description="now − the snapshot's max_event_ts")
+
+
+class Health(BaseModel):
+    status: str
+    model_version: int | str | None
+    user_states: int
+    user_state_caught_up: bool
+
+
+class Ready(BaseModel):
+    ready: bool
+    model_version: int | str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "malformed JSON or headers"},
+    413: {"model": ErrorResponse, "description": "request body over the configured limit"},
+    422: {"model": ErrorResponse, "description": "invalid request (types, empty or too many candidates)"},
+}
+
+
+def error_response(status: int, code: str, message: str, details: list[dict[str, Any]] | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details or []}}, status_code=status)
+
+
+# -- middleware: body limit + request metrics (pure ASGI, no per-request task) -----------------------------------
+class LimitAndMeasure:
+    """Reject bodies over ``max_body_bytes`` with 413 (checked on Content-Length and on the bytes actually read)
+    and record every request's count and latency by endpoint and status."""
+
+    def __init__(self, app: ASGIApp, max_body_bytes: int, metrics: ServingMetrics) -> None:
+        self.app = app
+        self.max_body = max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        path = scope.get("path", "")
+        endpoint = path if path in ENDPOINTS else "other"
+        status = 500
+
+        async def send_measured(msg: Message) -> None:
+            nonlocal status
+            if msg["type"] == "http.response.start":
+                status = msg["status"]
+            await send(msg)
+
+        try:
+            early = await self._read_body(scope, receive)
+            if isinstance(early, Response):
+                await early(scope, receive, send_measured)
+                return
+            await self.app(scope, early, send_measured)
+        finally:
+            dt = time.perf_counter() - t0
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            self.metrics.request_latency.labels(endpoint=endpoint, status=str(status)).observe(dt)
+
+    async def _read_body(self, scope: Scope, receive: Receive) -> Receive | Response:
+        """Buffer the body (≤ limit) and return a replaying ``receive``, or the 4xx response to send instead."""
+        headers = dict(scope.get("headers") or [])
+        raw_len = headers.get(b"content-length")
+        if raw_len is not None:
+            try:
+                declared = int(raw_len)
+            except ValueError:
+                self.metrics.bad_requests.labels(reason="bad_content_length").inc()
+                return error_response(400, "bad_content_length", "Content-Length is not an integer")
+            if declared > self.max_body:
+                self.metrics.bad_requests.labels(reason="body_too_large").inc()
+                return error_response(413, "body_too_large",
+                                      f"request body is {declared} bytes; the limit is {self.max_body}")
+        if scope.get("method") in ("GET", "HEAD", "OPTIONS") and raw_len is None:
+            return receive
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                chunks = []
+                break
+            body = msg.get("body", b"")
+            size += len(body)
+            if size > self.max_body:
+                self.metrics.bad_requests.labels(reason="body_too_large").inc()
+                return error_response(413, "body_too_large", f"request body exceeds the limit of {self.max_body} bytes")
+            chunks.append(body)
+            if not msg.get("more_body", False):
+                break
+        data = b"".join(chunks)
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": data, "more_body": False}
+            return await receive()
+
+        return replay
+
+
+# -- the app ---------------------------------------------------------------------------------------------------
+def _model_info(served: ServedModel) -> dict[str, Any]:
+    now = time.time()
+    meta = served.meta
+    return {
+        "version": meta.version, "path": served.path, "tasks": list(served.tasks),
+        "created_at": float(meta.created_at), "max_event_ts": float(meta.max_event_ts),
+        "samples_trained": int(meta.samples_trained), "loaded_at": served.loaded_at,
+        "seconds_since_update": max(0.0, now - served.loaded_at),
+        "freshness_seconds": max(0.0, now - float(meta.max_event_ts)),
+    }
+
+
+def _candidate(c: CandidateIn) -> Candidate:
+    return Candidate(item_id=c.item_id, item={k: str(v) for k, v in c.item.items()},
+                     context={k: str(v) for k, v in c.context.items()},
+                     dense={k: float(v) for k, v in c.dense.items()})
+
+
+def create_app(config: ServingConfig, registry: CollectorRegistry | None = None, *,
+               start_background: bool = True) -> FastAPI:
+    """Build the serving app. With ``start_background`` the lifespan starts the snapshot loader/poller/follower and
+    the user-state replica (and stops them on shutdown); tests may drive ``app.state.holder`` themselves."""
+    registry = registry if registry is not None else CollectorRegistry()
+    metrics = ServingMetrics(registry)
+    holder = ModelHolder(metrics)
+    replica = UserStateReplica(metrics)
+    executor = ThreadPoolExecutor(max_workers=config.scoring_workers, thread_name_prefix="score")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        torch.set_num_threads(config.torch_threads)
+        if start_background:
+            if config.kafka_bootstrap is not None:
+                replica.follow(config.kafka_bootstrap, config.user_state_topic)
+            holder.start(config.snapshot_dir, config.snapshot_poll_s, config.kafka_bootstrap, config.snapshots_topic)
+        try:
+            yield
+        finally:
+            holder.stop()
+            replica.stop()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="streamrec serving", version="1", lifespan=lifespan,
+                  description="User-level scoring with hot-swapped snapshots of the streamrec ranker.")
+    app.state.config = config
+    app.state.metrics = metrics
+    app.state.holder = holder
+    app.state.replica = replica
+    app.state.registry = registry
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            metrics.bad_requests.labels(reason="invalid_json").inc()
+            return error_response(400, "invalid_json", "request body is not valid JSON",
+                                  [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors])
+        metrics.bad_requests.labels(reason="invalid_request").inc()
+        details = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                    "type": str(e.get("type", ""))} for e in errors[:50]]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        return error_response(422, "invalid_request", f"{'.'.join(first['loc'])}: {first['msg']}", details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:  # a bug, never the client's input
+        log.exception("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+        return error_response(500, "internal_error", f"internal error ({type(exc).__name__})")
+
+    no_model: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse, "description": "no model loaded yet"}}
+
+    @app.post("/v1/score", response_model=ScoreResponse, responses={**ERRORS, **no_model})
+    async def score(req: ScoreRequest) -> Response:
+        """Score every candidate for every task with the served model (the user is encoded once)."""
+        n = len(req.candidates)
+        if n > config.max_candidates:
+            metrics.bad_requests.labels(reason="too_many_candidates").inc()
+            return error_response(422, "too_many_candidates",
+                                  f"{n} candidates; at most {config.max_candidates} per request")
+        served = holder.current  # one read: this request uses this model to the end, whatever is swapped in
+        if served is None:
+            return error_response(503, "no_model", "no model loaded yet; see /readyz")
+        state = replica.get(req.user_id)
+        if state is None:
+            metrics.cold_starts.inc()
+        metrics.candidates.observe(n)
+        cands = [_candidate(c) for c in req.candidates]
+        context = {k: str(v) for k, v in req.context.items()}
+        now = time.time()
+        loop = asyncio.get_running_loop()
+        try:
+            result = await loop.run_in_executor(executor, score_request, served, state, req.user_id, req.scenario,
+                                                cands, context, now)
+        except InputError as e:
+            metrics.bad_requests.labels(reason=e.reason).inc()
+            return error_response(422, e.reason, e.detail)
+        except NonFiniteScore as e:
+            log.error("%s", e)
+            return error_response(500, "nonfinite_score", str(e))
+        metrics.scoring_latency.observe(result.build_s + result.model_s)
+        tasks = list(result.scores)
+        cols = [result.scores[t] for t in tasks]
+        body = {
+            "user_id": req.user_id, "scenario": req.scenario, "model_version": served.meta.version,
+            "request_ts": now, "cold_start": state is None,
+            "candidates": [{"item_id": c.item_id, "scores": dict(zip(tasks, vals, strict=True))}
+                           for c, vals in zip(cands, zip(*cols, strict=True), strict=True)],
+        }
+        return JSONResponse(body)
+
+    @app.get("/v1/model", response_model=ModelInfo, responses=no_model)
+    async def model_info() -> Response:
+        """The served snapshot and how old it is."""
+        served = holder.current
+        if served is None:
+            return error_response(503, "no_model", "no model loaded yet")
+        return JSONResponse(_model_info(served))
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        """Liveness: 200 whenever the process answers."""
+        served = holder.current
+        return Health(status="ok", model_version=None if served is None else served.meta.version,
+                      user_states=len(replica), user_state_caught_up=replica.caught_up)
+
+    @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready, "description": "no model yet"}})
+    async def readyz() -> JSONResponse:
+        """Readiness: 200 only with a model loaded."""
+        served = holder.current
+        body = {"ready": served is not None, "model_version": None if served is None else served.meta.version}
+        return JSONResponse(body, status_code=200 if served is not None else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text exposition (``streamrec_serving_*``)."""
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's generated spec plus the configured candidate limit (so clients and fuzzers see it)."""
+        if app.openapi_schema is None:
+            spec = get_openapi(title=app.title, version=app.version, description=app.description,
+                               routes=app.routes)
+            cands = spec["components"]["schemas"]["ScoreRequest"]["properties"]["candidates"]
+            cands["maxItems"] = config.max_candidates
+            app.openapi_schema = spec
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(LimitAndMeasure, max_body_bytes=config.max_body_bytes, metrics=metrics)
+    return app

@@ -1,0 +1,241 @@
+"""Hot swap: find new snapshots, load and verify them in the background, swap them in with one reference write.
+
+Two sources feed one loader thread (so loads never overlap):
+
+* the ``snapshots`` topic: the trainer's announcements ``{version, path, created_at, max_event_ts, ...}``; the
+  follower starts at the newest announcement of each partition;
+* the snapshot directory, polled every ``poll_s`` seconds with :func:`trainer.snapshot.latest_snapshot` (covers a
+  missed announcement, a serving process without Kafka, and the snapshot already there at start).
+
+Verification before a swap: the snapshot loads (:func:`load_snapshot`; a corrupt or incompatible file raises
+:class:`SnapshotError`), it is strictly newer than the served one, it scores the same task set as the served model
+(clients rely on the response's keys), and a smoke request (a cold-start user, two candidates) gives finite scores
+for every task. Then ``ModelHolder.current`` is replaced — a single attribute write. Requests read ``current``
+once at their start and keep that object to the end, so in-flight requests finish on the old model, which is freed
+when the last of them drops it. A rejected snapshot is logged with its reason, counted in
+``streamrec_serving_swap_failures_total{reason}``, remembered (never retried), and the old model keeps serving.
+
+Example:
+    >>> from prometheus_client import CollectorRegistry
+    >>> from serving.metrics import ServingMetrics
+    >>> holder = ModelHolder(ServingMetrics(CollectorRegistry()))
+    >>> holder.current is None
+    True
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from serving.follow import TopicFollower
+from serving.metrics import ServingMetrics
+from serving.scoring import ServedModel, build_batch_sample, score_sample
+from streaming.user_state import Candidate
+from trainer.snapshot import LoadedSnapshot, SnapshotError, latest_snapshot, load_snapshot
+
+log = logging.getLogger(__name__)
+
+SMOKE_CANDIDATES = (
+    Candidate(item_id="__smoke_a__", item={}, context={}, dense={}),
+    Candidate(item_id="__smoke_b__", item={"category": "smoke"}, context={}, dense={}),
+)
+
+
+class Rejected(Exception):
+    """A snapshot that must not be served; ``reason`` is the metric label."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _version_key(v: Any) -> tuple[int, Any]:
+    """Order versions numerically when they are numbers, else as strings."""
+    try:
+        return (0, float(v))
+    except (TypeError, ValueError):
+        return (1, str(v))
+
+
+def verify(loaded: LoadedSnapshot, path: str, current: ServedModel | None) -> ServedModel:
+    """Check ``loaded`` may replace ``current``; raise :class:`Rejected` otherwise."""
+    meta = loaded.meta
+    if current is not None and _version_key(meta.version) <= _version_key(current.meta.version):
+        raise Rejected("stale", f"version {meta.version} is not newer than the served {current.meta.version}")
+    model = loaded.model.eval()
+    try:
+        sample = build_batch_sample(None, "__smoke__", "__smoke__", SMOKE_CANDIDATES, {}, time.time())
+        probs = score_sample(model, loaded.spec, sample)
+    except Exception as e:  # any failure to score a trivial request means this snapshot cannot serve
+        raise Rejected("smoke_error", f"{type(e).__name__}: {e}") from None
+    tasks = tuple(sorted(probs))
+    if not tasks:
+        raise Rejected("incompatible", "model returned no task scores")
+    if current is not None and not set(current.tasks) <= set(tasks):
+        raise Rejected("incompatible", f"tasks {tasks} do not cover the served model's {current.tasks}")
+    for task, p in probs.items():
+        if p.shape != (len(SMOKE_CANDIDATES),):
+            raise Rejected("incompatible", f"{task} scores have shape {tuple(p.shape)} for {len(SMOKE_CANDIDATES)} "
+                                           "candidates")
+        if not bool(p.isfinite().all()):
+            raise Rejected("nonfinite_score", f"smoke {task} scores are not finite: {p.tolist()}")
+    return ServedModel(model=model, spec=loaded.spec, meta=meta, path=path, loaded_at=time.time(), tasks=tasks)
+
+
+class ModelHolder:
+    """The served model reference and the background machinery that replaces it.
+
+    ``current`` is the :class:`ServedModel` to use (None until the first snapshot verifies). Call :meth:`offer` with a
+    snapshot path (and the announced version, if any) to have it loaded, verified and swapped in by the loader thread.
+    """
+
+    def __init__(self, metrics: ServingMetrics,
+                 load: Callable[[Path], LoadedSnapshot] = load_snapshot) -> None:
+        self.metrics = metrics
+        self.current: ServedModel | None = None
+        self._load = load
+        self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
+        self._tried: dict[str, str] = {}  # path → outcome ("served", "stale" or a rejection reason); bounded below
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._follower: TopicFollower | None = None
+        self.swapped = threading.Condition()
+        metrics.track_model(self._times)
+
+    def _times(self) -> tuple[float, float] | None:
+        cur = self.current
+        return None if cur is None else (cur.loaded_at, float(cur.meta.max_event_ts))
+
+    # -- sources ---------------------------------------------------------------------------------------------
+    def offer(self, path: str | Path, version: Any = None) -> None:
+        """Queue a snapshot for loading (non-blocking); duplicates and already-tried paths are skipped."""
+        self._queue.put((str(path), version))
+
+    def on_announcement(self, rec: Any) -> None:
+        """Handle one ``snapshots`` topic record: JSON with at least ``path`` (and ``version``)."""
+        try:
+            ann = json.loads(rec.value)
+            path = ann["path"]
+            if not isinstance(path, str) or not path:
+                raise ValueError("path must be a non-empty string")
+        except Exception as e:  # a bad announcement is counted and ignored
+            self.metrics.announcements.labels(outcome="invalid").inc()
+            log.warning("ignoring an invalid snapshot announcement at offset %s: %s: %s",
+                        getattr(rec, "offset", "?"), type(e).__name__, e)
+            return
+        self.metrics.announcements.labels(outcome="valid").inc()
+        self.offer(path, ann.get("version"))
+
+    def poll_dir(self, snapshot_dir: Path) -> None:
+        """Offer the newest snapshot in ``snapshot_dir`` (if any) for loading."""
+        try:
+            latest = latest_snapshot(snapshot_dir)
+        except (OSError, SnapshotError) as e:
+            log.debug("no snapshot in %s yet: %s", snapshot_dir, e)
+            return
+        if latest is not None:
+            self.offer(latest)
+
+    # -- the loader ------------------------------------------------------------------------------------------
+    def _should_try(self, path: str, version: Any) -> bool:
+        cur = self.current
+        if path in self._tried or (cur is not None and path == cur.path):
+            return False
+        return not (version is not None and cur is not None
+                    and _version_key(version) <= _version_key(cur.meta.version))
+
+    def load_one(self, path: str, version: Any = None) -> bool:
+        """Load, verify and (if it passes) swap in ``path`` now, on the calling thread; True when swapped."""
+        if not self._should_try(path, version):
+            return False
+        t0 = time.perf_counter()
+        try:
+            try:
+                loaded = self._load(Path(path))
+            except SnapshotError as e:
+                raise Rejected("load_error", str(e)) from None
+            except FileNotFoundError as e:
+                raise Rejected("missing", str(e)) from None
+            except Exception as e:  # a loader that fails in any other way still must not take the service down
+                raise Rejected("load_error", f"{type(e).__name__}: {e}") from None
+            served = verify(loaded, path, self.current)
+        except Rejected as e:
+            self._remember(path, e.reason)
+            if e.reason == "stale":
+                log.info("snapshot %s skipped: %s", path, e.detail)
+                return False
+            self.metrics.swap_failures.labels(reason=e.reason).inc()
+            log.error("snapshot %s rejected (%s): %s; still serving version %s", path, e.reason, e.detail,
+                      None if self.current is None else self.current.meta.version)
+            return False
+        self.swap(served)
+        self._remember(path, "served")
+        self.metrics.snapshot_load_latency.observe(time.perf_counter() - t0)
+        return True
+
+    def swap(self, served: ServedModel) -> None:
+        """Make ``served`` the model for new requests (one reference write) and publish its metrics."""
+        old = self.current
+        self.current = served
+        self.metrics.swaps.inc()
+        self.metrics.model_loaded.set(1)
+        v = _version_key(served.meta.version)
+        self.metrics.model_version.set(v[1] if v[0] == 0 else 0)
+        log.info("serving snapshot version %s from %s (max_event_ts=%s, previous %s)", served.meta.version,
+                 served.path, served.meta.max_event_ts, None if old is None else old.meta.version)
+        with self.swapped:
+            self.swapped.notify_all()
+
+    def _remember(self, path: str, outcome: str) -> None:
+        if len(self._tried) > 10_000:
+            self._tried.clear()
+        self._tried[path] = outcome
+
+    def _loader(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            try:
+                self.load_one(*item)
+            except Exception:  # never let the loader thread die
+                log.exception("snapshot loader failed on %s", item[0])
+
+    def _poller(self, snapshot_dir: Path, every_s: float) -> None:
+        while not self._stop.is_set():
+            self.poll_dir(snapshot_dir)
+            self._stop.wait(every_s)
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+    def start(self, snapshot_dir: Path, poll_s: float, bootstrap: str | None, topic: str) -> None:
+        """Start the loader, the directory poller (``poll_s > 0``; else one initial scan) and the topic follower."""
+        self._threads.append(threading.Thread(target=self._loader, name="snapshot-loader", daemon=True))
+        if poll_s > 0:
+            self._threads.append(threading.Thread(target=self._poller, args=(snapshot_dir, poll_s),
+                                                  name="snapshot-poller", daemon=True))
+        else:
+            self.poll_dir(snapshot_dir)
+        for t in self._threads:
+            t.start()
+        if bootstrap is not None:
+            self._follower = TopicFollower(
+                bootstrap, topic, self.on_announcement, start="last",
+                on_error=lambda r: self.metrics.announcements.labels(outcome=f"error_{r}").inc())
+            self._follower.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._queue.put(None)
+        if self._follower is not None:
+            self._follower.stop()
+        for t in self._threads:
+            t.join(5.0)
+

@@ -1,0 +1,94 @@
+"""Prometheus metrics of the serving worker (``streamrec_serving_*``), all created on a caller's registry.
+
+Example:
+    >>> from prometheus_client import CollectorRegistry
+    >>> reg = CollectorRegistry()
+    >>> m = ServingMetrics(reg)
+    >>> m.swap_failures.labels(reason="load_error").inc()
+    >>> reg.get_sample_value("streamrec_serving_swap_failures_total", {"reason": "load_error"})
+    1.0
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+# Latency buckets in seconds: sub-millisecond health checks up to multi-second overloads.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.25,
+                   0.5, 1.0, 2.5, 5.0, 10.0)
+CANDIDATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 1000, 2000)
+
+
+class ServingMetrics:
+    """Every metric the serving worker exports; ``registry`` is where they live (tests pass a private one).
+
+    Model-age gauges are computed at scrape time from ``model_times()`` (set with :meth:`track_model`), so they
+    never go stale between requests.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "streamrec_serving_requests_total", "HTTP requests by endpoint and status code",
+            ["endpoint", "status"], registry=registry)
+        self.request_latency = Histogram(
+            "streamrec_serving_request_duration_seconds", "HTTP request latency by endpoint and status code",
+            ["endpoint", "status"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.scoring_latency = Histogram(
+            "streamrec_serving_scoring_duration_seconds",
+            "Time to build, collate and score one request on the scoring thread", buckets=LATENCY_BUCKETS,
+            registry=registry)
+        self.candidates = Histogram(
+            "streamrec_serving_candidates_per_request", "Candidates in each accepted /v1/score request",
+            buckets=CANDIDATE_BUCKETS, registry=registry)
+        self.cold_starts = Counter(
+            "streamrec_serving_cold_start_requests_total", "Scored requests for users without a known state",
+            registry=registry)
+        self.bad_requests = Counter(
+            "streamrec_serving_bad_requests_total", "Requests rejected with a 4xx, by reason", ["reason"],
+            registry=registry)
+        self.model_version = Gauge(
+            "streamrec_serving_model_version", "Version of the snapshot being served (0 = none)", registry=registry)
+        self.model_loaded = Gauge(
+            "streamrec_serving_model_loaded", "1 when a model is loaded and /readyz answers 200", registry=registry)
+        self.since_update = Gauge(
+            "streamrec_serving_since_last_update_seconds", "Seconds since the served model was last swapped in",
+            registry=registry)
+        self.freshness = Gauge(
+            "streamrec_serving_model_freshness_seconds",
+            "Now minus the served snapshot's max_event_ts (how old the newest trained-on event is)",
+            registry=registry)
+        self.swaps = Counter(
+            "streamrec_serving_swaps_total", "Snapshots verified and swapped in", registry=registry)
+        self.swap_failures = Counter(
+            "streamrec_serving_swap_failures_total", "Snapshots rejected (old model kept serving), by reason",
+            ["reason"], registry=registry)
+        self.snapshot_load_latency = Histogram(
+            "streamrec_serving_snapshot_load_duration_seconds", "Time to load and verify a snapshot",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=registry)
+        self.user_states = Gauge(
+            "streamrec_serving_user_states", "Users in the local user-state replica", registry=registry)
+        self.user_state_updates = Counter(
+            "streamrec_serving_user_state_updates_total", "user_state records applied to the replica (incl. deletes)",
+            registry=registry)
+        self.user_state_errors = Counter(
+            "streamrec_serving_user_state_errors_total", "user_state records or consumer errors, by reason",
+            ["reason"], registry=registry)
+        self.announcements = Counter(
+            "streamrec_serving_snapshot_announcements_total", "Messages read from the snapshots topic, by outcome",
+            ["outcome"], registry=registry)
+        self._model_times: Callable[[], tuple[float, float] | None] = lambda: None
+        self.since_update.set_function(lambda: self._age(0))
+        self.freshness.set_function(lambda: self._age(1))
+
+    def track_model(self, model_times: Callable[[], tuple[float, float] | None]) -> None:
+        """Read ``(loaded_at, max_event_ts)`` of the served model (epoch seconds) from ``model_times`` at scrape time."""
+        self._model_times = model_times
+
+    def _age(self, which: int) -> float:
+        times = self._model_times()
+        if times is None:
+            return float("nan")
+        return max(0.0, time.time() - times[which])
