@@ -35,9 +35,9 @@ from kernels.dispatch import check_triton_device, tl, triton, use_triton
 def group_layer_norm_reference(
     x: torch.Tensor, group: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5
 ) -> torch.Tensor:
-    """Readable PyTorch version: normalise, then gather each token's group affine."""
+    """Readable PyTorch version: normalise, then gather each token's group affine (output in x's dtype)."""
     y = F.layer_norm(x, (x.shape[-1],), eps=eps)
-    return y * weight[group] + bias[group]
+    return (y * weight[group] + bias[group]).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------

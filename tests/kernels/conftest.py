@@ -58,12 +58,16 @@ def triton_device() -> Iterator[str]:
     """Force the Triton path for one test; yields the device its tensors go on ("cpu" = interpreter)."""
     if TRITON_DEVICE is None:
         pytest.skip(SKIP_REASON)
-    previous = get_kernel()
+    previous, threads = get_kernel(), torch.get_num_threads()
     set_kernel(Kernel.TRITON)
+    torch.set_num_threads(
+        1
+    )  # tiny tensors: on a shared 2-core box intra-op threads only contend (100x slower)
     try:
         yield TRITON_DEVICE
     finally:
         set_kernel(previous)
+        torch.set_num_threads(threads)
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
