@@ -103,6 +103,8 @@ class FeatureSpec:
         tasks: label names; a target without a label for a task gets 0.
         managed_collision: emit raw 63-bit hashes (no modulo) of the sparse features for TorchRec
             managed-collision tables (float-feature keys stay hashed modulo their table).
+        mc_eviction_interval: training steps between admissions/LRU evictions of managed-collision ids (ids seen
+            since the last admission share the table's last row until then).
         version: spec format version.
 
     Example:
@@ -118,6 +120,7 @@ class FeatureSpec:
     time_gap_buckets: int = 32
     tasks: tuple[str, ...] = TASKS
     managed_collision: bool = False
+    mc_eviction_interval: int = 16
     version: int = SPEC_VERSION
 
     def __post_init__(self) -> None:
