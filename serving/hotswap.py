@@ -107,7 +107,7 @@ class ModelHolder:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._follower: TopicFollower | None = None
-        self.swapped = threading.Condition()
+        self._snapshot_dir: Path | None = None
         metrics.track_model(self._times)
 
     def _times(self) -> tuple[float, float] | None:
@@ -116,8 +116,15 @@ class ModelHolder:
 
     # -- sources ---------------------------------------------------------------------------------------------
     def offer(self, path: str | Path, version: Any = None) -> None:
-        """Queue a snapshot for loading (non-blocking); duplicates and already-tried paths are skipped."""
-        self._queue.put((str(path), version))
+        """Queue a snapshot for loading (non-blocking); duplicates and already-tried paths are skipped.
+
+        An announced path that does not exist here but whose name exists in the local snapshot directory is read
+        from there (trainer and serving may mount the same volume at different paths, e.g. in docker-compose).
+        """
+        p = Path(path)
+        if self._snapshot_dir is not None and not p.exists() and (self._snapshot_dir / p.name).exists():
+            p = self._snapshot_dir / p.name
+        self._queue.put((str(p), version))
 
     def on_announcement(self, rec: Any) -> None:
         """Handle one ``snapshots`` topic record: JSON with at least ``path`` (and ``version``)."""
@@ -191,8 +198,6 @@ class ModelHolder:
         self.metrics.model_version.set(v[1] if v[0] == 0 else 0)
         log.info("serving snapshot version %s from %s (max_event_ts=%s, previous %s)", served.meta.version,
                  served.path, served.meta.max_event_ts, None if old is None else old.meta.version)
-        with self.swapped:
-            self.swapped.notify_all()
 
     def _remember(self, path: str, outcome: str) -> None:
         if len(self._tried) > 10_000:
@@ -217,6 +222,7 @@ class ModelHolder:
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self, snapshot_dir: Path, poll_s: float, bootstrap: str | None, topic: str) -> None:
         """Start the loader, the directory poller (``poll_s > 0``; else one initial scan) and the topic follower."""
+        self._snapshot_dir = Path(snapshot_dir)
         self._threads.append(threading.Thread(target=self._loader, name="snapshot-loader", daemon=True))
         if poll_s > 0:
             self._threads.append(threading.Thread(target=self._poller, args=(snapshot_dir, poll_s),

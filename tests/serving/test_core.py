@@ -112,6 +112,25 @@ def test_directory_poll_and_loader_thread(tmp_path: Path, holder: tuple[ModelHol
         h.stop()
 
 
+def test_announced_path_from_another_mount_is_found_locally(tmp_path: Path,
+                                                             holder: tuple[ModelHolder, CollectorRegistry]) -> None:
+    h, _ = holder
+    model, _ = small_model()
+    save_snapshot(tmp_path, model, meta(1))
+    h.start(tmp_path, poll_s=0, bootstrap=None, topic="unused")  # one scan at start, then announcements only
+    try:
+        deadline = time.monotonic() + 30
+        while h.current is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p2 = save_snapshot(tmp_path, model, meta(2))
+        h.offer(f"/mnt/trainer-volume/{p2.name}", 2)  # the trainer's path for the same shared directory
+        while h.current is not None and h.current.meta.version != 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert h.current is not None and h.current.meta.version == 2 and h.current.path == str(p2)
+    finally:
+        h.stop()
+
+
 def test_user_level_scores_equal_full_forward(tmp_path: Path, holder: tuple[ModelHolder, CollectorRegistry]) -> None:
     h, _ = holder
     torch.manual_seed(1)
