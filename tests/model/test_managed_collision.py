@@ -16,7 +16,7 @@ from trainer.snapshot import SnapshotMeta, load_snapshot, save_snapshot
 
 def _colliding_items() -> tuple[str, str]:
     """Two item ids that share a row under plain ``hash % rows`` hashing."""
-    plain, seen = small_spec(), {}
+    plain, seen = small_spec(), dict[int, str]()
     for i in range(10_000):
         b = plain.bucket("item_id", f"item{i}")
         if b in seen:
@@ -39,6 +39,7 @@ def test_managed_collision_separates_colliding_ids(tmp_path: Path) -> None:
     assert all(p.grad is not None for p in model.embedding_parameters())
     model.eval()
     mcc = model.embedder.features.ebc._managed_collision_collection
+    assert isinstance(mcc, torch.nn.Module)
     item = mcc(batch.sparse).to_dict()["item_id"]
     t_rows = batch.group_rows[TokenGroup.T][:2]
     per_token = item.to_dense()
