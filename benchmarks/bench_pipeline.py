@@ -28,8 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deploy.cluster import FreshnessProbe, Pipeline, PipelineConfig, ReplayThread, Supervisor, wait_until
-from deploy.demo import Completion
+from deploy.cluster import (
+    Completion,
+    FreshnessProbe,
+    Pipeline,
+    PipelineConfig,
+    ReplayThread,
+    Supervisor,
+    wait_until,
+)
 from deploy.kafka import REPO_ROOT, BrokerConfig, KafkaBroker
 
 OUT = REPO_ROOT / "reports" / "bench" / "pipeline.json"
@@ -112,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
             if done.replayed is None and not rt.is_alive() and rt.summary is not None:
                 done.replayed = rt.summary.events
             state["p"] = pipe.progress()
-            return done.update(state["p"], time.monotonic(), settle_s=5.0)
+            return done.update(state["p"], time.time(), settle_s=5.0)
 
         wait_until(finished, args.timeout, 0.5, "the replay to be trained and served", alive=sup.check_alive)
         t_served = next((s.wall for s in probe.seen if float(s.version) >= state["p"].serving_version), time.time())

@@ -356,6 +356,45 @@ class Progress:
     serving_since_update_s: float = float("nan")
 
 
+@dataclass
+class Completion:
+    """Tracks the stages of a finite replay from the services' metrics (used by the demo, tests and the bench)."""
+
+    replayed: int | None = None  # events the replay produced (known once it exited)
+    consumed_at: float | None = None  # wall time the worker had read them all
+    samples_stable_since: float | None = None
+    last_samples_out: float = -1.0
+    trained_at: float | None = None  # wall time the trainer had trained every sample written
+    served_version: float | None = None  # first served version whose snapshot was written after trained_at
+
+    def update(self, p: Progress, now: float, settle_s: float) -> bool:
+        """Advance with a new reading taken at wall time ``now`` (``time.time()``: snapshot times are compared
+        with it); True when the whole replay is served."""
+        if self.replayed is None:
+            return False
+        if self.consumed_at is None and p.worker_events_in >= self.replayed:
+            self.consumed_at = now
+        if self.consumed_at is None:
+            return False
+        # The worker releases its last impressions when the watermark is forced (idle input): wait until the
+        # samples count stops moving for settle_s.
+        if p.worker_samples_out != self.last_samples_out:
+            self.last_samples_out, self.samples_stable_since = p.worker_samples_out, now
+            self.trained_at = None
+            return False
+        assert self.samples_stable_since is not None
+        if now - self.samples_stable_since < settle_s:
+            return False
+        if self.trained_at is None:
+            if p.worker_samples_out > 0 and p.trainer_samples + p.trainer_skipped >= p.worker_samples_out:
+                self.trained_at = now
+            return False
+        if p.trainer_last_snapshot_ts >= self.trained_at and p.serving_version >= p.trainer_snapshot_version > 0:
+            self.served_version = p.serving_version
+            return True
+        return False
+
+
 class Pipeline:
     """Starts the streaming worker, trainer and serving (and Prometheus if installed) against ``bootstrap``.
 

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from deploy.cluster import (
     ClusterError,
+    Completion,
     FreshnessProbe,
     Pipeline,
     PipelineConfig,
@@ -98,48 +99,6 @@ def config_from_args(argv: list[str] | None) -> DemoConfig:
                       worker_port=a.worker_port, trainer_port=a.trainer_port, serving_port=a.serving_port,
                       prometheus_port=a.prometheus_port, prometheus=not a.no_prometheus,
                       keep_running=a.keep_running, timeout_s=a.timeout)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Completion: everything replayed is consumed, joined into samples, trained, snapshotted and served.
-
-
-@dataclass
-class Completion:
-    """Tracks the stages of a finite replay from the services' metrics (used by the demo, tests and the bench)."""
-
-    replayed: int | None = None  # events the replay produced (known once it exited)
-    consumed_at: float | None = None  # wall time the worker had read them all
-    samples_stable_since: float | None = None
-    last_samples_out: float = -1.0
-    trained_at: float | None = None  # wall time the trainer had trained every sample written
-    served_version: float | None = None  # first served version whose snapshot was written after trained_at
-
-    def update(self, p: Progress, now: float, settle_s: float) -> bool:
-        """Advance with a new reading; True when the whole replay is served."""
-        if self.replayed is None:
-            return False
-        if self.consumed_at is None and p.worker_events_in >= self.replayed:
-            self.consumed_at = now
-        if self.consumed_at is None:
-            return False
-        # The worker releases its last impressions when the watermark is forced (idle input): wait until the
-        # samples count stops moving for settle_s.
-        if p.worker_samples_out != self.last_samples_out:
-            self.last_samples_out, self.samples_stable_since = p.worker_samples_out, now
-            self.trained_at = None
-            return False
-        assert self.samples_stable_since is not None
-        if now - self.samples_stable_since < settle_s:
-            return False
-        if self.trained_at is None:
-            if p.worker_samples_out > 0 and p.trainer_samples + p.trainer_skipped >= p.worker_samples_out:
-                self.trained_at = now
-            return False
-        if p.trainer_last_snapshot_ts >= self.trained_at and p.serving_version >= p.trainer_snapshot_version > 0:
-            self.served_version = p.serving_version
-            return True
-        return False
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -271,7 +230,7 @@ def run(cfg: DemoConfig) -> int:
 
     broker = KafkaBroker(BrokerConfig(state_dir=run_dir / "kafka", port=pick_port(cfg.kafka_port)))
     sup = Supervisor(run_dir)
-    t0 = time.monotonic()
+    t0 = time.time()
     try:
         with signals_raise_keyboard_interrupt():
             console.print("starting Kafka ...")
@@ -290,12 +249,12 @@ def run(cfg: DemoConfig) -> int:
             probe.start()
             rt.start()
             done = Completion()
-            deadline = time.monotonic() + cfg.timeout_s
+            deadline = time.time() + cfg.timeout_s
             p = pipe.progress()
             with Live(console=console, refresh_per_second=2, transient=False) as live:
                 while True:
                     sup.check_alive()
-                    now = time.monotonic()
+                    now = time.time()
                     p = pipe.progress()
                     if rt.error is not None:
                         raise ClusterError(f"the replay failed: {rt.error}")
@@ -318,7 +277,7 @@ def run(cfg: DemoConfig) -> int:
                         return 1
                     time.sleep(1.0)
             probe.stop()
-            console.print(summary_text(pipe, p, bootstrap, cfg, time.monotonic() - t0, rt, swap_freshness(probe, rt)))
+            console.print(summary_text(pipe, p, bootstrap, cfg, time.time() - t0, rt, swap_freshness(probe, rt)))
             if cfg.keep_running:
                 console.print("\n[bold]running[/] — Ctrl-C stops everything")
                 while True:
