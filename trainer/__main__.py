@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--dedupe-capacity", type=int, default=s.dedupe_capacity,
                    help="recently trained sample ids remembered (and checkpointed) to skip replays (default %(default)s)")
     k.add_argument("--prefetch", type=int, default=s.prefetch,
-                   help="batches decoded/collated ahead of the training step (default %(default)s)")
+                   help="batches decoded/collated ahead of the training step on a thread, 0 = synchronous (default %(default)s)")
     r = ap.add_argument_group("run directory, checkpoints and snapshots")
     r.add_argument("--run-dir", type=Path, default=d.run_dir, help="parent of the defaults below (default %(default)s)")
     r.add_argument("--snapshot-dir", type=Path, default=None, help="serving snapshots (default RUN_DIR/snapshots)")
@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--exit-when-idle", type=float, default=None, help="stop after this many seconds without records")
     x.add_argument("--distributed", action="store_true",
                    help="multi-rank under torchrun: shard embeddings with TorchRec DMP, partitions p %% WORLD_SIZE == RANK")
+    x.add_argument("--sharding", choices=["table_wise", "column_wise", "row_wise"], default="table_wise",
+                   help="TorchRec sharding of every table with --distributed; row_wise is not offered on CPU (default %(default)s)")
     x.add_argument("--log-level", default="INFO", help="Python logging level (default %(default)s)")
     return ap
 
@@ -140,12 +142,18 @@ def config_from_args(args: argparse.Namespace, rank: int = 0, world_size: int = 
     )
     optim = OptimConfig(embedding_lr=args.embedding_lr, dense_lr=args.dense_lr, weight_decay=args.weight_decay,
                         grad_clip=args.grad_clip)
-    run_dir = args.run_dir if world_size == 1 else args.run_dir / f"rank{rank}"
+    # Ranks share the snapshot directory (rank 0 writes); each keeps its own checkpoints, offsets and logs.
+    per_rank = (lambda p: p) if world_size == 1 else (lambda p: p / f"rank{rank}")
+    run_dir = per_rank(args.run_dir)
+    snapshot_dir = args.snapshot_dir if world_size == 1 else (args.snapshot_dir or args.run_dir / "snapshots")
+    checkpoint_dir = per_rank(args.checkpoint_dir) if args.checkpoint_dir else None
+    trained_log = per_rank(args.trained_log.parent) / args.trained_log.name if args.trained_log else None
     return TrainerConfig(
         source=source, optim=optim,
         progressive=ProgressiveConfig(window=args.eval_window, auc_thresholds=args.auc_thresholds),
-        run_dir=run_dir, snapshot_dir=args.snapshot_dir, checkpoint_dir=args.checkpoint_dir,
-        metrics_log=args.metrics_log, trained_log=args.trained_log, snapshot_every_s=args.snapshot_every_s,
+        run_dir=run_dir, snapshot_dir=snapshot_dir, checkpoint_dir=checkpoint_dir,
+        metrics_log=per_rank(args.metrics_log.parent) / args.metrics_log.name if args.metrics_log else None,
+        trained_log=trained_log, snapshot_every_s=args.snapshot_every_s,
         snapshot_every_samples=args.snapshot_every_samples, snapshot_keep=args.snapshot_keep,
         checkpoint_every_s=args.checkpoint_every_s, checkpoint_keep=args.checkpoint_keep,
         snapshots_topic=args.snapshots_topic, log_every_s=args.log_every_s, device=args.device, seed=args.seed,

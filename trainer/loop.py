@@ -29,13 +29,13 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 from torch import nn
 
-from streaming.sample import Sample
+from streaming.sample import Sample, Target
 from trainer.batch import Batch, collate
 from trainer.checkpoint import (
     CHECKPOINT_FORMAT,
@@ -50,9 +50,13 @@ from trainer.metrics import TrainerMetrics
 from trainer.model import Ranker
 from trainer.optim import OptimConfig, build_optimizers, multitask_bce
 from trainer.progressive import ProgressiveConfig, ProgressiveValidator
+
+if TYPE_CHECKING:
+    from trainer.distributed import Collective
 from trainer.source import DeadLetter, KafkaSampleSource, Prefetcher, RecentIds, SampleBatch, SourceConfig
 
 log = logging.getLogger(__name__)
+_PAD_SAMPLE = Sample("__pad__", "__pad__", [Target("__pad__", "__pad__", "__pad__", "__pad__", 0.0)])
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class RunSummary:
     skipped: dict[str, int]
     data_wait_s: float
     compute_s: float
+    persist_s: float
     wall_s: float
     snapshot_version: int
 
@@ -155,6 +160,7 @@ class Trainer:
         model: the raw model; it must have ``embedding_parameters()`` and ``dense_parameters()``.
         spec: the feature spec used by ``collate`` (saved into every snapshot by ``trainer.snapshot``).
         registry: Prometheus registry (a private one in tests).
+        collective: lockstep agreement of torchrun ranks (``trainer.distributed``); None on one process.
 
     Example:
         >>> trainer = Trainer(TrainerConfig(), Ranker(spec, RankerConfig()), spec)  # doctest: +SKIP
@@ -162,8 +168,9 @@ class Trainer:
     """
 
     def __init__(self, config: TrainerConfig, model: nn.Module, spec: FeatureSpec,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, collective: Collective | None = None) -> None:
         self.config = config
+        self.collective = collective
         self.spec = spec
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
@@ -189,16 +196,23 @@ class Trainer:
         self._skipped: Counter[str] = Counter()
         self._announcer: Any = None
         self._metrics_file: TextIO | None = None
-        self.snapshots_supported = isinstance(model, Ranker)  # trainer.snapshot serialises the Ranker
+        # trainer.snapshot serialises the Ranker (a sharded one is gathered to rank 0 first)
+        self.snapshots_supported = isinstance(model, Ranker) or hasattr(model, "to_ranker")
         if not self.snapshots_supported:
             log.warning("%s: serving snapshots are written for the Ranker only; checkpoints still are",
                         type(model).__name__)
+        self._pad: Batch | None = None
         self._score_in_eval = any(isinstance(x, nn.Dropout) and x.p > 0 for x in model.modules())
         self._resume()
 
     # ------------------------------------------------------------------ resume / checkpoint / snapshot
     def _resume(self) -> None:
         path = latest_checkpoint(self.config.checkpoints_path)
+        if self.collective is not None:  # every rank resumes from the newest step all of them have
+            step = self.collective.agree_min(_step_of(path) if path is not None else -1)
+            path = None if step < 0 else self.config.checkpoints_path / f"ckpt-{step:012d}.pt"
+            if path is not None and not path.exists():
+                raise RuntimeError(f"rank {self.collective.rank} lacks {path}: ranks' checkpoints diverged")
         if path is None:
             if self.trained_log is not None:
                 self.trained_log.truncate(0)  # a fresh run owns a fresh audit log
@@ -258,7 +272,7 @@ class Trainer:
             "model_config": _model_config_json(self.model),
             "created_at": time.time(),
         }
-        path = save_checkpoint(self.config.checkpoints_path, self.samples_trained, payload)
+        path = save_checkpoint(self.config.checkpoints_path, self.steps, payload)  # steps: equal on all ranks
         prune_checkpoints(self.config.checkpoints_path, self.config.checkpoint_keep)
         self._dirty_ckpt = False
         self._last_ckpt_t = time.monotonic()
@@ -281,8 +295,16 @@ class Trainer:
         created = time.time()
         meta = SnapshotMeta(version=version, created_at=created, max_event_ts=self.max_event_ts,
                             samples_trained=self.samples_trained)
-        model = self.model
-        assert isinstance(model, Ranker)
+        if isinstance(self.model, Ranker):
+            model: Ranker | None = self.model
+        else:
+            model = self.model.to_ranker()  # type: ignore[operator]  # collective gather; the Ranker on rank 0 only
+        if model is None:  # another rank writes and announces
+            self._dirty_snap = False
+            self._samples_at_snapshot = self.samples_trained
+            self._last_snap_t = time.monotonic()
+            self.metrics.snapshot_published(version, created)
+            return self.config.snapshots_path
         was_training = model.training
         model.eval()
         try:
@@ -308,8 +330,11 @@ class Trainer:
         return Path(path)
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, batch: Batch) -> dict[str, float]:
-        """Score ``batch`` (progressive validation), then learn from it. Returns per-task losses."""
+    def train_step(self, batch: Batch, weight: float = 1.0) -> dict[str, float]:
+        """Score ``batch`` (progressive validation), then learn from it. Returns per-task losses.
+
+        ``weight=0`` runs the full forward/backward with a zero loss and no validation (a lockstep stand-in).
+        """
         model = self.model
         if self._score_in_eval:  # dropout active: score with a separate deterministic forward, as serving would
             model.eval()
@@ -320,9 +345,12 @@ class Trainer:
         if not self._score_in_eval:  # no dropout: the training forward's scores equal serving's
             probs = {t: torch.sigmoid(z.detach()) for t, z in logits.items()}
         # Progressive validation: these scores come from the model *before* this batch's update.
-        self.progressive.update(probs, {t: batch.labels[t] for t in probs}, batch.target_scenarios,
-                                batch.target_user_ids)
+        if weight > 0:
+            self.progressive.update(probs, {t: batch.labels[t] for t in probs}, batch.target_scenarios,
+                                    batch.target_user_ids)
         loss, per_task = multitask_bce(logits, batch.labels)
+        if weight != 1.0:
+            loss = loss * weight
         for opt in (self.emb_opt, self.dense_opt):
             if opt is not None:
                 opt.zero_grad(set_to_none=True)
@@ -378,12 +406,13 @@ class Trainer:
         self._last_ckpt_t = self._last_snap_t = self._last_log_t = t_start
         last_record_t = t_start
         run_samples = run_targets = run_records = 0
-        data_wait = compute = 0.0
+        data_wait = compute = persist = 0.0
         win_samples, win_targets, win_t = 0, 0, t_start
         last_loss: dict[str, float] = {}
         prefetcher.start()
         try:
-            while not self.stop_event.is_set():
+            soft_stop = False
+            while self.collective is not None or not self.stop_event.is_set():
                 # ---- wait for data
                 t0 = time.perf_counter()
                 item: SampleBatch[Batch] | None = prefetcher.get(timeout_s=0.25)
@@ -391,6 +420,18 @@ class Trainer:
                 data_wait += t1 - t0
                 m.data_wait.inc(t1 - t0)
                 now = time.monotonic()
+                batch = item.batch if item is not None else None
+                snap_due, ckpt_due = self._persist_due(now)
+                if self.collective is not None:  # lockstep ranks agree on what happens this iteration
+                    any_batch, stop, snap_due, ckpt_due = self.collective.sync(
+                        batch is not None, self.stop_event.is_set(), soft_stop, snap_due, ckpt_due)
+                    if stop:
+                        break  # this item is dropped unaccounted: its offsets were not taken, it is re-read later
+                    if any_batch and batch is None:
+                        # Keep DMP's all-to-alls and DDP's all-reduce matched: an empty batch would skip parts of
+                        # the backward graph (and hang the other ranks), so train a zero-weighted stand-in.
+                        self.train_step(self._padding_batch(), weight=0.0)
+                        self._dirty_ckpt = self._dirty_snap = True
                 if item is not None:
                     self.offsets.update(item.offsets)
                     if item.records:
@@ -404,78 +445,82 @@ class Trainer:
                         self._dirty_ckpt = True  # offsets moved past skipped records
                     if item.lag is not None:
                         m.consumer_lag.set(item.lag)
-                    if item.batch is not None:
-                        # ---- score, then train
-                        batch = item.batch
-                        if self.device.type != "cpu":
-                            batch = batch.to(self.device, non_blocking=True)
-                        last_loss = self.train_step(batch)
-                        t2 = time.perf_counter()
-                        last_record_t = time.monotonic()  # idle time counts only while waiting for data
-                        compute += t2 - t1
-                        m.compute.inc(t2 - t1)
-                        ns, nt = batch.num_samples, batch.num_targets
-                        self.samples_trained += ns
-                        self.targets_trained += nt
-                        self.steps += 1
-                        run_samples += ns
-                        run_targets += nt
-                        win_samples += ns
-                        win_targets += nt
-                        self.max_event_ts = max(self.max_event_ts, float(batch.max_event_ts))
-                        for sid in batch.sample_ids:
-                            self.trained.add(sid)
-                        if self.trained_log is not None:
-                            self.trained_log.add(batch.sample_ids)
-                        self._dirty_ckpt = self._dirty_snap = True
-                        m.samples.inc(ns)
-                        m.impressions.inc(nt)
-                        m.steps.inc()
+                if batch is not None:
+                    # ---- score, then train
+                    if self.device.type != "cpu":
+                        batch = batch.to(self.device, non_blocking=True)
+                    last_loss = self.train_step(batch)
+                    t2 = time.perf_counter()
+                    last_record_t = time.monotonic()  # idle time counts only while waiting for data
+                    compute += t2 - t1
+                    m.compute.inc(t2 - t1)
+                    ns, nt = batch.num_samples, batch.num_targets
+                    self.samples_trained += ns
+                    self.targets_trained += nt
+                    self.steps += 1
+                    run_samples += ns
+                    run_targets += nt
+                    win_samples += ns
+                    win_targets += nt
+                    self.max_event_ts = max(self.max_event_ts, float(batch.max_event_ts))
+                    for sid in batch.sample_ids:
+                        self.trained.add(sid)
+                    if self.trained_log is not None:
+                        self.trained_log.add(batch.sample_ids)
+                    self._dirty_ckpt = self._dirty_snap = True
+                    m.samples.inc(ns)
+                    m.impressions.inc(nt)
+                    m.steps.inc()
+                    if "total" in last_loss and ns:
                         m.loss.set(last_loss["total"])
-                        for task, v in last_loss.items():
-                            if task != "total":
-                                m.task_loss.labels(task=task).set(v)
-                        m.max_event_ts.set(self.max_event_ts)
+                    for task, v in last_loss.items():
+                        if task != "total":
+                            m.task_loss.labels(task=task).set(v)
+                    m.max_event_ts.set(self.max_event_ts)
                 # ---- cadence work: snapshots (which checkpoint first), checkpoints, metrics log
-                now = time.monotonic()
-                if self._dirty_snap and (
-                    (cfg.snapshot_every_s > 0 and now - self._last_snap_t >= cfg.snapshot_every_s)
-                    or (cfg.snapshot_every_samples > 0
-                        and self.samples_trained - self._samples_at_snapshot >= cfg.snapshot_every_samples)
-                ):
+                t3 = time.perf_counter()
+                if snap_due:
                     self.snapshot()
-                elif self._dirty_ckpt and cfg.checkpoint_every_s > 0 and now - self._last_ckpt_t >= cfg.checkpoint_every_s:
+                elif ckpt_due:
                     self.checkpoint()
+                persist += time.perf_counter() - t3
+                m.persist.inc(time.perf_counter() - t3)
+                now = time.monotonic()
                 if now - self._last_log_t >= cfg.log_every_s:
                     dt = max(1e-9, now - win_t)
-                    self._log_metrics(last_loss, win_samples / dt, win_targets / dt, data_wait, compute)
+                    self._log_metrics(last_loss, win_samples / dt, win_targets / dt, data_wait, compute, persist)
                     win_samples = win_targets = 0
                     win_t = now
                     self._last_log_t = now
                 m.tick(time.time())
                 if self.max_event_ts > 0:
                     m.event_lag.set(time.time() - self.max_event_ts)
-                if max_samples is not None and run_samples >= max_samples:
-                    break
-                if max_seconds is not None and now - t_start >= max_seconds:
-                    break
-                if exit_when_idle_s is not None and now - last_record_t >= exit_when_idle_s:
+                soft_stop = (
+                    (max_samples is not None and run_samples >= max_samples)
+                    or (max_seconds is not None and now - t_start >= max_seconds)
+                    or (exit_when_idle_s is not None and now - last_record_t >= exit_when_idle_s)
+                )
+                if self.collective is None and (soft_stop or self.stop_event.is_set()):
                     break
         finally:
             prefetcher.close()
             with contextlib.suppress(Exception):
                 source.close()
             try:
-                if self._dirty_snap:
+                snap, ckpt = self._dirty_snap, self._dirty_ckpt
+                if self.collective is not None:
+                    _, _, snap, ckpt = self.collective.sync(False, True, True, snap, ckpt)
+                if snap:
                     self.snapshot()
-                elif self._dirty_ckpt:
+                elif ckpt:
                     self.checkpoint()
             finally:
                 wall = time.monotonic() - t_start
                 dt = max(1e-9, time.monotonic() - win_t)
-                self._log_metrics(last_loss, win_samples / dt, win_targets / dt, data_wait, compute)
+                self._log_metrics(last_loss, win_samples / dt, win_targets / dt, data_wait, compute, persist)
                 summary = RunSummary(self.samples_trained, self.targets_trained, self.steps, run_records,
-                                     dict(self._skipped), data_wait, compute, wall, self.snapshot_version)
+                                     dict(self._skipped), data_wait, compute, persist, wall,
+                                     self.snapshot_version)
                 self._log_event({"event": "stop", **dataclasses.asdict(summary), "run_samples": run_samples,
                                  "run_targets": run_targets})
                 if deadletter is not None:
@@ -490,13 +535,38 @@ class Trainer:
                     self._metrics_file = None
         return summary
 
-    def _log_metrics(self, loss: dict[str, float], sps: float, ips: float, data_wait: float, compute: float) -> None:
+    def _persist_due(self, now: float) -> tuple[bool, bool]:
+        """(snapshot due, checkpoint due) by this rank's cadence."""
+        cfg = self.config
+        snap = self._dirty_snap and (
+            (cfg.snapshot_every_s > 0 and now - self._last_snap_t >= cfg.snapshot_every_s)
+            or (cfg.snapshot_every_samples > 0
+                and self.samples_trained - self._samples_at_snapshot >= cfg.snapshot_every_samples)
+        )
+        ckpt = self._dirty_ckpt and cfg.checkpoint_every_s > 0 and now - self._last_ckpt_t >= cfg.checkpoint_every_s
+        return snap, ckpt
+
+    def _padding_batch(self) -> Batch:
+        """A one-target stand-in for a rank without data (its loss is multiplied by 0; nothing is counted)."""
+        if self._pad is None:
+            self._pad = collate([_PAD_SAMPLE], self.spec)
+            if self.device.type != "cpu":
+                self._pad = self._pad.to(self.device)
+        return self._pad
+
+    def _log_metrics(self, loss: dict[str, float], sps: float, ips: float, data_wait: float, compute: float,
+                     persist: float) -> None:
         quality = self.progressive.compute()
         self.metrics.set_quality(quality)
         self._log_event({
             "event": "metrics", "samples_trained": self.samples_trained, "targets_trained": self.targets_trained,
             "steps": self.steps, "loss": loss, "samples_per_s": sps, "impressions_per_s": ips,
-            "data_wait_s": data_wait, "compute_s": compute, "skipped": dict(self._skipped),
+            "data_wait_s": data_wait, "compute_s": compute, "persist_s": persist, "skipped": dict(self._skipped),
             "max_event_ts": self.max_event_ts, "snapshot_version": self.snapshot_version,
             "offsets": {str(k): v for k, v in self.offsets.items()}, "progressive": quality,
         })
+
+
+def _step_of(path: Path) -> int:
+    """The step number in a checkpoint file name ``ckpt-<step>.pt``."""
+    return int(path.stem.split("-", 1)[1])

@@ -34,6 +34,8 @@ class TrainerMetrics:
         self.data_wait = Counter(p + "data_wait_seconds", "Time the training loop waited for a batch",
                                  registry=registry)
         self.compute = Counter(p + "compute_seconds", "Time spent scoring + training batches", registry=registry)
+        self.persist = Counter(p + "persist_seconds", "Time spent writing checkpoints and snapshots",
+                               registry=registry)
         self.loss = Gauge(p + "loss", "Training loss of the last batch (BCE, summed over tasks)", registry=registry)
         self.task_loss = Gauge(p + "task_loss", "Training BCE of the last batch per task", ["task"],
                                registry=registry)

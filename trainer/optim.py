@@ -77,6 +77,8 @@ def multitask_bce(
             if not bool(m.any()):
                 continue
             z, y = z[m], y[m]
+        if z.numel() == 0:
+            continue
         loss = F.binary_cross_entropy_with_logits(z, y)
         per_task[task] = float(loss.detach())
         total = loss if total is None else total + loss

@@ -51,7 +51,7 @@ class SourceConfig:
         batch_timeout_s: ... or when this many seconds passed since its first sample.
         start: where to begin on partitions without a checkpointed offset.
         dedupe_capacity: how many recently trained sample ids are remembered to skip replays.
-        prefetch: batches prepared ahead of the training step.
+        prefetch: batches prepared ahead of the training step on a background thread (0 = synchronous).
         rank: this trainer's rank; it reads partitions ``p % world_size == rank``.
         world_size: number of trainer ranks.
     """
@@ -265,7 +265,8 @@ class Prefetcher(Generic[B]):
         self.thread = threading.Thread(target=self._run, name="trainer-prefetch", daemon=True)
 
     def start(self) -> Prefetcher[B]:
-        self.thread.start()
+        if self.config.prefetch > 0:
+            self.thread.start()
         return self
 
     def _collate_safe(self, samples: list[Sample], skipped: Counter[str], skips: list[Skip]) -> tuple[B | None, list[Sample]]:
@@ -293,42 +294,47 @@ class Prefetcher(Generic[B]):
                 continue
         return False
 
-    def _run(self) -> None:
+    def _next_item(self) -> SampleBatch[B] | None:
+        """Poll until one batch is full (by count or time since its first record), then decode + collate it."""
         cfg = self.config
+        t_first: float | None = None
+        samples: list[Sample] = []
+        skips: list[Skip] = []
+        records = 0
+        offsets: dict[int, int] = {}
+        while not self.stop_event.is_set() and len(samples) < cfg.batch_samples:
+            wait = cfg.batch_timeout_s if t_first is None else t_first + cfg.batch_timeout_s - time.monotonic()
+            if t_first is not None and wait <= 0:
+                break
+            values, offsets_now = self.source.poll(cfg.batch_samples - len(samples), max(0.01, min(wait, 0.25)))
+            if not values:
+                if t_first is None:
+                    offsets = offsets_now
+                    break  # idle: hand back an empty item so the loop can do its cadence work
+                continue
+            t_first = t_first or time.monotonic()
+            records += len(values)
+            offsets = offsets_now
+            got, bad = decode_records(values, self.seen)
+            samples.extend(got)
+            skips.extend(bad)
+        if self.stop_event.is_set() and not records:
+            return None
+        t0 = time.perf_counter()
+        skipped: Counter[str] = Counter(r for r, _, _ in skips)
+        batch, samples = self._collate_safe(samples, skipped, skips)
+        if batch is not None and self.pin:
+            batch = batch.pin_memory()  # type: ignore[attr-defined]
+        if self.deadletter is not None and skips:
+            self.deadletter.send(skips)
+        return SampleBatch(batch=batch, samples=samples, offsets=offsets, skipped=skipped, records=records,
+                           lag=self.source.measure_lag(), prepare_s=time.perf_counter() - t0)
+
+    def _run(self) -> None:
         try:
             while not self.stop_event.is_set():
-                t_first: float | None = None
-                samples: list[Sample] = []
-                skips: list[Skip] = []
-                records = 0
-                offsets: dict[int, int] = {}
-                # Fill one batch: by count, or by time since its first record.
-                while not self.stop_event.is_set() and len(samples) < cfg.batch_samples:
-                    wait = cfg.batch_timeout_s if t_first is None else max(0.0, t_first + cfg.batch_timeout_s - time.monotonic())
-                    if t_first is not None and wait <= 0:
-                        break
-                    values, offsets_now = self.source.poll(cfg.batch_samples - len(samples), min(wait, 0.25) or 0.01)
-                    if not values:
-                        if t_first is None:
-                            offsets = offsets_now
-                            break  # idle: hand back an empty item so the loop can do cadence work
-                        continue
-                    t_first = t_first or time.monotonic()
-                    records += len(values)
-                    offsets = offsets_now
-                    got, bad = decode_records(values, self.seen)
-                    samples.extend(got)
-                    skips.extend(bad)
-                t0 = time.perf_counter()
-                skipped: Counter[str] = Counter(r for r, _, _ in skips)
-                batch, samples = self._collate_safe(samples, skipped, skips)
-                if batch is not None and self.pin:
-                    batch = batch.pin_memory()  # type: ignore[attr-defined]
-                if self.deadletter is not None and skips:
-                    self.deadletter.send(skips)
-                item = SampleBatch(batch=batch, samples=samples, offsets=offsets, skipped=skipped, records=records,
-                                   lag=self.source.measure_lag(), prepare_s=time.perf_counter() - t0)
-                if not self._put(item):
+                item = self._next_item()
+                if item is None or not self._put(item):
                     return
         except BaseException as e:  # surface in the training thread
             log.exception("prefetch thread failed")
@@ -336,6 +342,8 @@ class Prefetcher(Generic[B]):
 
     def get(self, timeout_s: float) -> SampleBatch[B] | None:
         """Next prepared batch, or None after ``timeout_s``; re-raises a prefetch-thread failure."""
+        if self.config.prefetch == 0:  # synchronous mode (benchmark baseline): prepare the batch right here
+            return self._next_item()
         try:
             item = self.queue.get(timeout=timeout_s)
         except queue.Empty:
@@ -346,4 +354,5 @@ class Prefetcher(Generic[B]):
 
     def close(self) -> None:
         self.stop_event.set()
-        self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)

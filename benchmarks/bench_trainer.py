@@ -1,0 +1,153 @@
+"""Trainer throughput through a real Kafka broker: samples/s, impressions/s, and data-wait vs compute time.
+
+Starts a local broker on a free port, produces ``--samples`` synthetic user-level samples (history + 1-8 targets)
+to a fresh topic, then trains the default model (``python -m trainer``'s defaults unless flags say otherwise) on
+them twice, side by side on the same data: with the background prefetcher (the default, ``--prefetch 2``) and
+synchronously (``--prefetch 0``: poll, decode and collate inside the training loop). Each run reports
+
+- samples/s and impressions/s over the whole run (first record → last step);
+- data-wait seconds (the loop blocked on the next batch), compute seconds (score + train), persist seconds
+  (checkpoints + snapshots at the default cadence), and the stall fraction = wait / (wait + compute).
+
+    .venv/bin/python -m benchmarks.bench_trainer                     # 2048 samples, batch 256
+    .venv/bin/python -m benchmarks.bench_trainer --samples 512 --batch-samples 64
+
+Writes reports/bench/trainer.json and prints a table. CPU only where no CUDA device exists (the device is reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from prometheus_client import CollectorRegistry
+
+from deploy.kafka import REPO_ROOT, BrokerConfig, KafkaBroker
+from streaming.sample import Behavior, Sample, Target, make_sample_id
+from trainer.features import FeatureSpec
+from trainer.loop import Trainer, TrainerConfig, resolve_device
+from trainer.model import Ranker, RankerConfig
+from trainer.source import SourceConfig
+
+OUT = REPO_ROOT / "reports" / "bench" / "trainer.json"
+SCENARIOS = ("home", "search", "detail", "cart")
+
+
+def synth_samples(n: int, seed: int, max_history: int) -> list[Sample]:
+    """Samples shaped like the streaming worker's: a history of past actions and 1-8 labeled targets."""
+    rng = random.Random(seed)
+    out: list[Sample] = []
+    for i in range(n):
+        t0 = 1_700_000_000.0 + i
+        hist = [Behavior(f"i{rng.randrange(5000)}", rng.choice(SCENARIOS), rng.choice(("click", "buy")),
+                         t0 - 1000 + j, {"cat": f"c{rng.randrange(50)}", "brand": f"b{rng.randrange(200)}"})
+                for j in range(rng.randrange(max_history + 1))]
+        targets = []
+        for j in range(rng.randrange(1, 9)):
+            item = rng.randrange(5000)
+            click = int(rng.random() < (0.5 if item % 3 == 0 else 0.1))
+            targets.append(Target(
+                f"e{i}-{j}", f"r{i}", f"i{item}", rng.choice(SCENARIOS), t0 + j, j,
+                {"cat": f"c{item % 50}", "brand": f"b{item % 200}"}, {"device": rng.choice(("ios", "web"))},
+                {"price": float(item % 100)}, {"item_ctr_1h": rng.random()},
+                {"click": click, "conversion": int(click and rng.random() < 0.2)},
+            ))
+        out.append(Sample(make_sample_id(t.event_id for t in targets), f"u{rng.randrange(500)}", targets,
+                          {"age": str(rng.randrange(6)), "country": rng.choice(("de", "fr", "us"))}, hist,
+                          span_start=targets[0].ts, span_end=targets[-1].ts, max_event_ts=targets[-1].ts))
+    return out
+
+
+def run_once(bootstrap: str, topic: str, prefetch: int, args: argparse.Namespace, n: int) -> dict[str, Any]:
+    spec = FeatureSpec()
+    torch.manual_seed(0)
+    model = Ranker(spec, RankerConfig())
+    run_dir = Path(tempfile.mkdtemp(prefix=f"bench-trainer-p{prefetch}-"))
+    try:
+        cfg = TrainerConfig(
+            source=SourceConfig(bootstrap=bootstrap, topic=topic, deadletter_topic="", batch_samples=args.batch_samples,
+                                prefetch=prefetch),
+            run_dir=run_dir, snapshots_topic="", log_every_s=1e9,
+        )
+        trainer = Trainer(cfg, model, spec, CollectorRegistry())
+        t0 = time.monotonic()
+        s = trainer.run(max_samples=n, max_seconds=args.timeout)
+        wall = time.monotonic() - t0
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    busy = s.data_wait_s + s.compute_s
+    return {
+        "prefetch": prefetch, "samples": s.samples_trained, "impressions": s.targets_trained, "steps": s.steps,
+        "wall_s": wall, "samples_per_s": s.samples_trained / wall, "impressions_per_s": s.targets_trained / wall,
+        "data_wait_s": s.data_wait_s, "compute_s": s.compute_s, "persist_s": s.persist_s,
+        "stall_fraction": s.data_wait_s / busy if busy else None,
+        "compute_samples_per_s": s.samples_trained / s.compute_s if s.compute_s else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_trainer", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--samples", type=int, default=2048, help="samples produced and trained per run (default %(default)s)")
+    ap.add_argument("--batch-samples", type=int, default=256, help="samples per batch (default %(default)s)")
+    ap.add_argument("--max-history", type=int, default=48, help="max history length of synthetic samples")
+    ap.add_argument("--timeout", type=float, default=900.0, help="give up a run after this many seconds")
+    ap.add_argument("--out", type=Path, default=OUT, help="JSON report path (default %(default)s)")
+    args = ap.parse_args(argv)
+
+    samples = synth_samples(args.samples, seed=0, max_history=args.max_history)
+    state = Path(tempfile.mkdtemp(prefix="bench-trainer-kafka-"))
+    broker = KafkaBroker(BrokerConfig(state_dir=state, port=0, heap="512m"))
+    broker.start()
+    try:
+        from kafka import KafkaProducer
+
+        topic = f"bench-samples-{os.getpid()}"
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=20)
+        for s in samples:
+            producer.send(topic, key=s.user_id.encode(), value=s.encode())
+        producer.flush(timeout=60)
+        producer.close()
+        runs = [run_once(broker.bootstrap, topic, p, args, len(samples)) for p in (2, 0)]
+    finally:
+        broker.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+    device = resolve_device("auto")
+    report = {
+        "benchmark": "trainer",
+        "command": "python -m benchmarks.bench_trainer " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
+        "config": {"samples": args.samples, "batch_samples": args.batch_samples, "max_history": args.max_history,
+                   "model": "Ranker(RankerConfig()) on FeatureSpec() (python -m trainer defaults)",
+                   "mean_targets_per_sample": sum(s.num_targets for s in samples) / len(samples)},
+        "runs": runs,
+        "prefetch_speedup": runs[0]["samples_per_s"] / runs[1]["samples_per_s"] if runs[1]["samples_per_s"] else None,
+        "created_at": time.time(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    hdr = f"{'prefetch':>8} {'samples/s':>10} {'impr/s':>9} {'wait s':>8} {'compute s':>9} {'persist s':>9} {'stall':>6}"
+    print(f"trainer on {device} ({args.samples} samples, batch {args.batch_samples}); broker on this machine")
+    print(hdr)
+    for r in runs:
+        print(f"{r['prefetch']:>8} {r['samples_per_s']:>10.1f} {r['impressions_per_s']:>9.1f} {r['data_wait_s']:>8.2f} "
+              f"{r['compute_s']:>9.2f} {r['persist_s']:>9.2f} {r['stall_fraction']:>6.1%}")
+    print(f"prefetch speedup (same run, same data): {report['prefetch_speedup']:.2f}x  → {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
