@@ -13,9 +13,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.parse_args(argv)
     import torch
 
-    print(
-        f"torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}, kernel mode: {kernels.get_kernel().value}"
-    )
+    from kernels.attention import _hta_fwd_kernel
+    from kernels.dispatch import HAS_TRITON, is_interpreted, triton_interpret, use_triton
+
+    cuda = torch.cuda.is_available()
+    print(f"torch {torch.__version__}, CUDA available: {cuda}, kernel mode: {kernels.get_kernel().value}")
+    print(f"triton installed: {HAS_TRITON}, TRITON_INTERPRET=1: {triton_interpret()}, "
+          f"kernels interpreted: {is_interpreted(_hta_fwd_kernel)}")  # fmt: skip
+    for device in ["cpu", "cuda"] if cuda else ["cpu"]:
+        path = "triton" if use_triton(torch.empty(0, device=device)) else "reference"
+        print(f"hta_attention / group_layer_norm on {device} tensors: {path}")
     return 0
 
 

@@ -31,13 +31,12 @@ targets share its user.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import check_triton_device, tl, triton, use_triton
+from kernels.dispatch import HAS_TRITON, check_triton_device, is_interpreted, tl, triton, use_triton
 
 
 class AttentionKind(enum.Enum):
@@ -178,6 +177,7 @@ def _hta_fwd_kernel(
     stride_oh,  # OUT head stride
     scale,  # float, softmax/silu scale
     D,  # head dim (<= BLOCK_D)
+    tune_q_len,  # unused in the body: the autotuner's key (longest user's queries, power of two, <= 1024)
     HQ: tl.constexpr,  # query heads
     GQA: tl.constexpr,  # query heads per kv head (Hq // Hkv)
     SILU: tl.constexpr,  # pointwise SiLU attention instead of softmax
@@ -191,26 +191,36 @@ def _hta_fwd_kernel(
     b = pid_bh // HQ
     h = pid_bh % HQ
     hk = h // GQA  # grouped-query: this head's kv head
-    q_start = tl.load(Q_OFF + b)
-    q_len = tl.load(Q_OFF + b + 1) - q_start
+    q_start = tl.load(Q_OFF + b)  # int64
+    q_len = (tl.load(Q_OFF + b + 1) - q_start).to(tl.int32)
     if pid_m * BLOCK_M >= q_len:
         return
     kv_start = tl.load(KV_OFF + b)
-    kv_len = tl.load(KV_OFF + b + 1) - kv_start
+    kv_len = (tl.load(KV_OFF + b + 1) - kv_start).to(tl.int32)
+    # move every pointer to this (user, head) once in int64; offsets inside a user stay int32 (fewer registers)
+    Q += q_start * stride_qn + h * stride_qh
+    OUT += q_start * stride_on + h * stride_oh
+    K += kv_start * stride_kn + hk * stride_kh
+    V += kv_start * stride_vn + hk * stride_vh
+    STAT += q_start * HQ + h
+    Q_POS += q_start
+    KV_TS += kv_start
+    KV_GRP += kv_start
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # (BM,) query index inside the user
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < q_len
     d_ok = offs_d < D
-    rows = q_start + offs_m  # (BM,) global query rows
     q = tl.load(
-        Q + rows[:, None] * stride_qn + h * stride_qh + offs_d[None, :],
-        mask=m_ok[:, None] & d_ok[None, :],
-        other=0.0,
+        Q + offs_m[:, None] * stride_qn + offs_d[None, :], mask=m_ok[:, None] & d_ok[None, :], other=0.0
     )
-    pos = tl.load(Q_POS + rows, mask=m_ok, other=-1)  # (BM,)
+    pos = tl.load(Q_POS + offs_m, mask=m_ok, other=-1).to(tl.int32)  # (BM,) key position of the query's token
     pos_ok = m_ok & (pos >= 0) & (pos < kv_len)
-    q_ts = tl.load(KV_TS + kv_start + pos, mask=pos_ok, other=0.0)  # (BM,) the query token's own timestamp
+    q_ts = tl.load(KV_TS + pos, mask=pos_ok, other=0.0)  # (BM,) the query token's own timestamp
+    # block-skip summaries of this query block: latest query time, range of the queries' own key positions
+    q_ts_max = tl.max(tl.where(pos_ok, q_ts, float("-inf")))
+    pos_lo = tl.min(tl.where(pos_ok, pos, 2147483647))
+    pos_hi = tl.max(tl.where(pos_ok, pos, -1))
 
     acc = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     m_i = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)  # running max (softmax, base-2 units)
@@ -219,20 +229,17 @@ def _hta_fwd_kernel(
     for start_n in range(0, kv_len, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)  # (BN,) key index inside the user
         n_ok = offs_n < kv_len
-        cols = kv_start + offs_n  # (BN,) global key rows
-        grp = tl.load(KV_GRP + cols, mask=n_ok, other=3)
-        ts = tl.load(KV_TS + cols, mask=n_ok, other=0.0)
+        grp = tl.load(KV_GRP + offs_n, mask=n_ok, other=3).to(tl.int32)
+        ts = tl.load(KV_TS + offs_n, mask=n_ok, other=0.0)
         vis = (pos[:, None] == offs_n[None, :]) | (grp[None, :] == 0) | (grp[None, :] == 1)
         vis = vis | ((grp[None, :] == 2) & (ts[None, :] < q_ts[:, None]))
         vis = vis & n_ok[None, :] & m_ok[:, None]  # (BM, BN)
-        if tl.sum(vis.to(tl.int32)) > 0:
+        # skip the dots when no key of this block can be visible to any query of this block (a (BN,) test)
+        maybe = (((grp == 0) | (grp == 1) | ((grp == 2) & (ts < q_ts_max))) & n_ok).to(tl.int32)
+        if (tl.max(maybe) > 0) | ((pos_hi >= start_n) & (pos_lo < start_n + BLOCK_N)):
             kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(
-                K + cols[:, None] * stride_kn + hk * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0
-            )
-            v = tl.load(
-                V + cols[:, None] * stride_vn + hk * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0
-            )
+            k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BM, BN) raw scores, fp32
             if SILU:
                 x = s * scale
@@ -255,38 +262,36 @@ def _hta_fwd_kernel(
         stat = l_safe
     else:
         stat = tl.where(l_i > 0.0, m_i + tl.log2(l_safe), 0.0)
-    tl.store(
-        OUT + rows[:, None] * stride_on + h * stride_oh + offs_d[None, :],
-        out.to(OUT.dtype.element_ty),
-        mask=m_ok[:, None] & d_ok[None, :],
-    )
-    tl.store(STAT + rows * HQ + h, stat, mask=m_ok)
+    out_ptrs = OUT + offs_m[:, None] * stride_on + offs_d[None, :]
+    tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=m_ok[:, None] & d_ok[None, :])
+    tl.store(STAT + offs_m * HQ, stat, mask=m_ok)
 
 
 @triton.jit
 def _hta_bwd_dq_kernel(
-    Q,
-    K,
-    V,  # as in the forward
+    Q,  # (Nq, Hq, D) queries
+    K,  # (Nk, Hkv, D) keys
+    V,  # (Nk, Hkv, D) values
     DO,  # (Nq, Hq, D) gradient of the output
-    DQ,  # (Nq, Hq, D) written here (contiguous, same strides as DO's copy below)
+    DQ,  # (Nq, Hq, D) written here (allocated like DO: same strides)
     STAT,  # (Nq, Hq) float32 from the forward (lse2 or n_i)
     DELTA,  # (Nq, Hq) float32 rowsum(dO * O) (softmax only; unused for silu)
-    Q_OFF,
-    KV_OFF,
-    Q_POS,
-    KV_TS,
-    KV_GRP,  # as in the forward
+    Q_OFF,  # (B+1,) int64 query offsets per user
+    KV_OFF,  # (B+1,) int64 key offsets per user
+    Q_POS,  # (Nq,) int64 query positions inside the user's keys
+    KV_TS,  # (Nk,) float key timestamps
+    KV_GRP,  # (Nk,) int key TokenGroup
     stride_qn,  # Q row stride
     stride_qh,  # Q head stride
     stride_kn,  # K row stride
     stride_kh,  # K head stride
     stride_vn,  # V row stride
     stride_vh,  # V head stride
-    stride_don,  # DO (and DQ, allocated like DO) row stride
-    stride_doh,  # DO (and DQ, allocated like DO) head stride
+    stride_don,  # DO (and DQ) row stride
+    stride_doh,  # DO (and DQ) head stride
     scale,
     D,
+    tune_q_len,  # autotuner key only
     HQ: tl.constexpr,
     GQA: tl.constexpr,
     SILU: tl.constexpr,
@@ -301,45 +306,54 @@ def _hta_bwd_dq_kernel(
     h = pid_bh % HQ
     hk = h // GQA
     q_start = tl.load(Q_OFF + b)
-    q_len = tl.load(Q_OFF + b + 1) - q_start
+    q_len = (tl.load(Q_OFF + b + 1) - q_start).to(tl.int32)
     if pid_m * BLOCK_M >= q_len:
         return
     kv_start = tl.load(KV_OFF + b)
-    kv_len = tl.load(KV_OFF + b + 1) - kv_start
+    kv_len = (tl.load(KV_OFF + b + 1) - kv_start).to(tl.int32)
+    Q += q_start * stride_qn + h * stride_qh
+    DO += q_start * stride_don + h * stride_doh
+    DQ += q_start * stride_don + h * stride_doh
+    K += kv_start * stride_kn + hk * stride_kh
+    V += kv_start * stride_vn + hk * stride_vh
+    STAT += q_start * HQ + h
+    DELTA += q_start * HQ + h
+    Q_POS += q_start
+    KV_TS += kv_start
+    KV_GRP += kv_start
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     m_ok = offs_m < q_len
     d_ok = offs_d < D
-    rows = q_start + offs_m
     md_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + rows[:, None] * stride_qn + h * stride_qh + offs_d[None, :], mask=md_mask, other=0.0)
-    do = tl.load(DO + rows[:, None] * stride_don + h * stride_doh + offs_d[None, :], mask=md_mask, other=0.0)
-    stat = tl.load(STAT + rows * HQ + h, mask=m_ok, other=1.0)  # (BM,)
-    delta = tl.load(DELTA + rows * HQ + h, mask=m_ok, other=0.0)  # (BM,)
-    pos = tl.load(Q_POS + rows, mask=m_ok, other=-1)
+    q = tl.load(Q + offs_m[:, None] * stride_qn + offs_d[None, :], mask=md_mask, other=0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_don + offs_d[None, :], mask=md_mask, other=0.0)
+    stat = tl.load(STAT + offs_m * HQ, mask=m_ok, other=1.0)  # (BM,)
+    delta = tl.load(DELTA + offs_m * HQ, mask=m_ok, other=0.0)  # (BM,)
+    pos = tl.load(Q_POS + offs_m, mask=m_ok, other=-1).to(tl.int32)
     pos_ok = m_ok & (pos >= 0) & (pos < kv_len)
-    q_ts = tl.load(KV_TS + kv_start + pos, mask=pos_ok, other=0.0)
+    q_ts = tl.load(KV_TS + pos, mask=pos_ok, other=0.0)
+    q_ts_max = tl.max(tl.where(pos_ok, q_ts, float("-inf")))
+    pos_lo = tl.min(tl.where(pos_ok, pos, 2147483647))
+    pos_hi = tl.max(tl.where(pos_ok, pos, -1))
 
     dq = tl.zeros((BLOCK_M, BLOCK_D), dtype=tl.float32)
     qk_scale = scale * 1.4426950408889634
     for start_n in range(0, kv_len, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         n_ok = offs_n < kv_len
-        cols = kv_start + offs_n
-        grp = tl.load(KV_GRP + cols, mask=n_ok, other=3)
-        ts = tl.load(KV_TS + cols, mask=n_ok, other=0.0)
+        grp = tl.load(KV_GRP + offs_n, mask=n_ok, other=3).to(tl.int32)
+        ts = tl.load(KV_TS + offs_n, mask=n_ok, other=0.0)
         vis = (pos[:, None] == offs_n[None, :]) | (grp[None, :] == 0) | (grp[None, :] == 1)
         vis = vis | ((grp[None, :] == 2) & (ts[None, :] < q_ts[:, None]))
         vis = vis & n_ok[None, :] & m_ok[:, None]  # (BM, BN)
-        if tl.sum(vis.to(tl.int32)) > 0:
+        # skip the dots when no key of this block can be visible to any query of this block (a (BN,) test)
+        maybe = (((grp == 0) | (grp == 1) | ((grp == 2) & (ts < q_ts_max))) & n_ok).to(tl.int32)
+        if (tl.max(maybe) > 0) | ((pos_hi >= start_n) & (pos_lo < start_n + BLOCK_N)):
             kv_mask = n_ok[:, None] & d_ok[None, :]
-            k = tl.load(
-                K + cols[:, None] * stride_kn + hk * stride_kh + offs_d[None, :], mask=kv_mask, other=0.0
-            )
-            v = tl.load(
-                V + cols[:, None] * stride_vn + hk * stride_vh + offs_d[None, :], mask=kv_mask, other=0.0
-            )
+            k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :], mask=kv_mask, other=0.0)
+            v = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :], mask=kv_mask, other=0.0)
             s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # (BM, BN)
             dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)  # (BM, BN) dL/dP
             if SILU:
@@ -351,40 +365,37 @@ def _hta_bwd_dq_kernel(
                 ds = p * (dp - delta[:, None])
             dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PRECISION)
     dq = dq * scale
-    tl.store(
-        DQ + rows[:, None] * stride_don + h * stride_doh + offs_d[None, :],
-        dq.to(DQ.dtype.element_ty),
-        mask=md_mask,
-    )
+    tl.store(DQ + offs_m[:, None] * stride_don + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=md_mask)
 
 
 @triton.jit
 def _hta_bwd_dkdv_kernel(
-    Q,
-    K,
-    V,
-    DO,  # as in the dq kernel
+    Q,  # (Nq, Hq, D) queries
+    K,  # (Nk, Hkv, D) keys
+    V,  # (Nk, Hkv, D) values
+    DO,  # (Nq, Hq, D) gradient of the output
     DK,  # (Nk, Hkv, D) written here, contiguous
     DV,  # (Nk, Hkv, D) written here, contiguous
-    STAT,
-    DELTA,  # (Nq, Hq) float32
-    Q_OFF,
-    KV_OFF,
-    Q_POS,
-    KV_TS,
-    KV_GRP,
+    STAT,  # (Nq, Hq) float32 from the forward (lse2 or n_i)
+    DELTA,  # (Nq, Hq) float32 rowsum(dO * O) (softmax only)
+    Q_OFF,  # (B+1,) int64 query offsets per user
+    KV_OFF,  # (B+1,) int64 key offsets per user
+    Q_POS,  # (Nq,) int64 query positions inside the user's keys
+    KV_TS,  # (Nk,) float key timestamps
+    KV_GRP,  # (Nk,) int key TokenGroup
     stride_qn,  # Q row stride
     stride_qh,  # Q head stride
     stride_kn,  # K row stride
     stride_kh,  # K head stride
     stride_vn,  # V row stride
     stride_vh,  # V head stride
-    stride_don,  # DO (and DQ, allocated like DO) row stride
-    stride_doh,  # DO (and DQ, allocated like DO) head stride
-    stride_dkn,  # DK and DV (contiguous) row stride
-    stride_dkh,  # DK and DV (contiguous) head stride
+    stride_don,  # DO row stride
+    stride_doh,  # DO head stride
+    stride_dkn,  # DK and DV row stride
+    stride_dkh,  # DK and DV head stride
     scale,
     D,
+    tune_q_len,  # autotuner key only
     HKV: tl.constexpr,  # kv heads
     GQA: tl.constexpr,  # query heads per kv head: this program sums their contributions (no atomics)
     SILU: tl.constexpr,
@@ -398,24 +409,37 @@ def _hta_bwd_dkdv_kernel(
     b = pid_bh // HKV
     hk = pid_bh % HKV
     kv_start = tl.load(KV_OFF + b)
-    kv_len = tl.load(KV_OFF + b + 1) - kv_start
+    kv_len = (tl.load(KV_OFF + b + 1) - kv_start).to(tl.int32)
     if pid_n * BLOCK_N >= kv_len:
         return
     q_start = tl.load(Q_OFF + b)
-    q_len = tl.load(Q_OFF + b + 1) - q_start
+    q_len = (tl.load(Q_OFF + b + 1) - q_start).to(tl.int32)
+    K += kv_start * stride_kn + hk * stride_kh
+    V += kv_start * stride_vn + hk * stride_vh
+    DK += kv_start * stride_dkn + hk * stride_dkh
+    DV += kv_start * stride_dkn + hk * stride_dkh
+    KV_TS += kv_start
+    KV_GRP += kv_start
+    Q += q_start * stride_qn  # the head offset is added per query head below
+    DO += q_start * stride_don
+    STAT += q_start * (HKV * GQA)
+    DELTA += q_start * (HKV * GQA)
+    Q_POS += q_start
 
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (BN,) key index inside the user
     offs_d = tl.arange(0, BLOCK_D)
     n_ok = offs_n < kv_len
     d_ok = offs_d < D
-    cols = kv_start + offs_n
     nd_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + cols[:, None] * stride_kn + hk * stride_kh + offs_d[None, :], mask=nd_mask, other=0.0)
-    v = tl.load(V + cols[:, None] * stride_vn + hk * stride_vh + offs_d[None, :], mask=nd_mask, other=0.0)
-    grp = tl.load(KV_GRP + cols, mask=n_ok, other=3)
-    ts = tl.load(KV_TS + cols, mask=n_ok, other=0.0)
+    k = tl.load(K + offs_n[:, None] * stride_kn + offs_d[None, :], mask=nd_mask, other=0.0)
+    v = tl.load(V + offs_n[:, None] * stride_vn + offs_d[None, :], mask=nd_mask, other=0.0)
+    grp = tl.load(KV_GRP + offs_n, mask=n_ok, other=3).to(tl.int32)
+    ts = tl.load(KV_TS + offs_n, mask=n_ok, other=0.0)
     uh = (grp == 0) | (grp == 1)  # (BN,) visible to every query
     r = grp == 2  # (BN,) visible to later queries
+    any_uh = tl.max((uh & n_ok).to(tl.int32)) > 0  # then every query block sees this key block
+    r_ts_min = tl.min(tl.where(r & n_ok, ts, float("inf")))  # earliest R key: later queries see it
+    n_lo = pid_n * BLOCK_N
 
     dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
@@ -425,26 +449,28 @@ def _hta_bwd_dkdv_kernel(
         for start_m in range(0, q_len, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
             m_ok = offs_m < q_len
-            rows = q_start + offs_m
-            pos = tl.load(Q_POS + rows, mask=m_ok, other=-1)
+            pos = tl.load(Q_POS + offs_m, mask=m_ok, other=-1).to(tl.int32)
             pos_ok = m_ok & (pos >= 0) & (pos < kv_len)
-            q_ts = tl.load(KV_TS + kv_start + pos, mask=pos_ok, other=0.0)
+            q_ts = tl.load(KV_TS + pos, mask=pos_ok, other=0.0)
             # transposed tile (BN, BM): keys along rows
             vis_t = (
                 (offs_n[:, None] == pos[None, :]) | uh[:, None] | (r[:, None] & (ts[:, None] < q_ts[None, :]))
             )
             vis_t = vis_t & n_ok[:, None] & m_ok[None, :]
-            if tl.sum(vis_t.to(tl.int32)) > 0:
+            q_ts_max = tl.max(tl.where(pos_ok, q_ts, float("-inf")))
+            pos_lo = tl.min(tl.where(pos_ok, pos, 2147483647))
+            pos_hi = tl.max(tl.where(pos_ok, pos, -1))
+            if any_uh | (r_ts_min < q_ts_max) | ((pos_hi >= n_lo) & (pos_lo < n_lo + BLOCK_N)):
                 md_mask = m_ok[:, None] & d_ok[None, :]
                 q = tl.load(
-                    Q + rows[:, None] * stride_qn + h * stride_qh + offs_d[None, :], mask=md_mask, other=0.0
+                    Q + offs_m[:, None] * stride_qn + h * stride_qh + offs_d[None, :], mask=md_mask, other=0.0
                 )
                 do = tl.load(
-                    DO + rows[:, None] * stride_don + h * stride_doh + offs_d[None, :],
+                    DO + offs_m[:, None] * stride_don + h * stride_doh + offs_d[None, :],
                     mask=md_mask,
                     other=0.0,
                 )
-                stat = tl.load(STAT + rows * (HKV * GQA) + h, mask=m_ok, other=1.0)  # (BM,)
+                stat = tl.load(STAT + offs_m * (HKV * GQA) + h, mask=m_ok, other=1.0)  # (BM,)
                 s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # (BN, BM)
                 dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)  # (BN, BM)
                 if SILU:
@@ -454,15 +480,15 @@ def _hta_bwd_dkdv_kernel(
                     a_t = tl.where(vis_t, x * sig, 0.0) * inv_n[None, :]
                     ds_t = tl.where(vis_t, dp_t * sig * (1.0 + x * (1.0 - sig)), 0.0) * inv_n[None, :]
                 else:
-                    delta = tl.load(DELTA + rows * (HKV * GQA) + h, mask=m_ok, other=0.0)
+                    delta = tl.load(DELTA + offs_m * (HKV * GQA) + h, mask=m_ok, other=0.0)
                     a_t = tl.exp2(tl.where(vis_t, s_t * qk_scale, float("-inf")) - stat[None, :])
                     ds_t = a_t * (dp_t - delta[None, :])
                 dv += tl.dot(a_t.to(do.dtype), do, input_precision=DOT_PRECISION)
                 dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PRECISION)
     dk = dk * scale
-    out_ptrs = cols[:, None] * stride_dkn + hk * stride_dkh + offs_d[None, :]
-    tl.store(DK + out_ptrs, dk.to(DK.dtype.element_ty), mask=nd_mask)
-    tl.store(DV + out_ptrs, dv.to(DV.dtype.element_ty), mask=nd_mask)
+    out_offs = offs_n[:, None] * stride_dkn + offs_d[None, :]
+    tl.store(DK + out_offs, dk.to(DK.dtype.element_ty), mask=nd_mask)
+    tl.store(DV + out_offs, dv.to(DV.dtype.element_ty), mask=nd_mask)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -470,25 +496,59 @@ def _hta_bwd_dkdv_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Launch:
-    """Block sizes and launch options for one kernel."""
-
-    block_m: int
-    block_n: int
-    num_warps: int
-    num_stages: int
+# GPU tiles are autotuned once per (head dim, heads, kind, dtype, query-length bucket); the candidates compile for
+# sm_90 without register spills at D = 128 or stay close (checked offline with ptxas). The interpreter runs the
+# untuned kernels with 16x16 tiles so that small test shapes still cross block boundaries.
+_INTERPRETER_TILE = {"BLOCK_M": 16, "BLOCK_N": 16}
+_TUNE_KEY = ["D", "tune_q_len", "HQ", "HKV", "GQA", "SILU"]  # the autotuner skips names a kernel lacks
 
 
-def _launch_config(x: torch.Tensor, head_dim: int, backward: bool) -> tuple[_Launch, int]:
-    """(config, BLOCK_D). GPU: 64x64 tiles (32 query rows in the backward, which holds more tiles live). The interpreter
-    gets 16x16 tiles so that small test shapes still cross block boundaries."""
-    block_d = max(16, triton.next_power_of_2(head_dim))
-    if not x.is_cuda:
-        return _Launch(16, 16, 1, 1), block_d
-    if backward:
-        return _Launch(32 if block_d <= 128 else 16, 64 if block_d <= 64 else 32, 4, 2), block_d
-    return _Launch(64 if block_d <= 128 else 32, 64 if block_d <= 64 else 32, 4, 2), block_d
+def _tile_configs(tiles: list[tuple[int, int, int, int]]) -> list[Any]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) -> triton.Config list."""
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in tiles]
+
+
+def _prune_tiles(configs: list[Any], named_args: dict[str, Any], **kwargs: Any) -> list[Any]:
+    """Keep tiles whose (rows x head dim) fit the register file; no 128-row query tiles for short query sets."""
+    block_d = kwargs["BLOCK_D"]
+    q_len = named_args["tune_q_len"]
+    kept = [
+        c
+        for c in configs
+        if c.kwargs["BLOCK_M"] * block_d <= 16384
+        and c.kwargs["BLOCK_N"] * block_d <= 16384
+        and (c.kwargs["BLOCK_M"] <= 64 or q_len > 64)
+    ]
+    return kept or configs[-1:]
+
+
+if HAS_TRITON:
+    _fwd_tuned = triton.autotune(
+        _tile_configs([(128, 64, 8, 2), (128, 32, 8, 3), (64, 64, 4, 2), (64, 32, 4, 3), (32, 32, 4, 2)]),
+        key=_TUNE_KEY,
+        prune_configs_by={"early_config_prune": _prune_tiles},
+    )(_hta_fwd_kernel)
+    _dq_tuned = triton.autotune(
+        _tile_configs([(128, 32, 8, 2), (64, 32, 4, 2), (32, 64, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2)]),
+        key=_TUNE_KEY,
+        prune_configs_by={"early_config_prune": _prune_tiles},
+    )(_hta_bwd_dq_kernel)
+    _dkdv_tuned = triton.autotune(
+        _tile_configs([(32, 128, 8, 2), (32, 64, 4, 2), (16, 64, 4, 2), (64, 64, 8, 2), (32, 32, 4, 2)]),
+        key=_TUNE_KEY,
+        prune_configs_by={"early_config_prune": _prune_tiles},
+    )(_hta_bwd_dkdv_kernel)
+
+
+def _pick(kernel: Any, tuned_name: str, x: torch.Tensor) -> tuple[Any, dict[str, int]]:
+    """(launchable kernel, explicit tile kwargs): autotuned on CUDA, fixed small tiles in the interpreter."""
+    if x.is_cuda and not is_interpreted(kernel):
+        return globals()[tuned_name], {}
+    return kernel, dict(_INTERPRETER_TILE, num_warps=1, num_stages=1)
+
+
+def _tune_q_len(max_q_len: int) -> int:
+    return min(1024, triton.next_power_of_2(max(max_q_len, 1)))
 
 
 def _dot_precision(x: torch.Tensor) -> str:
@@ -496,6 +556,10 @@ def _dot_precision(x: torch.Tensor) -> str:
     if x.dtype == torch.float32 and x.is_cuda and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
     return "tf32" if x.is_cuda else "ieee"
+
+
+def _block_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))  # tl.dot needs >= 16
 
 
 def _rows_contiguous(x: torch.Tensor) -> torch.Tensor:
@@ -524,16 +588,15 @@ def _hta_forward(
     stat = torch.empty((Nq, Hq), device=q.device, dtype=torch.float32)
     if Nq == 0 or B == 0 or max_q_len <= 0:
         return out, stat
-    cfg, block_d = _launch_config(q, D, backward=False)
-    grid = (B * Hq, triton.cdiv(max_q_len, cfg.block_m))
-    _hta_fwd_kernel[grid](
+    kernel, tile = _pick(_hta_fwd_kernel, "_fwd_tuned", q)
+    grid = lambda meta: (B * Hq, triton.cdiv(max_q_len, meta["BLOCK_M"]))  # (user x head, query blocks)
+    kernel[grid](
         q, k, v, out, stat,
         q_offsets, kv_offsets, q_pos, kv_ts, kv_group,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),
-        scale, D,
-        HQ=Hq, GQA=Hq // Hkv, SILU=silu, DOT_PRECISION=_dot_precision(q),
-        BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        scale, D, _tune_q_len(max_q_len),
+        HQ=Hq, GQA=Hq // Hkv, SILU=silu, DOT_PRECISION=_dot_precision(q), BLOCK_D=_block_d(D),
+        **tile,
     )  # fmt: skip
     return out, stat
 
@@ -567,30 +630,29 @@ def _hta_backward(
         return dq.zero_(), dk.zero_(), dv.zero_()
     # (Nq, Hq) rowsum(dO * O) for softmax; the silu branches never read it (any float32 buffer will do)
     delta = stat if silu else (do.float() * out.float()).sum(-1)
-    cfg, block_d = _launch_config(q, D, backward=True)
-    prec = _dot_precision(q)
+    prec, block_d, tune_q = _dot_precision(q), _block_d(D), _tune_q_len(max_q_len)
     if max_q_len > 0:
-        _hta_bwd_dq_kernel[(B * Hq, triton.cdiv(max_q_len, cfg.block_m))](
+        kernel, tile = _pick(_hta_bwd_dq_kernel, "_dq_tuned", q)
+        kernel[lambda meta: (B * Hq, triton.cdiv(max_q_len, meta["BLOCK_M"]))](
             q, k, v, do, dq, stat, delta,
             q_offsets, kv_offsets, q_pos, kv_ts, kv_group,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
-            scale, D,
-            HQ=Hq, GQA=Hq // Hkv, SILU=silu, DOT_PRECISION=prec,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            scale, D, tune_q,
+            HQ=Hq, GQA=Hq // Hkv, SILU=silu, DOT_PRECISION=prec, BLOCK_D=block_d,
+            **tile,
         )  # fmt: skip
     else:
         dq.zero_()
     if Nk > 0 and max_kv_len > 0:
-        _hta_bwd_dkdv_kernel[(B * Hkv, triton.cdiv(max_kv_len, cfg.block_n))](
+        kernel, tile = _pick(_hta_bwd_dkdv_kernel, "_dkdv_tuned", q)
+        kernel[lambda meta: (B * Hkv, triton.cdiv(max_kv_len, meta["BLOCK_N"]))](
             q, k, v, do, dk, dv, stat, delta,
             q_offsets, kv_offsets, q_pos, kv_ts, kv_group,
             q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), do.stride(0), do.stride(1),
             dk.stride(0), dk.stride(1),
-            scale, D,
-            HKV=Hkv, GQA=Hq // Hkv, SILU=silu, DOT_PRECISION=prec,
-            BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_D=block_d,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            scale, D, tune_q,
+            HKV=Hkv, GQA=Hq // Hkv, SILU=silu, DOT_PRECISION=prec, BLOCK_D=block_d,
+            **tile,
         )  # fmt: skip
     else:
         dk.zero_()
@@ -722,7 +784,7 @@ def hta_attention(
         torch.Size([3, 2, 16])
     """
     _validate(q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, kind)
-    if not use_triton(q):
+    if not use_triton(q) or (q.is_cuda and q.dtype == torch.float64):  # tl.dot has no float64 on GPUs
         return hta_attention_reference(
             q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len, kind, scale
         )

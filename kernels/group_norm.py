@@ -153,7 +153,7 @@ def _tile(x: torch.Tensor, d: int, groups: int) -> tuple[int, int, int]:
     block_m = max(1, min(64, 4096 // block_d, 16384 // (block_d * block_g)))
     if not x.is_cuda:
         block_m = max(1, min(block_m, 8))  # the interpreter: several tiles even for small tests
-    num_warps = 4 if block_d <= 1024 else 8
+    num_warps = min(16, max(4, block_m * block_d // 256))  # ~8 elements of a (rows x D) tile per thread
     return block_m, block_d, num_warps
 
 
