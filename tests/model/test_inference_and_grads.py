@@ -23,7 +23,7 @@ def test_cached_scores_equal_forward(config: RankerConfig) -> None:
     batch = collate(samples, spec)
     with torch.no_grad():
         full = model(batch)
-    cache = model.encode_user(batch)
+    cache = model.encode_user(batch).to("cpu", non_blocking=True)
     cached = model.score_candidates(cache, batch)
     for task in spec.tasks:
         torch.testing.assert_close(cached[task], full[task], atol=1e-5, rtol=1e-5)

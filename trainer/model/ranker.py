@@ -102,6 +102,15 @@ class UserCache:
     def num_users(self) -> int:
         return len(self.user_ids)
 
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> UserCache:
+        """A copy with every tensor on ``device``."""
+
+        def mv(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device=device, non_blocking=non_blocking)
+
+        return UserCache([mv(k) for k in self.keys], [mv(v) for v in self.values], mv(self.offsets), mv(self.ts),
+                         mv(self.group), self.max_len, mv(self.ts_origin), list(self.user_ids))
+
 
 def _user_of(offsets: torch.Tensor, n: int) -> torch.Tensor:
     """(B+1,) offsets -> (n,) owning user of each row."""
