@@ -56,9 +56,9 @@ def parse_config(argv: list[str] | None = None) -> ServingConfig:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
-    logging.basicConfig(level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if cfg.log_level != "debug":  # kafka-python logs every connection at INFO
-        logging.getLogger("kafka").setLevel(logging.WARNING)
+    # Our loggers at --log-level; libraries (kafka-python logs every connection, fbgemm every .so) at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("serving").setLevel(cfg.log_level.upper())
     import uvicorn
 
     from serving.api import create_app
