@@ -12,6 +12,7 @@ Loading rebuilds the model from the JSON (spec + config), checks the weights' SH
 
 Example:
     >>> import tempfile
+import time
     >>> from pathlib import Path
     >>> from trainer.features import FeatureSpec
     >>> from trainer.model import Ranker, RankerConfig
@@ -30,6 +31,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,7 +122,10 @@ def save_snapshot(directory: Path, model: Ranker, meta: SnapshotMeta) -> Path:
                 f.flush()
                 os.fsync(f.fileno())
         _fsync_dir(tmp)
-        os.rename(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError as e:  # a concurrent writer published the same version first
+            raise SnapshotError(f"cannot publish {final}: {e}") from None
         _fsync_dir(directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -198,11 +203,22 @@ def next_version(directory: Path) -> int:
     return int(m.group(1)) + 1 if m else 1
 
 
-def prune_snapshots(directory: Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` newest snapshots; returns the deleted paths."""
+def prune_snapshots(directory: Path, keep: int, stale_tmp_s: float = 3600.0) -> list[Path]:
+    """Delete all but the ``keep`` newest snapshots; returns the deleted paths.
+
+    Temp directories of interrupted writes older than ``stale_tmp_s`` seconds are removed too.
+    """
     if keep < 1:
         raise ValueError("keep must be >= 1 (never delete the newest snapshot)")
     old = list_snapshots(directory)[:-keep]
     for p in old:
         shutil.rmtree(p, ignore_errors=True)
+    if Path(directory).is_dir():
+        now = time.time()
+        for p in Path(directory).glob(".tmp-snapshot-*"):
+            try:
+                if now - p.stat().st_mtime > stale_tmp_s:
+                    shutil.rmtree(p, ignore_errors=True)
+            except OSError:
+                pass  # removed concurrently
     return old

@@ -117,6 +117,9 @@ def test_list_latest_prune(tmp_path: Path) -> None:
         save_snapshot(tmp_path, model, SnapshotMeta(12, 0.0, 0.0, 0))
     removed = prune_snapshots(tmp_path, keep=2)
     assert [p.name[-2:] for p in removed] == ["01", "03"]
+    assert (tmp_path / ".tmp-snapshot-000000000099-x").exists()  # young: maybe a write in progress
+    prune_snapshots(tmp_path, keep=2, stale_tmp_s=-1.0)
+    assert not (tmp_path / ".tmp-snapshot-000000000099-x").exists()
     assert [p.name[-2:] for p in list_snapshots(tmp_path)] == ["05", "12"]
     with pytest.raises(ValueError):
         prune_snapshots(tmp_path, keep=0)
