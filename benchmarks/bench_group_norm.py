@@ -63,7 +63,7 @@ def run_suite(
     if compile_ref:
         impls["compiled"] = torch.compile(group_layer_norm_reference)
     ref = group_layer_norm_reference(x.double(), group, weight.double(), bias.double())
-    block_m, _, _ = _tile(x, d, g)
+    block_m, _, _ = _tile(x.is_cuda, d, g)
     n_sm = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 1
     programs = min(-(-n // block_m), 4 * n_sm)
     moved = bytes_moved(n, d, g, x.element_size(), programs)

@@ -146,12 +146,12 @@ def _gln_bwd_kernel(
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _tile(x: torch.Tensor, d: int, groups: int) -> tuple[int, int, int]:
+def _tile(on_gpu: bool, d: int, groups: int) -> tuple[int, int, int]:
     """(BLOCK_M, BLOCK_D, num_warps): about 4K float32 per (rows x D) tile, 16K per (groups x rows x D) slab."""
     block_d = triton.next_power_of_2(max(d, 1))
     block_g = triton.next_power_of_2(groups)
     block_m = max(1, min(64, 4096 // block_d, 16384 // (block_d * block_g)))
-    if not x.is_cuda:
+    if not on_gpu:
         block_m = max(1, min(block_m, 8))  # the interpreter: several tiles even for small tests
     num_warps = min(16, max(4, block_m * block_d // 256))  # ~8 elements of a (rows x D) tile per thread
     return block_m, block_d, num_warps
@@ -168,7 +168,7 @@ def _gln_forward(
     rstd = torch.empty(N, device=x.device, dtype=torch.float32)
     if N == 0 or D == 0:
         return y, mean, rstd
-    block_m, block_d, num_warps = _tile(x, D, G)
+    block_m, block_d, num_warps = _tile(x.is_cuda, D, G)
     _gln_fwd_kernel[(triton.cdiv(N, block_m),)](
         x, group, weight, bias, y, mean, rstd, N, D, x.stride(0), eps,
         G=G, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=num_warps,
@@ -191,7 +191,7 @@ def _gln_backward(
     dx = torch.empty((N, D), device=x.device, dtype=x.dtype)
     if N == 0 or D == 0:
         return dx, torch.zeros_like(weight), torch.zeros_like(weight)
-    block_m, block_d, num_warps = _tile(x, D, G)
+    block_m, block_d, num_warps = _tile(x.is_cuda, D, G)
     n_tiles = triton.cdiv(N, block_m)
     if x.is_cuda:
         n_sm = torch.cuda.get_device_properties(x.device).multi_processor_count

@@ -127,3 +127,27 @@ def test_kernel_suite_in_fresh_interpreter_process() -> None:
     )
     assert proc.returncode == 0, proc.stdout[-5000:] + proc.stderr[-2000:]
     assert " passed" in proc.stdout, proc.stdout[-2000:]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+def test_kernels_compile_for_h100_without_a_gpu() -> None:
+    """The interpreter accepts code the compiler rejects: compile every kernel for sm_90 (bf16) with Triton's own
+    frontend and bundled ptxas, in a process without TRITON_INTERPRET."""
+    from tests.kernels import aot_compile
+
+    if not os.path.exists(aot_compile.PTXAS):
+        pytest.skip(f"no ptxas bundled with triton at {aot_compile.PTXAS}")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tests.kernels.aot_compile"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert proc.returncode == 0 and "compiled: all kernels" in proc.stdout, (
+        proc.stdout[-2000:] + proc.stderr[-4000:]
+    )
