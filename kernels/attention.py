@@ -792,8 +792,11 @@ def hta_attention(
     scale = q.shape[2] ** -0.5 if scale is None else float(scale)
     k = _rows_contiguous(k.to(q.dtype))
     v = _rows_contiguous(v.to(q.dtype))
+    q_offsets, kv_offsets = q_offsets.long(), kv_offsets.long()  # int64 row arithmetic in the kernels
+    if not kv_ts.is_floating_point():
+        kv_ts = kv_ts.float()
     out: torch.Tensor = _HTAAttentionFunction.apply(
-        _rows_contiguous(q), k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group,
+        _rows_contiguous(q), k, v, q_offsets, kv_offsets, q_pos.contiguous(), kv_ts.contiguous(), kv_group.contiguous(),
         int(max_q_len), int(max_kv_len), kind is AttentionKind.SILU, scale,
     )  # fmt: skip
     return out

@@ -265,6 +265,6 @@ def group_layer_norm(
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     y: torch.Tensor = _GroupLayerNormFunction.apply(
-        x2, group.reshape(-1), weight.contiguous(), bias.contiguous(), float(eps)
+        x2, group.reshape(-1).contiguous(), weight.contiguous(), bias.contiguous(), float(eps)
     )
     return y if x.dim() == 2 else y.reshape(shape)
