@@ -57,7 +57,7 @@ def test_round_trip_in_fresh_process_is_bit_identical(tmp_path: Path) -> None:
         want = model(collate([make_sample(70), make_sample(71, n_tgt=2)], model.spec))
     out_file = tmp_path / "scores.safetensors"
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(path), str(out_file)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+                          text=True, timeout=120, env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["7", "4096"]
     from safetensors.torch import load_file

@@ -47,7 +47,7 @@ print("ok")
 
 @pytest.mark.slow  # a fresh interpreter with TRITON_INTERPRET=1 (must be set before triton is imported)
 def test_ranker_on_triton_interpreter_matches_reference() -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-c", _CHILD], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
