@@ -6,10 +6,11 @@ them twice, side by side on the same data: with the background prefetcher (the d
 synchronously (``--prefetch 0``: poll, decode and collate inside the training loop). Each run reports
 
 - samples/s and impressions/s over the whole run (first record → last step);
+- (a warm-up run first, then ``--rounds`` interleaved prefetch/sync pairs, so load drift hits both alike);
 - data-wait seconds (the loop blocked on the next batch), compute seconds (score + train), persist seconds
   (checkpoints + snapshots at the default cadence), and the stall fraction = wait / (wait + compute).
 
-    .venv/bin/python -m benchmarks.bench_trainer                     # 2048 samples, batch 256
+    .venv/bin/python -m benchmarks.bench_trainer                     # 512 samples, batch 128, 2 rounds
     .venv/bin/python -m benchmarks.bench_trainer --samples 512 --batch-samples 64
 
 Writes reports/bench/trainer.json and prints a table. CPU only where no CUDA device exists (the device is reported).
@@ -68,6 +69,11 @@ def synth_samples(n: int, seed: int, max_history: int) -> list[Sample]:
     return out
 
 
+def _median(xs: list[float]) -> float:
+    s = sorted(xs)
+    return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
+
+
 def run_once(bootstrap: str, topic: str, prefetch: int, args: argparse.Namespace, n: int) -> dict[str, Any]:
     spec = FeatureSpec()
     torch.manual_seed(0)
@@ -98,9 +104,10 @@ def run_once(bootstrap: str, topic: str, prefetch: int, args: argparse.Namespace
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_trainer", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--samples", type=int, default=2048, help="samples produced and trained per run (default %(default)s)")
-    ap.add_argument("--batch-samples", type=int, default=256, help="samples per batch (default %(default)s)")
+    ap.add_argument("--samples", type=int, default=512, help="samples produced and trained per run (default %(default)s)")
+    ap.add_argument("--batch-samples", type=int, default=128, help="samples per batch (default %(default)s)")
     ap.add_argument("--max-history", type=int, default=48, help="max history length of synthetic samples")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved prefetch/sync run pairs (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up a run after this many seconds")
     ap.add_argument("--out", type=Path, default=OUT, help="JSON report path (default %(default)s)")
     args = ap.parse_args(argv)
@@ -118,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
             producer.send(topic, key=s.user_id.encode(), value=s.encode())
         producer.flush(timeout=60)
         producer.close()
-        runs = [run_once(broker.bootstrap, topic, p, args, len(samples)) for p in (2, 0)]
+        run_once(broker.bootstrap, topic, 2, args, min(len(samples), 2 * args.batch_samples))  # warm-up, unreported
+        # Interleaved A/B/A/B so drift in a shared machine's load hits both modes alike.
+        runs = [run_once(broker.bootstrap, topic, p, args, len(samples)) for _ in range(args.rounds) for p in (2, 0)]
     finally:
         broker.stop()
         shutil.rmtree(state, ignore_errors=True)
@@ -134,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                    "model": "Ranker(RankerConfig()) on FeatureSpec() (python -m trainer defaults)",
                    "mean_targets_per_sample": sum(s.num_targets for s in samples) / len(samples)},
         "runs": runs,
-        "prefetch_speedup": runs[0]["samples_per_s"] / runs[1]["samples_per_s"] if runs[1]["samples_per_s"] else None,
+        "median_samples_per_s": {str(p): _median([r["samples_per_s"] for r in runs if r["prefetch"] == p]) for p in (2, 0)},
+        "prefetch_speedup": _median([a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs[::2], runs[1::2], strict=True)]),
         "created_at": time.time(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in runs:
         print(f"{r['prefetch']:>8} {r['samples_per_s']:>10.1f} {r['impressions_per_s']:>9.1f} {r['data_wait_s']:>8.2f} "
               f"{r['compute_s']:>9.2f} {r['persist_s']:>9.2f} {r['stall_fraction']:>6.1%}")
-    print(f"prefetch speedup (same run, same data): {report['prefetch_speedup']:.2f}x  → {args.out}")
+    print(f"median prefetch/sync speedup over {args.rounds} interleaved pairs: {report['prefetch_speedup']:.2f}x"
+          f"  → {args.out}")
     return 0
 
 

@@ -178,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr=args.metrics_host)
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_host)
+        except OSError as e:
+            log.error("cannot serve metrics on %s:%d (%s); pick another --metrics-port or 0 to disable",
+                      args.metrics_host, args.metrics_port, e)
+            return 2
     signal.signal(signal.SIGTERM, lambda *_: trainer.stop_event.set())
     signal.signal(signal.SIGINT, lambda *_: trainer.stop_event.set())
     log.info("trainer pid %d on %s, run dir %s%s", os.getpid(), trainer.device, config.run_dir,

@@ -74,6 +74,7 @@ def _trainer(run_dir: Path) -> Trainer:
     return Trainer(cfg, model, spec, CollectorRegistry())
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_like_an_uninterrupted_trainer(tmp_path: Path) -> None:
     samples = make_samples(60, seed=4)
     batches = [samples[i : i + 20] for i in range(0, 60, 20)]

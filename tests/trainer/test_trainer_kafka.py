@@ -67,6 +67,7 @@ def events(log: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
+@pytest.mark.slow
 def test_trains_snapshots_announces_and_skips_bad_records(bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
     topic, dead, snaps = topic_prefix + "samples", topic_prefix + "deadletter", topic_prefix + "snapshots"
     samples = make_samples(48, seed=1)

@@ -1,0 +1,34 @@
+"""``python -m trainer``: every flag documented, defaults equal the config dataclasses, a DLRM run trains."""
+
+from __future__ import annotations
+
+import argparse
+
+from trainer.__main__ import _model, _parser, _spec, config_from_args
+from trainer.loop import TrainerConfig
+from trainer.model import DLRMBaseline, Ranker
+
+
+def test_every_flag_has_help_and_defaults_match_the_config() -> None:
+    parser = _parser()
+    for action in parser._actions:
+        if not isinstance(action, argparse._HelpAction):
+            assert action.help and action.help != argparse.SUPPRESS, action.dest
+    cfg = config_from_args(parser.parse_args([]))
+    assert cfg == TrainerConfig()
+
+
+def test_distributed_ranks_get_their_own_checkpoints_and_share_snapshots() -> None:
+    args = _parser().parse_args(["--run-dir", "r", "--trained-log", "x/ids.txt"])
+    c1 = config_from_args(args, rank=1, world_size=2)
+    assert str(c1.checkpoints_path) == "r/rank1/checkpoints" and str(c1.snapshots_path) == "r/snapshots"
+    assert str(c1.trained_log) == "x/rank1/ids.txt" and (c1.source.rank, c1.source.world_size) == (1, 2)
+
+
+def test_model_flags_build_the_chosen_model() -> None:
+    args = _parser().parse_args(["--max-table-rows", "64", "--d-model", "16", "--num-blocks", "1"])
+    spec = _spec(args)
+    assert max(t.num_embeddings for t in spec.tables.values()) == 64
+    m = _model(args, spec)
+    assert isinstance(m, Ranker) and m.config.d_model == 16 and m.config.num_blocks == 1
+    assert isinstance(_model(_parser().parse_args(["--model", "dlrm"]), spec), DLRMBaseline)
