@@ -148,7 +148,11 @@ def hta_attention_reference(
 #
 #     vis = (q_pos == j) | (grp_j == U) | (grp_j == H) | ((grp_j == R) & (ts_j < ts_i))
 #
-# A tile whose mask is all False (for instance query rows of H tokens against a block of T keys) skips its dots.
+# Tiles that cannot contain a visible pair skip their dots. The test is conservative and costs vectors, not a
+# (BM, BN) reduction (which cost registers and spills on sm_90): a key block is needed iff it holds a U/H key, an R
+# key earlier than the block's latest query, or the own position of one of the block's queries. With targets
+# stored together, this skips the T-key blocks for every query block that holds none of those targets.
+# Offsets inside one user are int32 (pointers move to the user's rows once, in int64), again for registers.
 # Softmax uses base-2 exponentials: p = exp2(s * scale * log2(e) - lse2) with lse2 = m + log2(l) saved per (row, head).
 # Every query sees itself, so no real row ends with an empty softmax; the running max starts at -inf and is replaced by
 # 0 while a row has seen nothing yet, which keeps exp2(-inf - (-inf)) out of the arithmetic.
