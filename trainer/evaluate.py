@@ -1,0 +1,500 @@
+"""Offline evaluation without Kafka: ``python -m trainer.evaluate --dataset movielens --out reports/eval``.
+
+Pipeline (all in-process, deterministic for a seed)::
+
+    events  = adapter(dataset)                             # streaming.datasets: event-time order
+    samples = streaming.pipeline.run_offline(events, core)  # the same pure join/aggregation core as the worker
+    batches = [collate(samples[i:i+B], spec) ...]           # emission order, the same batches for every model
+    for each model:                                         # Ranker (MTFM-style), DLRM baseline, popularity
+        for batch in batches:                               # progressive validation: predict, then train
+            probs = model(batch) (before the update) ; learn(batch)
+
+The neural models are trained by :meth:`trainer.loop.Trainer.train_step` — the continual trainer's own step
+(row-wise Adagrad on embeddings, AdamW on dense, multi-task BCE; one pass, as in streaming). The popularity
+baseline (:class:`trainer.baselines.PopularityBaseline`) predicts a smoothed per-item rate and counts each batch
+after scoring it.
+
+Metrics (per model × task × scenario, plus ``all`` scenarios), computed exactly from the stored progressive
+predictions with :func:`trainer.progressive.exact_auc` / :func:`trainer.progressive.grouped_auc`:
+AUC, GAUC (per-user AUC weighted by the user's impressions, users with both labels only) and log loss, over the
+whole run and over ``points`` consecutive time slices (equal target counts, by target ts).
+
+Writes ``<out>/summary.md``, ``<out>/metrics.json`` and ``<out>/<metric>_<task>.png`` (one panel per scenario, one
+line per model), and prints the headline table.
+
+Example:
+    >>> EvalConfig().models
+    ('ranker', 'dlrm', 'popularity')
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry
+
+from streaming.config import CoreConfig, CrossSpec
+from streaming.datasets import DatasetError, summarize
+from streaming.datasets.load import add_dataset_args, load_dataset
+from streaming.events import Event
+from streaming.pipeline import run_offline
+from streaming.sample import Sample
+from trainer.baselines import PopularityBaseline
+from trainer.batch import Batch, collate
+from trainer.features import FeatureSpec
+from trainer.loop import Trainer, TrainerConfig
+from trainer.model import DLRMBaseline, DLRMConfig, Ranker, RankerConfig
+from trainer.optim import OptimConfig
+from trainer.progressive import ALL, exact_auc, grouped_auc, user_hash
+
+MODELS = ("ranker", "dlrm", "popularity")
+METRICS = ("auc", "gauc", "logloss")
+_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate and how (built only in :func:`main`).
+
+    Attributes:
+        models: which of ``ranker``, ``dlrm``, ``popularity`` to run, side by side on the same batches.
+        batch_samples: user-level samples per training step.
+        seed: torch seed (model init) — the only randomness.
+        points: time slices on the plots.
+        max_history: H length kept by collate (FeatureSpec.max_history).
+        ranker / dlrm / optim / ranker_optim: model and optimizer settings (``ranker_optim`` None = ``optim``).
+        popularity_smoothing: pseudo-count m of the popularity baseline.
+        core: the streaming core's settings (join window, sample span, cross features).
+    """
+
+    models: tuple[str, ...] = MODELS
+    batch_samples: int = 32
+    seed: int = 0
+    points: int = 12
+    max_history: int = 256
+    ranker: RankerConfig = field(default_factory=RankerConfig)
+    dlrm: DLRMConfig = field(default_factory=DLRMConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ranker_optim: OptimConfig | None = None
+    popularity_smoothing: float = 10.0
+    core: CoreConfig = field(default_factory=CoreConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.models if m not in MODELS]
+        if unknown or not self.models:
+            raise ValueError(f"models must be a non-empty subset of {MODELS}, got {self.models}")
+        if self.batch_samples < 1 or self.points < 1:
+            raise ValueError("batch_samples and points must be >= 1")
+
+
+@dataclass
+class Predictions:
+    """Progressive predictions of one model, aligned with the evaluation's target order."""
+
+    probs: dict[str, np.ndarray]  # task -> (N,) float64
+    seconds: float
+
+
+@dataclass
+class Targets:
+    """Labels and grouping keys of every target, in progressive order (shared by all models)."""
+
+    labels: dict[str, np.ndarray]  # task -> (N,) {0,1}
+    scenarios: np.ndarray  # (N,) object
+    users: np.ndarray  # (N,) int64 user hash
+    ts: np.ndarray  # (N,) float64
+    item_ids: list[str]
+
+
+@dataclass
+class EvalResult:
+    """Everything the report shows; ``metrics[model][task][scenario] = {auc, gauc, logloss, count, ...}``."""
+
+    config: EvalConfig
+    dataset: dict[str, Any]
+    metrics: dict[str, dict[str, dict[str, dict[str, float]]]]
+    timeline: dict[str, dict[str, dict[str, dict[str, list[float]]]]]  # model/task/scenario/metric -> per slice
+    slice_end_ts: list[float]
+    seconds: dict[str, float]
+    files: list[Path] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------- running models
+def build_batches(samples: Sequence[Sample], spec: FeatureSpec, batch_samples: int) -> list[tuple[list[Sample], Batch]]:
+    """Consecutive groups of samples (emission order) and their collated batches."""
+    out = []
+    for i in range(0, len(samples), batch_samples):
+        group = list(samples[i : i + batch_samples])
+        out.append((group, collate(group, spec)))
+    return out
+
+
+def collect_targets(batches: Sequence[tuple[list[Sample], Batch]], tasks: Sequence[str]) -> Targets:
+    labels: dict[str, list[float]] = {t: [] for t in tasks}
+    scen: list[str] = []
+    users: list[int] = []
+    ts: list[float] = []
+    items: list[str] = []
+    for group, b in batches:
+        for t in tasks:
+            labels[t].extend(b.labels[t].tolist())
+        scen.extend(b.target_scenarios)
+        users.extend(user_hash(u) for u in b.target_user_ids)
+        for s in group:  # collate keeps the samples' target order
+            ts.extend(t.ts for t in s.targets)
+            items.extend(t.item_id for t in s.targets)
+    return Targets({t: np.asarray(v, dtype=np.float64) for t, v in labels.items()},
+                   np.asarray(scen, dtype=object), np.asarray(users, dtype=np.int64), np.asarray(ts), items)
+
+
+def run_neural(model: torch.nn.Module, batches: Sequence[tuple[list[Sample], Batch]], spec: FeatureSpec,
+               optim: OptimConfig, seed: int, progress: bool = False) -> Predictions:
+    """Progressive predictions of a neural model trained by the continual trainer's own ``train_step``."""
+    from tqdm import tqdm
+
+    captured: dict[str, torch.Tensor] = {}
+
+    def hook(_m: torch.nn.Module, _inp: Any, out: dict[str, torch.Tensor]) -> None:
+        captured.clear()
+        captured.update({t: z.detach() for t, z in out.items()})
+
+    handle = model.register_forward_hook(hook)
+    probs: dict[str, list[np.ndarray]] = {t: [] for t in spec.tasks}
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="streamrec-eval-") as run_dir:
+        cfg = TrainerConfig(optim=optim, run_dir=Path(run_dir), device="cpu", seed=seed, snapshots_topic="")
+        trainer = Trainer(cfg, model, spec, registry=CollectorRegistry())
+        for _, batch in tqdm(batches, disable=not progress, file=sys.stderr, leave=False,
+                             desc=type(model).__name__, unit="batch"):
+            trainer.train_step(batch)  # forward (scored before the update) + backward + optimizer step
+            for t in spec.tasks:
+                probs[t].append(torch.sigmoid(captured[t]).double().numpy())
+    handle.remove()
+    return Predictions({t: np.concatenate(v) if v else np.zeros(0) for t, v in probs.items()},
+                       time.perf_counter() - t0)
+
+
+def run_popularity(batches: Sequence[tuple[list[Sample], Batch]], tasks: Sequence[str],
+                   smoothing: float) -> Predictions:
+    """Progressive predictions of the popularity baseline (score a batch, then count it)."""
+    pop = PopularityBaseline(tasks, smoothing=smoothing)
+    probs: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    t0 = time.perf_counter()
+    for group, batch in batches:
+        items = [t.item_id for s in group for t in s.targets]
+        for t, p in pop.predict(items).items():
+            probs[t].append(p.double().numpy())
+        pop.update(items, {t: batch.labels[t] for t in tasks})
+    return Predictions({t: np.concatenate(v) if v else np.zeros(0) for t, v in probs.items()},
+                       time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+def score(p: np.ndarray, y: np.ndarray, users: np.ndarray) -> dict[str, float]:
+    """AUC, GAUC, log loss, calibration (mean p / mean y) and counts of one set of predictions."""
+    n = len(y)
+    if n == 0:
+        return {"count": 0.0, "auc": math.nan, "gauc": math.nan, "logloss": math.nan, "calibration": math.nan,
+                "label_mean": math.nan}
+    pt, yt = torch.from_numpy(p), torch.from_numpy(y)
+    num, den = grouped_auc(pt, yt, torch.from_numpy(users))
+    pc = np.clip(p, _EPS, 1 - _EPS)
+    ll = float(-(y * np.log(pc) + (1 - y) * np.log(1 - pc)).mean())
+    return {"count": float(n), "auc": exact_auc(pt, yt), "gauc": num / den if den else math.nan, "logloss": ll,
+            "calibration": float(p.mean() / y.mean()) if y.sum() > 0 else math.nan, "label_mean": float(y.mean())}
+
+
+def compute_metrics(preds: dict[str, Predictions], tg: Targets, points: int) -> tuple[
+        dict[str, dict[str, dict[str, dict[str, float]]]], dict[str, dict[str, dict[str, dict[str, list[float]]]]],
+        list[float]]:
+    """Whole-run metrics and per-time-slice metrics for every model × task × scenario."""
+    scenarios = [ALL, *sorted(set(tg.scenarios.tolist()))]
+    masks = {s: np.ones(len(tg.ts), dtype=bool) if s == ALL else tg.scenarios == s for s in scenarios}
+    n = len(tg.ts)
+    order = np.argsort(tg.ts, kind="stable")
+    k = max(1, min(points, n))
+    bounds = [order[int(i * n / k) : int((i + 1) * n / k)] for i in range(k)] if n else []
+    slice_end = [float(tg.ts[b].max()) for b in bounds if len(b)]
+    metrics: dict[str, Any] = {}
+    timeline: dict[str, Any] = {}
+    for model, pr in preds.items():
+        for task, p in pr.probs.items():
+            y = tg.labels[task]
+            for s in scenarios:
+                m = masks[s]
+                metrics.setdefault(model, {}).setdefault(task, {})[s] = score(p[m], y[m], tg.users[m])
+                series: dict[str, list[float]] = {k2: [] for k2 in (*METRICS, "count")}
+                for b in bounds:
+                    idx = b[m[b]]
+                    r = score(p[idx], y[idx], tg.users[idx])
+                    for k2 in series:
+                        series[k2].append(r[k2])
+                timeline.setdefault(model, {}).setdefault(task, {})[s] = series
+    return metrics, timeline, slice_end
+
+
+# ---------------------------------------------------------------------------------------------- the run
+def evaluate(events: Sequence[Event], config: EvalConfig, progress: bool = False) -> EvalResult:
+    """Run the core, then every model progressively over the same batches; returns all metrics (no files)."""
+    t0 = time.perf_counter()
+    samples = run_offline(events, config.core)
+    t_core = time.perf_counter() - t0
+    spec = FeatureSpec(max_history=config.max_history, tasks=config.core.tasks)
+    t0 = time.perf_counter()
+    batches = build_batches(samples, spec, config.batch_samples)
+    t_collate = time.perf_counter() - t0
+    tg = collect_targets(batches, spec.tasks)
+    preds: dict[str, Predictions] = {}
+    for name in config.models:
+        torch.manual_seed(config.seed)
+        if name == "ranker":
+            preds[name] = run_neural(Ranker(spec, config.ranker), batches, spec, config.ranker_optim or config.optim,
+                                     config.seed, progress)
+        elif name == "dlrm":
+            preds[name] = run_neural(DLRMBaseline(spec, config.dlrm), batches, spec, config.optim, config.seed,
+                                     progress)
+        else:
+            preds[name] = run_popularity(batches, spec.tasks, config.popularity_smoothing)
+    metrics, timeline, slice_end = compute_metrics(preds, tg, config.points)
+    counts = summarize(events)
+    dataset = {
+        "events": len(events), **counts, "samples": len(samples), "targets": len(tg.ts),
+        "users": len({s.user_id for s in samples}),
+        "targets_per_scenario": {s: int((tg.scenarios == s).sum()) for s in sorted(set(tg.scenarios.tolist()))},
+        "label_rate": {t: float(v.mean()) if len(v) else math.nan for t, v in tg.labels.items()},
+        "first_ts": float(tg.ts.min()) if len(tg.ts) else math.nan,
+        "last_ts": float(tg.ts.max()) if len(tg.ts) else math.nan,
+    }
+    seconds = {"core": t_core, "collate": t_collate, **{m: p.seconds for m, p in preds.items()}}
+    return EvalResult(config, dataset, metrics, timeline, slice_end, seconds)
+
+
+# ---------------------------------------------------------------------------------------------- report
+def _fmt(x: float, pct: bool = True) -> str:
+    if x is None or not math.isfinite(x):
+        return "—"
+    return f"{100 * x:.2f}" if pct else f"{x:.4f}"
+
+
+def headline_rows(res: EvalResult) -> list[list[str]]:
+    """Rows of the headline table: model, task, AUC, GAUC, log loss (all scenarios)."""
+    rows = []
+    for task in res.config.core.tasks:
+        for model in res.config.models:
+            m = res.metrics[model][task][ALL]
+            rows.append([model, task, _fmt(m["auc"]), _fmt(m["gauc"]), _fmt(m["logloss"], False),
+                         f"{int(m['count'])}"])
+    return rows
+
+
+def deltas(res: EvalResult, a: str = "ranker", b: str = "dlrm") -> dict[str, dict[str, float]]:
+    """``{task: {"auc": pts, "gauc": pts}}`` of model ``a`` over ``b`` on all scenarios (percentage points)."""
+    out: dict[str, dict[str, float]] = {}
+    if a in res.metrics and b in res.metrics:
+        for task in res.config.core.tasks:
+            ma, mb = res.metrics[a][task][ALL], res.metrics[b][task][ALL]
+            out[task] = {k: 100 * (ma[k] - mb[k]) for k in ("auc", "gauc")}
+    return out
+
+
+def write_plots(res: EvalResult, out: Path) -> list[Path]:
+    """One PNG per (metric, task): a panel per scenario, a line per model, x = end of each time slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    files = []
+    x = [datetime.fromtimestamp(t, UTC) for t in res.slice_end_ts]
+    first = res.config.models[0]
+    for task in res.config.core.tasks:
+        scenarios = list(res.timeline[first][task])
+        for metric in METRICS:
+            cols = min(3, len(scenarios))
+            rows = math.ceil(len(scenarios) / cols)
+            fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharex=True)
+            for ax, s in zip(axes.flat, scenarios, strict=False):
+                for model in res.config.models:
+                    ax.plot(x, res.timeline[model][task][s][metric], marker=".", label=model)
+                ax.set_title(f"{s} ({int(res.metrics[first][task][s]['count'])} targets)", fontsize=9)
+                ax.grid(alpha=0.3)
+                ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
+                ax.tick_params(labelsize=7)
+            for ax in list(axes.flat)[len(scenarios):]:
+                ax.axis("off")
+            axes.flat[0].legend(fontsize=7)
+            fig.suptitle(f"progressive {metric.upper() if metric != 'logloss' else 'log loss'} — task {task} "
+                         f"(per time slice of equal target count)", fontsize=10)
+            fig.tight_layout()
+            path = out / f"{metric}_{task}.png"
+            fig.savefig(path, dpi=90)
+            plt.close(fig)
+            files.append(path)
+    return files
+
+
+def write_summary(res: EvalResult, out: Path, title: str, command: str) -> Path:
+    """``summary.md``: dataset, headline table, deltas, per-scenario tables, timings, plots."""
+    d = res.dataset
+    lines = [f"# Offline progressive evaluation — {title}", "",
+             f"Command: `{command}`", "",
+             "Protocol: events → `streaming.pipeline.run_offline` (the worker's pure core) → user-level samples in "
+             "emission order → batches of "
+             f"{res.config.batch_samples} samples; every model scores a batch *before* learning from it "
+             "(progressive validation, one pass). Neural models train with `trainer.loop.Trainer.train_step`. "
+             f"Seed {res.config.seed}.", "",
+             "## Data", "",
+             f"- events: {d['events']} ({d['impression']} impressions, {d['feedback']} feedback)",
+             f"- samples: {d['samples']} user-level samples, {d['targets']} targets, {d['users']} users",
+             "- targets per scenario: " + ", ".join(f"{k} {v}" for k, v in d["targets_per_scenario"].items()),
+             "- label rate: " + ", ".join(f"{k} {v:.3f}" for k, v in d["label_rate"].items()), "",
+             "## Headline (all scenarios, whole run)", "",
+             "| model | task | AUC | GAUC | log loss | targets |", "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(r) + " |" for r in headline_rows(res)]
+    dl = deltas(res)
+    if dl:
+        lines += ["", "Ranker − DLRM (percentage points): " + "; ".join(
+            f"{t}: AUC {v['auc']:+.2f}, GAUC {v['gauc']:+.2f}" for t, v in dl.items())]
+    lines += ["", "## Per scenario", ""]
+    for task in res.config.core.tasks:
+        scen = list(res.metrics[res.config.models[0]][task])
+        lines += [f"### {task}", "", "| scenario | targets | " + " | ".join(
+            f"{m} AUC | {m} GAUC | {m} LL" for m in res.config.models) + " |",
+            "|---|---|" + "---|" * (3 * len(res.config.models))]
+        for s in scen:
+            cells = [s, str(int(res.metrics[res.config.models[0]][task][s]["count"]))]
+            for m in res.config.models:
+                r = res.metrics[m][task][s]
+                cells += [_fmt(r["auc"]), _fmt(r["gauc"]), _fmt(r["logloss"], False)]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += ["## Time (seconds, this machine)", "",
+              ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items()), "", "## Plots", ""]
+    lines += [f"![{p.stem}]({p.name})" for p in res.files]
+    lines += ["", "## Configuration", "", "```json", json.dumps(_jsonable(res.config), indent=1),
+              "```", ""]
+    path = out / "summary.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def _jsonable(x: Any) -> Any:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, str | int | float | bool) or x is None:
+        return x
+    if hasattr(x, "items"):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    return str(x)
+
+
+def write_report(res: EvalResult, out: Path, title: str, command: str) -> list[Path]:
+    """Plots, ``metrics.json`` and ``summary.md`` under ``out``; returns the written files."""
+    out.mkdir(parents=True, exist_ok=True)
+    res.files = write_plots(res, out)
+    mj = out / "metrics.json"
+    mj.write_text(json.dumps(_jsonable({"dataset": res.dataset, "metrics": res.metrics, "timeline": res.timeline,
+                                        "slice_end_ts": res.slice_end_ts, "seconds": res.seconds,
+                                        "config": res.config}), indent=1, sort_keys=True))
+    return [*res.files, mj, write_summary(res, out, title, command)]
+
+
+def print_headline(res: EvalResult) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="progressive validation, all scenarios (AUC/GAUC in %)")
+    for col in ("model", "task", "AUC", "GAUC", "log loss", "targets"):
+        table.add_column(col, justify="left" if col in ("model", "task") else "right")
+    for row in headline_rows(res):
+        table.add_row(*row)
+    console = Console(width=100)
+    console.print(table)
+    for task, v in deltas(res).items():
+        console.print(f"ranker − dlrm ({task}): AUC {v['auc']:+.2f} pt, GAUC {v['gauc']:+.2f} pt")
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_args(p, default="movielens")
+    p.add_argument("--out", type=Path, default=Path("reports/eval"), help="report directory")
+    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of ranker,dlrm,popularity")
+    p.add_argument("--seed", type=int, default=0, help="torch seed (model init)")
+    p.add_argument("--limit", type=int, help="use only the first N events (event-time order)")
+    p.add_argument("--batch-samples", type=int, default=EvalConfig.batch_samples, help="samples per training step")
+    p.add_argument("--points", type=int, default=EvalConfig.points, help="time slices in the plots")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--max-history", type=int, default=EvalConfig.max_history, help="H tokens kept per sample")
+    p.add_argument("--category-key", help="item feature counted as the category by the core's cross features "
+                                          "(default: genres for movielens, category otherwise)")
+    r = RankerConfig()
+    p.add_argument("--d-model", type=int, default=r.d_model, help="Ranker token width")
+    p.add_argument("--num-blocks", type=int, default=r.num_blocks, help="Ranker HTA blocks")
+    p.add_argument("--target-layers", type=int, default=r.target_layers, help="Ranker target layers per block")
+    p.add_argument("--dlrm-dim", type=int, default=DLRMConfig().embed_dim, help="DLRM embedding width")
+    o = OptimConfig()
+    p.add_argument("--embedding-lr", type=float, default=o.embedding_lr, help="row-wise Adagrad lr (both models)")
+    p.add_argument("--dense-lr", type=float, default=o.dense_lr, help="AdamW lr (both models)")
+    p.add_argument("--ranker-dense-lr", type=float, help="AdamW lr of the Ranker only (default: --dense-lr)")
+    p.add_argument("--smoothing", type=float, default=EvalConfig.popularity_smoothing,
+                   help="popularity baseline pseudo-count")
+    p.add_argument("--progress", action="store_true", help="progress bars on stderr")
+    ns = p.parse_args(argv)
+    torch.set_num_threads(max(1, ns.threads))
+    try:
+        events = load_dataset(ns)
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if ns.limit is not None:
+        events = events[: ns.limit]
+    if not events:
+        print("error: the dataset has no events", file=sys.stderr)
+        return 2
+    cat = ns.category_key or ("genres" if ns.dataset == "movielens" else "category")
+    optim = OptimConfig(embedding_lr=ns.embedding_lr, dense_lr=ns.dense_lr)
+    try:
+        config = EvalConfig(
+            models=tuple(m.strip() for m in ns.models.split(",") if m.strip()), batch_samples=ns.batch_samples,
+            seed=ns.seed, points=ns.points, max_history=ns.max_history,
+            ranker=dataclasses.replace(r, d_model=ns.d_model, num_blocks=ns.num_blocks,
+                                       target_layers=ns.target_layers),
+            dlrm=DLRMConfig(embed_dim=ns.dlrm_dim), optim=optim,
+            ranker_optim=None if ns.ranker_dense_lr is None else dataclasses.replace(optim, dense_lr=ns.ranker_dense_lr),
+            popularity_smoothing=ns.smoothing, core=CoreConfig(cross=CrossSpec(category_key=cat)))
+    except ValueError as e:
+        p.error(str(e))
+    t0 = time.perf_counter()
+    res = evaluate(events, config, progress=ns.progress)
+    command = "python -m trainer.evaluate " + " ".join(sys.argv[1:] if argv is None else argv)
+    files = write_report(res, ns.out, ns.dataset, command)
+    print_headline(res)
+    print(f"wrote {len(files)} files to {ns.out} in {time.perf_counter() - t0:.1f} s "
+          f"({', '.join(f'{k} {v:.1f}s' for k, v in res.seconds.items())})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
