@@ -1,0 +1,98 @@
+"""Configuration of the pure streaming core (join, history, cross features, aggregation).
+
+Built only at entry points (``python -m streaming worker ...``, the replay tool, offline evaluation); everything
+else receives the frozen :class:`CoreConfig`.
+
+Example:
+    >>> cfg = CoreConfig(attribution_window_s=600.0)
+    >>> cfg.task_of("order")
+    'conversion'
+    >>> cfg.task_of("share") is None
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from streaming.events import DEFAULT_ACTION_TASKS
+from streaming.sample import TASKS
+
+
+def _default_action_tasks() -> Mapping[str, str]:
+    return MappingProxyType(dict(DEFAULT_ACTION_TASKS))
+
+
+@dataclass(frozen=True)
+class CrossSpec:
+    """Which in-stream cross features exist: counters per scenario, per item category, and overall.
+
+    ``windows_s`` are the recent windows (seconds) besides the lifetime count; ``category_key`` names the item
+    feature used as the category (items without it count under ``""``). Carried inside each published
+    :class:`streaming.user_state.UserState` so serving computes the same features with the same settings.
+    """
+
+    category_key: str = "category"
+    windows_s: tuple[float, ...] = (3600.0, 86400.0)
+    tasks: tuple[str, ...] = TASKS
+
+    @property
+    def max_window_s(self) -> float:
+        return max(self.windows_s, default=0.0)
+
+
+@dataclass(frozen=True)
+class CoreConfig:
+    """Settings of :class:`streaming.pipeline.StreamCore`.
+
+    - ``attribution_window_s``: a feedback labels an impression if its ts is in [imp.ts, imp.ts + window].
+    - ``allowed_lateness_s``: watermark = min(max impression ts, max feedback ts) − lateness. Events with
+      ts at or below the watermark when they arrive are *late* (see the late policy in ``streaming/pipeline.py``).
+    - ``history_len``: L, the number of behaviors in H.
+    - ``max_targets``: a sample is closed when it holds this many targets.
+    - ``span_s``: a sample holds a user's consecutive released targets with ts in [span_start, span_start + span_s).
+    - ``late_horizon_s``: how long (event time, after an impression's window closed) released impressions and seen
+      event ids are remembered, to recognise duplicates and late feedback.
+    - ``action_tasks``: feedback action → task; actions not listed still become behaviors but label nothing.
+
+    Example:
+        >>> CoreConfig().history_len
+        256
+    """
+
+    attribution_window_s: float = 1800.0
+    allowed_lateness_s: float = 60.0
+    history_len: int = 256
+    max_targets: int = 64
+    span_s: float = 1800.0
+    late_horizon_s: float = 3600.0
+    action_tasks: Mapping[str, str] = field(default_factory=_default_action_tasks)
+    cross: CrossSpec = field(default_factory=CrossSpec)
+
+    def __post_init__(self) -> None:
+        if self.attribution_window_s < 0 or self.allowed_lateness_s < 0 or self.late_horizon_s < 0:
+            raise ValueError("attribution_window_s, allowed_lateness_s and late_horizon_s must be >= 0")
+        if self.history_len < 0:
+            raise ValueError("history_len must be >= 0")
+        if self.max_targets < 1:
+            raise ValueError("max_targets must be >= 1")
+        if self.span_s <= 0:
+            raise ValueError("span_s must be > 0")
+        unknown = set(self.action_tasks.values()) - set(self.cross.tasks)
+        if unknown:
+            raise ValueError(f"action_tasks map to tasks {sorted(unknown)} not in cross.tasks {self.cross.tasks}")
+        if not isinstance(self.action_tasks, MappingProxyType):
+            object.__setattr__(self, "action_tasks", MappingProxyType(dict(self.action_tasks)))
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return self.cross.tasks
+
+    def task_of(self, action: str) -> str | None:
+        return self.action_tasks.get(action)
+
+    def __hash__(self) -> int:
+        return hash((self.attribution_window_s, self.allowed_lateness_s, self.history_len, self.max_targets,
+                     self.span_s, self.late_horizon_s, tuple(sorted(self.action_tasks.items())), self.cross))

@@ -1,0 +1,360 @@
+"""Per-user state machine: impression⋈feedback join, behavior history, cross counters and sample aggregation.
+
+Pure Python, no Kafka/Faust. :class:`streaming.pipeline.StreamCore` owns one :class:`UserMachine` per user and a
+partition watermark ``W``; it calls ``on_impression`` / ``on_feedback`` as events arrive and ``advance(W)`` when
+``W`` passes the user's next due time (:meth:`UserMachine.next_due`).
+
+Determinism: everything a sample contains depends only on the user's own events, never on when ``W`` advances,
+provided no event is late (ts > W on arrival):
+
+- targets are released in (ts, event_id) order once ``W ≥ ts + window``; their labels use only feedback with
+  ts ≤ ts + window, all of which arrived before (else it would be late);
+- a sample is the run of consecutive released targets with ts in [span_start, span_start + span_s), capped at
+  ``max_targets``; it is closed by the cap, by the next target falling outside, or once ``W ≥ span_start + span_s``
+  and no pending impression of the user is inside the span;
+- H = the last L behaviors with ts < span_start, R = behaviors with span_start ≤ ts ≤ span_end; behaviors are kept
+  (pruned only below ``min(W, pending ts, open span_start)`` beyond the last L) so newer ones never displace them;
+- cross features of a target use only counters with ts < the target's ts.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import insort
+from dataclasses import dataclass, field
+from typing import Any
+
+from streaming.config import CoreConfig
+from streaming.cross import CrossCounters, cross_features
+from streaming.events import Feedback, Impression, event_from_dict
+from streaming.outputs import DeadLetter, LateLabel, Output
+from streaming.sample import Behavior, Sample, Target, make_sample_id
+
+INF = math.inf
+Key = tuple[str, str]  # (request_id, item_id)
+
+
+@dataclass
+class Tally:
+    """Counts a :class:`UserMachine` adds to while processing (the core sums them into its counters)."""
+
+    duplicates: int = 0
+    late_impressions: int = 0
+    late_feedback: int = 0
+    late_positives: int = 0
+    orphans: int = 0
+    joined: int = 0
+    positives: dict[str, int] = field(default_factory=dict)
+    negatives: dict[str, int] = field(default_factory=dict)
+    samples: int = 0
+    targets: int = 0
+
+
+@dataclass
+class _Pending:
+    imp: Impression
+    labels: dict[str, int]
+    label_ts: float  # largest ts of a feedback that set a label (for max_event_ts), -inf if none
+
+
+@dataclass
+class _Open:
+    targets: list[Target]
+    label_ts: float
+    user: dict[str, str]  # merged user features of its impressions, in (ts, event_id) order (later keys win)
+
+
+@dataclass
+class _Released:
+    event_id: str
+    ts: float
+    sample_id: str | None
+
+
+@dataclass
+class _Buffered:
+    fb: Feedback
+    matched: bool
+
+
+class UserMachine:
+    """All streaming state of one user. See the module docstring for the semantics.
+
+    Example:
+        >>> from streaming.pipeline import CoreCounters
+        >>> m, cfg, out, t = UserMachine("u1"), CoreConfig(attribution_window_s=10.0), [], Tally()
+        >>> m.on_impression(Impression("i1", 0.0, "u1", "home", "r1", "it1"), -1.0, cfg, out, t)
+        >>> m.on_feedback(Feedback("f1", 5.0, "u1", "home", "r1", "it1", "click"), -1.0, cfg, out, t)
+        >>> m.advance(math.inf, cfg, out, t)
+        >>> out[0].targets[0].labels
+        {'click': 1, 'conversion': 0}
+    """
+
+    __slots__ = ("_sched", "behaviors", "buffered", "counters", "open", "pending", "pending_by_key", "released",
+                 "seen", "seen_min", "user", "user_id", "user_key")
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        self.pending: dict[str, _Pending] = {}
+        self.pending_by_key: dict[Key, list[str]] = {}
+        self.buffered: dict[Key, list[_Buffered]] = {}
+        self.released: dict[Key, list[_Released]] = {}
+        self.seen: dict[str, float] = {}  # event_id -> ts, for duplicate detection
+        self.seen_min = INF  # a lower bound of min(seen.values()), exact after each prune
+        # (ts, feedback event_id, Behavior), sorted
+        self.behaviors: list[tuple[float, str, Behavior]] = []
+        self.counters = CrossCounters()
+        self.open: _Open | None = None
+        self.user: dict[str, str] = {}  # latest user features (by (ts, event_id)) for the published UserState
+        self.user_key: tuple[float, str] = (-INF, "")
+        self._sched = INF  # due time of this user's live heap entry in the core (INF: none)
+
+    # ---------------------------------------------------------------- events
+    def on_impression(self, imp: Impression, wm: float, cfg: CoreConfig, out: list[Output], t: Tally) -> None:
+        if imp.event_id in self.seen:
+            t.duplicates += 1
+            return
+        self.seen[imp.event_id] = imp.ts
+        self.seen_min = min(self.seen_min, imp.ts)
+        if imp.ts <= wm:
+            t.late_impressions += 1
+            out.append(DeadLetter("late_impression", self.user_id, "impression", imp.to_json(),
+                                  f"ts {imp.ts} <= watermark {wm}"))
+            return
+        p = _Pending(imp, dict.fromkeys(cfg.tasks, 0), -INF)
+        self.pending[imp.event_id] = p
+        key = (imp.request_id, imp.item_id)
+        self.pending_by_key.setdefault(key, []).append(imp.event_id)
+        self.counters.add("imp", imp.scenario, imp.item.get(cfg.cross.category_key, ""), imp.ts)
+        if imp.user and (imp.ts, imp.event_id) >= self.user_key:
+            self.user, self.user_key = dict(imp.user), (imp.ts, imp.event_id)
+        for b in self.buffered.get(key, ()):
+            self._join(p, b, cfg, t)
+
+    def on_feedback(self, fb: Feedback, wm: float, cfg: CoreConfig, out: list[Output], t: Tally) -> None:
+        if fb.event_id in self.seen:
+            t.duplicates += 1
+            return
+        self.seen[fb.event_id] = fb.ts
+        self.seen_min = min(self.seen_min, fb.ts)
+        key = (fb.request_id, fb.item_id)
+        b = _Buffered(fb, False)
+        for eid in self.pending_by_key.get(key, ()):
+            self._join(self.pending[eid], b, cfg, t)
+        if fb.ts > wm:
+            self.buffered.setdefault(key, []).append(b)  # impressions may still arrive (until W >= fb.ts)
+            return
+        t.late_feedback += 1
+        if b.matched:
+            return  # late, but its impression was still pending: joined normally
+        task = cfg.task_of(fb.action)
+        for r in self.released.get(key, ()):
+            if r.ts <= fb.ts <= r.ts + cfg.attribution_window_s:
+                b.matched = True
+                if task is not None:
+                    t.late_positives += 1
+                    out.append(LateLabel(self.user_id, r.event_id, r.ts, r.sample_id, task, fb.action,
+                                         fb.event_id, fb.ts))
+        if not b.matched:
+            t.orphans += 1
+            out.append(DeadLetter("orphan_feedback", self.user_id, "feedback", fb.to_json(),
+                                  f"late (ts {fb.ts} <= watermark {wm}) and no impression to join"))
+
+    def _join(self, p: _Pending, b: _Buffered, cfg: CoreConfig, t: Tally) -> None:
+        imp, fb = p.imp, b.fb
+        if not imp.ts <= fb.ts <= imp.ts + cfg.attribution_window_s:
+            return
+        task = cfg.task_of(fb.action)
+        if task is not None:
+            p.labels[task] = 1
+            p.label_ts = max(p.label_ts, fb.ts)
+        if b.matched:
+            return  # one behavior per feedback, even if it labels several impressions
+        b.matched = True
+        t.joined += 1
+        beh = Behavior(imp.item_id, imp.scenario, fb.action, fb.ts, dict(imp.item))
+        insort(self.behaviors, (fb.ts, fb.event_id, beh), key=lambda x: (x[0], x[1]))
+        if task is not None:
+            self.counters.add(task, imp.scenario, imp.item.get(cfg.cross.category_key, ""), fb.ts)
+
+    # ---------------------------------------------------------------- time
+    def next_due(self, cfg: CoreConfig) -> float:
+        """The smallest watermark at which :meth:`advance` has something to do."""
+        due = INF
+        if self.pending:
+            due = min(p.imp.ts for p in self.pending.values()) + cfg.attribution_window_s
+        if self.open is not None:
+            limit = self.open.targets[0].ts + cfg.span_s
+            if all(p.imp.ts >= limit for p in self.pending.values()):  # else advance() waits for those releases
+                due = min(due, limit)
+        for lst in self.buffered.values():
+            for b in lst:
+                due = min(due, b.fb.ts)
+        if self.seen:
+            # prune keeps ts >= cut, so the first watermark that drops seen_min is strictly above it
+            due = min(due, math.nextafter(self.seen_min + cfg.attribution_window_s + cfg.late_horizon_s, INF))
+        return due
+
+    def advance(self, wm: float, cfg: CoreConfig, out: list[Output], t: Tally) -> None:
+        """Apply watermark ``wm``: release due impressions, close samples, expire buffers, prune."""
+        window = cfg.attribution_window_s
+        due = [p for p in self.pending.values() if p.imp.ts + window <= wm]
+        if due:
+            due.sort(key=lambda p: (p.imp.ts, p.imp.event_id))
+            for p in due:
+                self._release(p, cfg, out, t)
+        if self.open is not None:
+            limit = self.open.targets[0].ts + cfg.span_s
+            if wm >= limit and all(p.imp.ts >= limit for p in self.pending.values()):
+                self._emit(cfg, out, t)
+        if self.buffered:
+            for key in [k for k, lst in self.buffered.items() if any(b.fb.ts <= wm for b in lst)]:
+                keep = []
+                for b in self.buffered[key]:
+                    if b.fb.ts > wm:
+                        keep.append(b)
+                    elif not b.matched:
+                        t.orphans += 1
+                        out.append(DeadLetter("orphan_feedback", self.user_id, "feedback", b.fb.to_json(),
+                                              "no impression joined before the watermark passed its ts"))
+                if keep:
+                    self.buffered[key] = keep
+                else:
+                    del self.buffered[key]
+        self._prune(wm, cfg)
+
+    def _release(self, p: _Pending, cfg: CoreConfig, out: list[Output], t: Tally) -> None:
+        imp = p.imp
+        del self.pending[imp.event_id]
+        key = (imp.request_id, imp.item_id)
+        ids = self.pending_by_key[key]
+        ids.remove(imp.event_id)
+        if not ids:
+            del self.pending_by_key[key]
+        for task, y in p.labels.items():
+            d = t.positives if y else t.negatives
+            d[task] = d.get(task, 0) + 1
+        cross = cross_features(self.counters, cfg.cross, imp.scenario, imp.item.get(cfg.cross.category_key, ""),
+                               imp.ts)
+        tgt = Target(imp.event_id, imp.request_id, imp.item_id, imp.scenario, imp.ts, imp.position, dict(imp.item),
+                     dict(imp.context), dict(imp.dense), cross, dict(p.labels))
+        self.released.setdefault(key, []).append(_Released(imp.event_id, imp.ts, None))
+        if self.open is not None and imp.ts >= self.open.targets[0].ts + cfg.span_s:
+            self._emit(cfg, out, t)
+        if self.open is None:
+            self.open = _Open([], -INF, {})
+        self.open.targets.append(tgt)
+        self.open.label_ts = max(self.open.label_ts, p.label_ts)
+        self.open.user.update(imp.user)
+        if len(self.open.targets) >= cfg.max_targets:
+            self._emit(cfg, out, t)
+
+    def _emit(self, cfg: CoreConfig, out: list[Output], t: Tally) -> None:
+        op = self.open
+        assert op is not None
+        self.open = None
+        targets = op.targets
+        start, end = targets[0].ts, targets[-1].ts
+        hist: list[Behavior] = []
+        real: list[Behavior] = []
+        for ts, _, b in self.behaviors:
+            if ts < start:
+                hist.append(b)
+            elif ts <= end:
+                real.append(b)
+            else:
+                break
+        if cfg.history_len == 0:
+            hist = []
+        elif len(hist) > cfg.history_len:
+            hist = hist[-cfg.history_len:]
+        sid = make_sample_id(x.event_id for x in targets)
+        max_ts = max(end, op.label_ts, real[-1].ts if real else -INF)
+        out.append(Sample(sid, self.user_id, targets, user=dict(op.user), history=hist, realtime=real, span_start=start,
+                          span_end=end, max_event_ts=max_ts))
+        t.samples += 1
+        t.targets += len(targets)
+        for x in targets:
+            for r in self.released.get((x.request_id, x.item_id), ()):
+                if r.event_id == x.event_id:
+                    r.sample_id = sid
+
+    def _prune(self, wm: float, cfg: CoreConfig) -> None:
+        horizon = cfg.attribution_window_s + cfg.late_horizon_s
+        cut = wm - horizon
+        if self.seen and self.seen_min < cut:
+            self.seen = {k: v for k, v in self.seen.items() if v >= cut}
+            self.seen_min = min(self.seen.values(), default=INF)
+            for key in list(self.released):  # released impressions are in seen with the same ts
+                keep = [r for r in self.released[key] if r.ts >= cut]
+                if keep:
+                    self.released[key] = keep
+                else:
+                    del self.released[key]
+        floor = wm
+        if self.pending:
+            floor = min(floor, min(p.imp.ts for p in self.pending.values()))
+        if self.open is not None:
+            floor = min(floor, self.open.targets[0].ts)
+        if floor == INF or floor == -INF:
+            return
+        # keep every behavior with ts >= floor plus the last L before it
+        i = 0
+        n = len(self.behaviors)
+        while i < n and self.behaviors[i][0] < floor:
+            i += 1
+        drop = i - cfg.history_len
+        if drop > 0:
+            del self.behaviors[:drop]
+        self.counters.prune(floor, cfg.cross)
+
+    # ---------------------------------------------------------------- persistence (worker tables)
+    def to_json(self) -> dict[str, Any]:
+        """The whole state as JSON-able data (the Faust worker stores it per user in a changelog-backed table)."""
+
+        def fin(x: float) -> float | None:
+            return None if x == -INF else x
+
+        return {
+            "v": 1,
+            "user_id": self.user_id,
+            "pending": [[p.imp.to_json(), p.labels, fin(p.label_ts)] for p in self.pending.values()],
+            "buffered": [[b.fb.to_json(), b.matched] for lst in self.buffered.values() for b in lst],
+            "released": [[k[0], k[1], r.event_id, r.ts, r.sample_id] for k, lst in self.released.items() for r in lst],
+            "seen": self.seen,
+            "behaviors": [[ts, eid, b.to_json()] for ts, eid, b in self.behaviors],
+            "counters": self.counters.to_json(),
+            "open": None if self.open is None else {
+                "targets": [x.to_json() for x in self.open.targets], "label_ts": fin(self.open.label_ts),
+                "user": self.open.user},
+            "user": self.user,
+            "user_key": [fin(self.user_key[0]), self.user_key[1]],
+        }
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> UserMachine:
+        def inf(x: float | None) -> float:
+            return -INF if x is None else float(x)
+
+        m = UserMachine(str(d["user_id"]))
+        for imp_d, labels, label_ts in d["pending"]:
+            imp = event_from_dict(imp_d, "impression")
+            assert isinstance(imp, Impression)
+            m.pending[imp.event_id] = _Pending(imp, {str(k): int(v) for k, v in labels.items()}, inf(label_ts))
+            m.pending_by_key.setdefault((imp.request_id, imp.item_id), []).append(imp.event_id)
+        for fb_d, matched in d["buffered"]:
+            fb = event_from_dict(fb_d, "feedback")
+            assert isinstance(fb, Feedback)
+            m.buffered.setdefault((fb.request_id, fb.item_id), []).append(_Buffered(fb, bool(matched)))
+        for req, item, eid, ts, sid in d["released"]:
+            m.released.setdefault((req, item), []).append(_Released(eid, float(ts), sid))
+        m.seen = {str(k): float(v) for k, v in d["seen"].items()}
+        m.seen_min = min(m.seen.values(), default=INF)
+        m.behaviors = [(float(ts), str(eid), Behavior.from_json(b)) for ts, eid, b in d["behaviors"]]
+        m.counters = CrossCounters.from_json(d["counters"])
+        if d["open"] is not None:
+            o = d["open"]
+            m.open = _Open([Target.from_json(x) for x in o["targets"]], inf(o["label_ts"]), dict(o["user"]))
+        m.user = dict(d["user"])
+        m.user_key = (inf(d["user_key"][0]), str(d["user_key"][1]))
+        return m
