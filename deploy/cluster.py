@@ -330,6 +330,8 @@ class PipelineConfig:
     with_prometheus: bool = True
     snapshot_every_s: float = 5.0
     ready_timeout_s: float = 120.0
+    trainer_args: tuple[str, ...] = ()  # extra `python -m trainer` flags (e.g. a smaller model for the demo)
+    worker_args: tuple[str, ...] = ()
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -463,7 +465,7 @@ class Pipeline:
             "--deadletter-topic", c.topic("deadletter"), "--snapshots-topic", c.topic("snapshots"),
             "--run-dir", str(c.run_dir / "trainer"), "--snapshot-dir", str(self.snapshot_dir),
             "--checkpoint-dir", str(self.checkpoint_dir), "--snapshot-every-s", str(c.snapshot_every_s),
-            "--metrics-port", str(self.trainer_port)), ready_url=self.trainer_metrics)
+            "--metrics-port", str(self.trainer_port), *c.trainer_args), ready_url=self.trainer_metrics)
 
     def serving_service(self) -> Service:
         c = self.config
