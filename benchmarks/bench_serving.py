@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -237,6 +238,7 @@ def bench_http(snapshot_dir: Path, history: int, n_cands: int, iters: int, secon
     finally:
         broker.stop()
         os.sched_setaffinity(0, set(cs))
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- 4: freshness through the whole pipeline -----------------------------------------------------------------------
@@ -271,7 +273,9 @@ def bench_freshness(seconds: float, rate: float, window_s: float) -> dict[str, A
                                        with_prometheus=False, snapshot_every_s=1.0), bootstrap, sup)
         pipe.create_topics()
         worker = pipe.worker_service()
-        worker_args = (*worker.argv, "--attribution-window-s", str(window_s), "--allowed-lateness-s", "0")
+        # Live timestamps: a label is final only after its attribution window, and a sample is flushed when the
+        # watermark passes its span; both short here (the defaults, 30 min each, suit historical replays).
+        worker_args = (*worker.argv, "--window-s", str(window_s), "--lateness-s", "0", "--span-s", "1")
         sup.start(Service("worker", worker_args, ready_url=worker.ready_url))
         sup.start(pipe.trainer_service())
         sup.start(pipe.serving_service())
@@ -279,7 +283,7 @@ def bench_freshness(seconds: float, rate: float, window_s: float) -> dict[str, A
             sup.wait_ready(name, 180)
         producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
         sent: list[tuple[float, float]] = []  # (feedback ts, wall time produced)
-        seen: list[tuple[float, float]] = []  # (wall time first seen, max_event_ts)
+        seen: list[tuple[float, float, float]] = []  # (wall time first seen, max_event_ts, snapshot created_at)
         stop = threading.Event()
 
         def probe() -> None:
@@ -290,14 +294,14 @@ def bench_freshness(seconds: float, rate: float, window_s: float) -> dict[str, A
                         info = c.get(pipe.serving_url + "/v1/model").json()
                         if info["version"] != last:
                             last = info["version"]
-                            seen.append((time.time(), float(info["max_event_ts"])))
+                            seen.append((time.time(), float(info["max_event_ts"]), float(info["created_at"])))
                     stop.wait(0.05)
 
         prober = threading.Thread(target=probe, daemon=True)
         prober.start()
         users = [f"u{i}" for i in range(200)]
-        n, t_end = 0, time.time() + seconds
-        while time.time() < t_end:
+
+        def emit(n: int, record: bool) -> None:
             now = time.time()
             u = users[n % len(users)]
             scen = ("home", "search")[n % 2]
@@ -306,29 +310,36 @@ def bench_freshness(seconds: float, rate: float, window_s: float) -> dict[str, A
             if n % 3 == 0:
                 fb = Feedback(f"f{n}", now + 0.01, u, scen, f"r{n}", f"i{n % 997}", "click")
                 producer.send(pipe.config.topic("feedback"), key=u.encode(), value=encode_event(fb))
-                sent.append((fb.ts, time.time()))
-            n += 1
+                if record:
+                    sent.append((fb.ts, time.time()))
             time.sleep(max(0.0, 1.0 / rate - (time.time() - now)))
-        producer.flush(30)
-        # keep the stream going (heartbeat events) so the watermark passes the last window, then wait for coverage
-        drain_until = time.time() + 60
-        while time.time() < drain_until and (not seen or seen[-1][1] < sent[-1][0]):
-            now = time.time()
-            imp = Impression(f"hb{n}", now, "heartbeat", "home", f"hb{n}", "hb")
-            producer.send(pipe.config.topic("impressions"), key=b"heartbeat", value=encode_event(imp))
+
+        n, t_end = 0, time.time() + seconds
+        while time.time() < t_end:
+            emit(n, record=True)
             n += 1
-            time.sleep(0.05)
+        # Keep the same stream going (unmeasured) so every partition's watermark passes the last measured windows,
+        # until a served model covers the last measured feedback (or 120 s).
+        drain_until = time.time() + 120
+        while time.time() < drain_until and (not seen or seen[-1][1] < sent[-1][0]):
+            emit(n, record=False)
+            n += 1
+        producer.flush(30)
         stop.set()
         prober.join(5)
         producer.close()
         fresh, missing = [], 0
         for ts, produced in sent:
-            first = next((wall for wall, mts in seen if mts >= ts), None)
+            first = next((wall for wall, mts, _ in seen if mts >= ts), None)
             if first is None:
                 missing += 1
             else:
                 fresh.append(max(0.0, first - produced))
-        return {"events_produced": n, "feedback_measured": len(fresh), "feedback_not_covered": missing,
+        # serving's own share: snapshot written by the trainer → first seen served (announce + load + verify + swap)
+        swap_delay = [wall - created for wall, _, created in seen[1:]]
+        return {"swap_delay_p50_s": statistics.median(swap_delay) if swap_delay else None,
+                "swap_delay_max_s": max(swap_delay) if swap_delay else None,
+                "events_produced": n, "feedback_measured": len(fresh), "feedback_not_covered": missing,
                 "rate_events_per_s": rate, "attribution_window_s": window_s, "model_swaps_seen": len(seen),
                 "freshness_p50_s": statistics.median(fresh) if fresh else None,
                 "freshness_p99_s": pct(fresh, 0.99) if fresh else None,
@@ -336,6 +347,7 @@ def bench_freshness(seconds: float, rate: float, window_s: float) -> dict[str, A
     finally:
         sup.stop()
         broker.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-http", action="store_true", help="skip the HTTP part (needs Java for the broker)")
     ap.add_argument("--no-freshness", action="store_true", help="skip the whole-pipeline freshness part")
     ap.add_argument("--freshness-seconds", type=float, default=60.0, help="live stream duration for freshness")
-    ap.add_argument("--freshness-rate", type=float, default=100.0, help="events/s of the live stream")
+    ap.add_argument("--freshness-rate", type=float, default=50.0, help="events/s of the live stream")
     ap.add_argument("--freshness-window-s", type=float, default=2.0,
                     help="the worker's attribution window for the freshness run (labels are final after it)")
     ap.add_argument("--out", type=Path, default=OUT, help="JSON report path")
@@ -389,6 +401,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                        args.freshness_window_s)}
         else:
             result["freshness"] = {"measured": False, "why": why}
+    shutil.rmtree(snap_dir, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
