@@ -149,6 +149,7 @@ class RunSummary:
     compute_s: float
     persist_s: float
     wall_s: float
+    startup_wait_s: float  # data wait before the first batch of this run (consumer assignment, first fetch)
     snapshot_version: int
 
 
@@ -407,6 +408,7 @@ class Trainer:
         last_record_t = t_start
         run_samples = run_targets = run_records = 0
         data_wait = compute = persist = 0.0
+        startup_wait: float | None = None
         win_samples, win_targets, win_t = 0, 0, t_start
         last_loss: dict[str, float] = {}
         prefetcher.start()
@@ -446,6 +448,8 @@ class Trainer:
                     if item.lag is not None:
                         m.consumer_lag.set(item.lag)
                 if batch is not None:
+                    if startup_wait is None:
+                        startup_wait = data_wait
                     # ---- score, then train
                     if self.device.type != "cpu":
                         batch = batch.to(self.device, non_blocking=True)
@@ -518,9 +522,11 @@ class Trainer:
                 wall = time.monotonic() - t_start
                 dt = max(1e-9, time.monotonic() - win_t)
                 self._log_metrics(last_loss, win_samples / dt, win_targets / dt, data_wait, compute, persist)
-                summary = RunSummary(self.samples_trained, self.targets_trained, self.steps, run_records,
-                                     dict(self._skipped), data_wait, compute, persist, wall,
-                                     self.snapshot_version)
+                summary = RunSummary(
+                    samples_trained=self.samples_trained, targets_trained=self.targets_trained, steps=self.steps,
+                    records=run_records, skipped=dict(self._skipped), data_wait_s=data_wait, compute_s=compute,
+                    persist_s=persist, wall_s=wall, snapshot_version=self.snapshot_version,
+                    startup_wait_s=startup_wait if startup_wait is not None else data_wait)
                 self._log_event({"event": "stop", **dataclasses.asdict(summary), "run_samples": run_samples,
                                  "run_targets": run_targets})
                 if deadletter is not None:

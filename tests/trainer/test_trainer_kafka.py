@@ -181,6 +181,8 @@ def test_sigkill_resume_trains_every_sample_exactly_once(bootstrap: str, topic_p
     starts = [e for e in evs if e["event"] == "start"]
     assert len(starts) == 2 and starts[0]["resumed_from"] is None
     assert starts[1]["resumed_from"] is not None and 0 < starts[1]["samples_trained"] < len(everything)
+    print(f"killed with {committed_at_kill} checkpointed / >= {at_kill} trained; resumed at "
+          f"{starts[1]['samples_trained']}")
     stop = [e for e in evs if e["event"] == "stop"][-1]
     assert stop["samples_trained"] == len(everything)
     assert stop["skipped"].get("duplicate", 0) >= len(replays)
