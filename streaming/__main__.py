@@ -1,14 +1,80 @@
-"""``python -m streaming``."""
+"""``python -m streaming worker --bootstrap HOST:PORT ...``: run the impression⋈feedback join worker."""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+
+from streaming.config import CoreConfig, CrossSpec
+
+
+def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("worker", help="run the Faust join/aggregation worker",
+                       description="Consume impressions+feedback, produce user-level samples, dead letters and "
+                                   "per-user state; metrics on --metrics-host:--metrics-port.")
+    p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap host:port")
+    p.add_argument("--app-id", default="streamrec-stream", help="Faust app id (consumer group, table topic prefix)")
+    p.add_argument("--impressions-topic", default="impressions", help="input topic of impressions")
+    p.add_argument("--feedback-topic", default="feedback", help="input topic of feedback")
+    p.add_argument("--samples-topic", default="samples", help="output topic of user-level samples")
+    p.add_argument("--deadletter-topic", default="deadletter", help="output topic of bad input and corrections")
+    p.add_argument("--user-state-topic", default="user_state", help="compacted output topic of per-user state")
+    p.add_argument("--partitions", type=int, default=8, help="partition count of the input topics (and tables)")
+    p.add_argument("--store", default="memory://", help="Faust table store: memory:// or rocksdb:// (needs rocksdict)")
+    p.add_argument("--data-dir", default="runs/stream", help="Faust data directory")
+    p.add_argument("--batch-max", type=int, default=2000, help="max events per processed batch")
+    p.add_argument("--batch-within-s", type=float, default=0.2, help="max wait to fill a batch, seconds")
+    p.add_argument("--commit-interval-s", type=float, default=1.0, help="offset commit interval, seconds")
+    p.add_argument("--session-timeout-s", type=float, default=30.0,
+                   help="consumer group session timeout: how long a dead worker holds its partitions")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus metrics bind address")
+    p.add_argument("--metrics-port", type=int, default=9101, help="Prometheus metrics port (0: disabled)")
+    p.add_argument("--no-user-state", action="store_true", help="do not publish UserState records")
+    p.add_argument("--window-s", type=float, default=1800.0, help="attribution window, seconds (event time)")
+    p.add_argument("--lateness-s", type=float, default=60.0, help="allowed lateness, seconds (event time)")
+    p.add_argument("--history-len", type=int, default=256, help="L, behaviors in H")
+    p.add_argument("--max-targets", type=int, default=64, help="max targets per sample")
+    p.add_argument("--span-s", type=float, default=1800.0, help="max event-time span of a sample, seconds")
+    p.add_argument("--late-horizon-s", type=float, default=3600.0,
+                   help="event time to remember released impressions and event ids after the window")
+    p.add_argument("--category-key", default="category", help="item feature used for category cross features")
+    p.add_argument("--log-level", default="info", help="log level")
+
+
+def run_worker(a: argparse.Namespace) -> int:
+    import faust
+    from prometheus_client import REGISTRY, start_http_server
+
+    from streaming.app import StreamWorker, WorkerConfig
+
+    core = CoreConfig(attribution_window_s=a.window_s, allowed_lateness_s=a.lateness_s, history_len=a.history_len,
+                      max_targets=a.max_targets, span_s=a.span_s, late_horizon_s=a.late_horizon_s,
+                      cross=CrossSpec(category_key=a.category_key))
+    cfg = WorkerConfig(bootstrap=a.bootstrap, app_id=a.app_id, impressions_topic=a.impressions_topic,
+                       feedback_topic=a.feedback_topic, samples_topic=a.samples_topic,
+                       deadletter_topic=a.deadletter_topic, user_state_topic=a.user_state_topic,
+                       partitions=a.partitions, store=a.store, data_dir=a.data_dir, batch_max=a.batch_max,
+                       batch_within_s=a.batch_within_s, commit_interval_s=a.commit_interval_s,
+                       session_timeout_s=a.session_timeout_s,
+                       metrics_host=a.metrics_host, metrics_port=a.metrics_port,
+                       publish_user_state=not a.no_user_state)
+    w = StreamWorker(cfg, core, REGISTRY)
+    if cfg.metrics_port:
+        start_http_server(cfg.metrics_port, addr=cfg.metrics_host)
+    worker = faust.Worker(w.app, loglevel=a.log_level.upper(), quiet=True)
+    worker.execute_from_commandline()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m streaming", description=__import__("streaming").__doc__)
-    parser.parse_args(argv)
+    sub = parser.add_subparsers(dest="cmd")
+    _worker_parser(sub)
+    a = parser.parse_args(argv)
+    if a.cmd == "worker":
+        logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        return run_worker(a)
     parser.print_help()
     return 0
 

@@ -48,6 +48,7 @@ class Tally:
     negatives: dict[str, int] = field(default_factory=dict)
     samples: int = 0
     targets: int = 0
+    behavior_users: set[str] = field(default_factory=set)  # users that gained a behavior (drained by the core)
 
 
 @dataclass
@@ -172,6 +173,7 @@ class UserMachine:
             return  # one behavior per feedback, even if it labels several impressions
         b.matched = True
         t.joined += 1
+        t.behavior_users.add(self.user_id)
         beh = Behavior(imp.item_id, imp.scenario, fb.action, fb.ts, dict(imp.item))
         insort(self.behaviors, (fb.ts, fb.event_id, beh), key=lambda x: (x[0], x[1]))
         if task is not None:

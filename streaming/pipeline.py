@@ -191,6 +191,12 @@ class StreamCore:
         d, self.dirty = self.dirty, set()
         return d
 
+    def take_behavior_users(self) -> set[str]:
+        """Users that gained a behavior since the last call (and forget them)."""
+        d = self._tally.behavior_users
+        self._tally.behavior_users = set()
+        return d
+
     def export_user_state(self, user_id: str) -> UserState | None:
         """The serving view of a user: profile, last L known behaviors and cross counters (None if unknown)."""
         m = self.users.get(user_id)

@@ -1,0 +1,242 @@
+"""The Faust worker: a thin loop around :class:`streaming.pipeline.StreamCore`, one core per input partition.
+
+Topology: ONE agent (``concurrency=1``: faust-streaming #606 loses messages with more) subscribes to both input
+topics (``impressions`` and ``feedback``, both keyed by user_id with the same partition count), so partition p of
+both topics reaches the same core, whose watermark takes the minimum over the two streams. Events are taken in
+batches (``Stream.take_events``); per batch:
+
+1. parse (bad input → ``deadletter`` with reason, original bytes as base64, topic/partition/offset; never raises);
+2. feed each partition's core (``StreamCore.on_events``: one watermark advance per batch);
+3. produce samples (key user_id), corrections/dead letters and changed users' ``UserState`` and WAIT for the
+   broker's acks;
+4. only then write each changed user's state (one JSON blob per user per batch) and the partition's meta to the
+   changelog-backed tables, and wait for those acks;
+5. return, so Faust acks the batch's offsets (committed every ``broker_commit_interval``).
+
+Recovery (at-least-once, idempotent): a restarted worker restores the tables from their changelogs and resumes at
+the last committed offset. Events already reflected in a user's persisted state are dropped as duplicates (the
+``seen`` set), and the outputs they produced were durable before that state was written (step 3 before 4), so
+nothing is lost. Users whose state was not yet persisted re-process the events and re-emit the same samples with
+the same ``sample_id`` (the core is deterministic). The dedup memory must cover the replayed event-time range
+(``late_horizon_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry
+
+from streaming.config import CoreConfig
+from streaming.events import Event, EventError, EventKind, parse_event
+from streaming.metrics import StreamMetrics
+from streaming.outputs import DeadLetter, LateLabel, Output
+from streaming.pipeline import CoreCounters, StreamCore
+from streaming.sample import Sample
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Kafka/Faust settings of the worker (the join semantics live in :class:`CoreConfig`)."""
+
+    bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "streamrec-stream"
+    impressions_topic: str = "impressions"
+    feedback_topic: str = "feedback"
+    samples_topic: str = "samples"
+    deadletter_topic: str = "deadletter"
+    user_state_topic: str = "user_state"
+    partitions: int = 8
+    store: str = "memory://"
+    data_dir: str = "runs/stream"
+    batch_max: int = 2000
+    batch_within_s: float = 0.2
+    commit_interval_s: float = 1.0
+    session_timeout_s: float = 30.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9101
+    publish_user_state: bool = True
+
+
+def _dead_raw(reason: str, detail: str, topic: str, partition: int, offset: int, key: bytes | None,
+              value: bytes | None) -> bytes:
+    return json.dumps({
+        "reason": reason, "detail": detail, "topic": topic, "partition": partition, "offset": offset,
+        "key_b64": None if key is None else base64.b64encode(key).decode(),
+        "value_b64": None if value is None else base64.b64encode(value).decode(),
+    }, separators=(",", ":")).encode()
+
+
+def _json(v: Any) -> Any:
+    # Table values are our JSON bytes; be liberal in what comes back from recovery (bytes, str or decoded).
+    return json.loads(v) if isinstance(v, bytes | bytearray | str) else v
+
+
+class StreamWorker:
+    """Owns the Faust app, its topics and tables, and one :class:`StreamCore` per input partition.
+
+    Example (no broker needed to build it):
+        >>> w = StreamWorker(WorkerConfig(bootstrap="127.0.0.1:1"), CoreConfig(), CollectorRegistry())
+        >>> w.agent.name.endswith("join")
+        True
+    """
+
+    def __init__(self, cfg: WorkerConfig, core_cfg: CoreConfig, registry: CollectorRegistry) -> None:
+        self.cfg = cfg
+        self.core_cfg = core_cfg
+        self.metrics = StreamMetrics(registry)
+        self.app = faust.App(
+            cfg.app_id,
+            broker=f"kafka://{cfg.bootstrap}",
+            store=cfg.store,
+            datadir=cfg.data_dir,
+            web_enabled=False,
+            web_host="127.0.0.1",
+            topic_partitions=cfg.partitions,
+            broker_commit_interval=cfg.commit_interval_s,
+            broker_session_timeout=cfg.session_timeout_s,
+            broker_heartbeat_interval=min(3.0, cfg.session_timeout_s / 3),
+            producer_acks=-1,
+            stream_buffer_maxsize=max(4096, 2 * cfg.batch_max),
+            table_cleanup_interval=3600.0,
+        )
+        raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+                               "value_serializer": "raw"}
+        self.inputs = self.app.topic(cfg.impressions_topic, cfg.feedback_topic, partitions=cfg.partitions, **raw)
+        self.samples_out = self.app.topic(cfg.samples_topic, partitions=cfg.partitions, **raw)
+        self.dead_out = self.app.topic(cfg.deadletter_topic, partitions=cfg.partitions, **raw)
+        self.state_out = self.app.topic(cfg.user_state_topic, partitions=cfg.partitions, compacting=True, **raw)
+        # user_id -> JSON blob {"p": partition, "m": UserMachine.to_json()}; "p<N>" -> partition meta
+        schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.users = self.app.Table("stream-users", partitions=cfg.partitions, schema=schema)
+        self.meta = self.app.Table("stream-meta", partitions=cfg.partitions, schema=schema)
+        self.cores: dict[int, StreamCore] = {}
+        self._loaded = False
+        self._counts: dict[int, CoreCounters] = {}
+        self.agent = self.app.agent(self.inputs, name="join", concurrency=1)(self._agent)
+
+        @self.app.on_partitions_revoked.connect
+        async def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
+            # Drop in-memory cores; the next batch reloads them from the (recovered) tables.
+            self.cores.clear()
+            self._counts.clear()
+            self._loaded = False
+
+    # ------------------------------------------------------------------ loop
+    async def _agent(self, stream: Any) -> Any:
+        for topic in (self.samples_out, self.dead_out, self.state_out):
+            await topic.maybe_declare()
+        async for events in stream.take_events(self.cfg.batch_max, within=self.cfg.batch_within_s):
+            await self.process_batch(events)
+            yield len(events)
+
+    def _load(self) -> None:
+        """Build the cores from the recovered tables (first batch after start or a rebalance)."""
+        by_p: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for _, blob in list(self.users.data.items()):
+            d = _json(blob)
+            by_p[int(d["p"])].append(d["m"])
+        metas = {int(str(k)[1:]): _json(v) for k, v in list(self.meta.data.items())}
+        resumed = []
+        for p in set(by_p) | set(metas):
+            core = self.cores[p] = StreamCore(self.core_cfg)
+            resumed += core.restore(metas.get(p), by_p.get(p, []))
+            self._counts[p] = core.counters
+        if resumed:
+            log.warning("restore emitted %d outputs", len(resumed))
+        self._pending_restore = resumed
+        self._loaded = True
+        log.info("loaded %d users on %d partitions from tables", sum(map(len, by_p.values())), len(self.cores))
+
+    async def process_batch(self, events: Sequence[Any]) -> None:
+        t0 = time.perf_counter()
+        if not self._loaded:
+            self._load()
+        m = self.metrics
+        futs: list[asyncio.Future[Any]] = []
+        by_p: dict[int, list[Event]] = defaultdict(list)
+        imp_topic = self.cfg.impressions_topic
+        for ev in events:
+            msg = ev.message
+            kind: EventKind = "impression" if msg.topic == imp_topic else "feedback"
+            value = msg.value
+            try:
+                if value is None:
+                    raise EventError("null_value", "message has no value")
+                e = parse_event(value, kind)
+            except EventError as err:
+                m.deadletter.labels(reason=err.reason).inc()
+                futs.append(self.dead_out.send_soon(
+                    key=msg.key, value=_dead_raw(err.reason, err.detail, msg.topic, msg.partition, msg.offset,
+                                                 msg.key, value)))
+                continue
+            m.events.labels(type=kind, scenario=e.scenario).inc()
+            by_p[msg.partition].append(e)
+        outputs: list[tuple[int, Output]] = [(-1, o) for o in getattr(self, "_pending_restore", [])]
+        self._pending_restore = []
+        for p, evs in by_p.items():
+            core = self.cores.get(p)
+            if core is None:
+                core = self.cores[p] = StreamCore(self.core_cfg)
+                self._counts[p] = core.counters
+            outputs += [(p, o) for o in core.on_events(evs)]
+        # 3. produce outputs and wait for the broker
+        state_users: dict[int, set[str]] = defaultdict(set)
+        for p, o in outputs:
+            if isinstance(o, Sample):
+                key = o.user_id.encode()
+                futs.append(self.samples_out.send_soon(key=key, value=o.encode()))
+                m.samples.inc()
+                m.targets_per_sample.observe(len(o.targets))
+                state_users[p].add(o.user_id)
+            else:
+                assert isinstance(o, LateLabel | DeadLetter)
+                m.deadletter.labels(reason=o.reason).inc()
+                futs.append(self.dead_out.send_soon(key=o.user_id.encode(), value=json.dumps(
+                    o.to_json(), separators=(",", ":")).encode()))
+        dirty = {p: core.take_dirty() for p, core in self.cores.items()}
+        if self.cfg.publish_user_state:
+            for p, core in self.cores.items():
+                for uid in state_users.get(p, set()) | core.take_behavior_users():
+                    st = core.export_user_state(uid)
+                    if st is not None:
+                        futs.append(self.state_out.send_soon(key=uid.encode(), value=st.encode()))
+                        m.user_states.inc()
+        if futs:
+            await asyncio.gather(*futs)
+        # 4. persist changed state (after the outputs are durable), then let Faust ack the offsets
+        futs = []
+        now = time.time()
+        for p, core in self.cores.items():
+            for uid in dirty.get(p, ()):
+                d = core.user_to_json(uid)
+                if d is None:
+                    continue
+                blob = json.dumps({"p": p, "m": d}, separators=(",", ":")).encode()
+                self.users.data[uid] = blob
+                futs.append(self.users.send_changelog(p, uid, blob))
+            if dirty.get(p):
+                mb = json.dumps(core.meta_to_json()).encode()
+                self.meta.data[f"p{p}"] = mb
+                futs.append(self.meta.send_changelog(p, f"p{p}", mb))
+            after = core.counters
+            m.observe_core(self._counts[p], after)
+            self._counts[p] = after
+            if math.isfinite(core.watermark):
+                m.watermark_lag.labels(partition=str(p)).set(now - core.watermark)
+        if futs:
+            await asyncio.gather(*futs)
+        m.batch_events.observe(len(events))
+        m.batch_seconds.observe(time.perf_counter() - t0)

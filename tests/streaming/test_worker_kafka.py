@@ -1,0 +1,138 @@
+"""The Faust worker on the real broker: samples topic == run_offline on the same events, across a SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient, NewTopic
+
+from streaming.config import CoreConfig
+from streaming.events import Event, Feedback, Impression, encode_event
+from streaming.pipeline import run_offline
+from streaming.sample import Sample
+from tests.streaming.gen import GenSpec, generate
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
+
+PARTS = 3
+CFG = CoreConfig(attribution_window_s=1800.0, allowed_lateness_s=120.0, history_len=16, max_targets=16,
+                 span_s=3600.0, late_horizon_s=1e9)
+END_TS = 1e10
+MALFORMED = [b"{not json", b'{"event_id":"x","ts":"soon","user_id":"u","scenario":"s","request_id":"r","item_id":"i"}',
+             b'{"event_id":"x","ts":NaN,"user_id":"u","scenario":"s","request_id":"r","item_id":"i"}', b"[]",
+             b'{"ts":1}', b"x" * (70 * 1024)]
+
+
+def sentinels() -> list[tuple[int, Event]]:
+    """Per partition, far-future events on both topics so every partition's watermark passes everything."""
+    out: list[tuple[int, Event]] = []
+    for p in range(PARTS):
+        out.append((p, Impression(f"end-i{p}", END_TS, f"~end{p}", "end", "end", "end")))
+        out.append((p, Feedback(f"end-f{p}", END_TS, f"~end{p}", "end", "end", "end", "click")))
+    return out
+
+
+def start_worker(bootstrap: str, prefix: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+    cmd = [sys.executable, "-m", "streaming", "worker", "--bootstrap", bootstrap, "--app-id", f"{prefix}app",
+           "--impressions-topic", f"{prefix}impressions", "--feedback-topic", f"{prefix}feedback",
+           "--samples-topic", f"{prefix}samples", "--deadletter-topic", f"{prefix}deadletter",
+           "--user-state-topic", f"{prefix}user_state", "--partitions", str(PARTS), "--data-dir", str(data_dir),
+           "--metrics-port", "0", "--batch-max", "200", "--batch-within-s", "0.05", "--commit-interval-s", "0.5",
+           "--session-timeout-s", "8",
+           "--window-s", str(CFG.attribution_window_s), "--lateness-s", str(CFG.allowed_lateness_s),
+           "--history-len", str(CFG.history_len), "--max-targets", str(CFG.max_targets), "--span-s",
+           str(CFG.span_s), "--late-horizon-s", str(CFG.late_horizon_s), "--log-level", "warning"]
+    return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2],
+                            start_new_session=True)
+
+
+def read_all(consumer: KafkaConsumer, into: list[bytes], until: float, want: int | None = None) -> None:
+    while time.time() < until:
+        for recs in consumer.poll(timeout_ms=500).values():
+            into.extend(r.value for r in recs)
+        if want is not None and len(into) >= want:
+            return
+
+
+def test_worker_matches_offline_and_survives_sigkill(bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
+    _, arrival = generate(11, GenSpec(users=30, scenarios=3, items=40, impressions=1500, horizon=60_000.0,
+                                      jitter=100.0, dup_rate=0.05, fb_rate=0.5))
+    expected = {s.sample_id: s for s in run_offline(arrival + [e for _, e in sentinels()], CFG)
+                if not s.user_id.startswith("~end")}
+    assert len(expected) > 100
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(f"{topic_prefix}{t}", PARTS, 1) for t in ("impressions", "feedback")])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+
+    def send(evs: list[Event]) -> None:
+        for e in evs:
+            topic = f"{topic_prefix}{'impressions' if isinstance(e, Impression) else 'feedback'}"
+            producer.send(topic, key=e.user_id.encode(), value=encode_event(e))
+        producer.flush()
+
+    samples = KafkaConsumer(f"{topic_prefix}samples", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                            enable_auto_commit=False)
+    got: list[bytes] = []
+    log = tmp_path / "worker.log"
+    cut = len(arrival) * 2 // 3
+    worker = start_worker(bootstrap, topic_prefix, tmp_path / "w1", log)
+    try:
+        send(arrival[:cut])
+        for i, bad in enumerate(MALFORMED):
+            producer.send(f"{topic_prefix}{'impressions' if i % 2 else 'feedback'}", key=b"u0", value=bad)
+        producer.flush()
+        read_all(samples, got, time.time() + 90, want=len(expected) // 3)
+        assert got, f"no samples from the first worker; log:\n{log.read_text()[-3000:]}"
+        worker.send_signal(signal.SIGKILL)  # mid-stream: the first part is still being processed
+        worker.wait(10)
+        n_before = len(got)
+        send(arrival[cut:])
+        for p, e in sentinels():
+            topic = f"{topic_prefix}{'impressions' if isinstance(e, Impression) else 'feedback'}"
+            producer.send(topic, key=e.user_id.encode(), value=encode_event(e), partition=p)
+        producer.flush()
+        worker = start_worker(bootstrap, topic_prefix, tmp_path / "w2", log)
+        deadline = time.time() + 150
+        while time.time() < deadline:
+            read_all(samples, got, time.time() + 2)
+            if {Sample.decode(v).sample_id for v in got} >= set(expected):
+                break
+        decoded = [Sample.decode(v) for v in got]
+        ids = {s.sample_id for s in decoded}
+        missing = set(expected) - ids
+        assert not missing, f"{len(missing)} samples missing; log:\n{log.read_text()[-3000:]}"
+        # exactly the offline samples: every emitted sample (re-emissions included) equals its offline twin
+        for s in decoded:
+            assert s.sample_id in expected, s.sample_id
+            assert s.to_json() == expected[s.sample_id].to_json()
+        # no labeled impression lost
+        assert {t.event_id for s in decoded for t in s.targets} == \
+            {t.event_id for s in expected.values() for t in s.targets}
+        print(f"samples: {len(expected)} expected, {len(got)} received ({n_before} before the kill, "
+              f"{len(got) - len(ids)} re-emitted)")
+        dead = KafkaConsumer(f"{topic_prefix}deadletter", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False)
+        recs: list[bytes] = []
+        read_all(dead, recs, time.time() + 20, want=len(MALFORMED))
+        reasons = [json.loads(r)["reason"] for r in recs]
+        for r in ("invalid_json", "bad_type", "bad_ts", "not_object", "missing_field", "oversized"):
+            assert r in reasons, (r, reasons)
+        dead.close()
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGTERM)
+            try:
+                worker.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, signal.SIGKILL)
+        samples.close()
+        producer.close()
