@@ -229,7 +229,9 @@ class KafkaBroker:
         shutil.rmtree(self.state_dir / "data", ignore_errors=True)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         server = self._write_configs(port, cport)
-        cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = "-"
+        while cluster_id.startswith("-"):  # argparse4j would read a leading '-' as an option (1 start in 64)
+            cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         fmt = subprocess.run(
             [*self._java(libs, "256m"), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(server)],
             capture_output=True,
