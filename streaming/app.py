@@ -119,7 +119,7 @@ class StreamWorker:
         self.dead_out = self.app.topic(cfg.deadletter_topic, partitions=cfg.partitions, **raw)
         self.state_out = self.app.topic(cfg.user_state_topic, partitions=cfg.partitions, compacting=True, **raw)
         # user_id -> JSON blob {"p": partition, "m": UserMachine.to_json()}; "p<N>" -> partition meta
-        schema = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        schema: Any = faust.Schema(key_type=str, value_type=bytes, key_serializer="raw", value_serializer="raw")
         self.users = self.app.Table("stream-users", partitions=cfg.partitions, schema=schema)
         self.meta = self.app.Table("stream-meta", partitions=cfg.partitions, schema=schema)
         self.cores: dict[int, StreamCore] = {}
@@ -127,7 +127,7 @@ class StreamWorker:
         self._counts: dict[int, CoreCounters] = {}
         self.agent = self.app.agent(self.inputs, name="join", concurrency=1)(self._agent)
 
-        @self.app.on_partitions_revoked.connect
+        @self.app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
             # Drop in-memory cores; the next batch reloads them from the (recovered) tables.
             self.cores.clear()

@@ -107,21 +107,46 @@ class CrossCounters:
                              base={str(k): int(v) for k, v in (d.get("base") or {}).items()})
 
 
+_NAMES: dict[CrossSpec, list[tuple[str, float | None, list[tuple[str, str, str]]]]] = {}
+
+
+def _layout(spec: CrossSpec) -> list[tuple[str, float | None, list[tuple[str, str, str]]]]:
+    # per window: (window name, seconds or None, [(task, count name, rate name)]) — cached per spec
+    lay = _NAMES.get(spec)
+    if lay is None:
+        lay = [(window_name(w), w, []) for w in spec.windows_s] + [("life", None, [])]
+        for win, _, tasks in lay:
+            for task in spec.tasks:
+                tasks.append((task, f"_{task}_{win}", f"_{task}_rate_{win}"))
+        _NAMES[spec] = lay
+    return lay
+
+
 def cross_features(counters: CrossCounters | None, spec: CrossSpec, scenario: str, category: str,
                    t: float) -> dict[str, float]:
     """The cross features of one target/candidate in ``scenario`` with item ``category`` at time ``t``.
 
     Uses only counted events with ts < t. ``counters=None`` (cold start) gives all zeros.
     """
-    c = counters if counters is not None else CrossCounters()
+    ts = counters.ts if counters is not None else {}
+    base = counters.base if counters is not None else {}
+    lay = _layout(spec)
     out: dict[str, float] = {}
-    wins: list[tuple[str, float | None]] = [(window_name(w), w) for w in spec.windows_s] + [("life", None)]
     for dim, value in (("scn", scenario), ("cat", category), ("all", "")):
-        for win, w in wins:
-            n_imp = c.count("imp", dim, value, t, w)
+        # per kind: (sorted ts list, index of the first ts >= t, pruned lifetime base)
+        cols = {}
+        for kind in ("imp", *spec.tasks):
+            key = f"{kind}\x1f{dim}\x1f{value}"
+            lst = ts.get(key)
+            cols[kind] = (lst, bisect_left(lst, t) if lst else 0, base.get(key, 0))
+        for win, w, tasks in lay:
+            lst, hi, b = cols["imp"]
+            n_imp = b + hi if w is None else (hi - bisect_left(lst, t - w) if lst else 0)
             out[f"{dim}_imp_{win}"] = float(n_imp)
-            for task in spec.tasks:
-                n = c.count(task, dim, value, t, w)
-                out[f"{dim}_{task}_{win}"] = float(n)
-                out[f"{dim}_{task}_rate_{win}"] = n / max(n_imp, 1)
+            denom = max(n_imp, 1)
+            for task, cname, rname in tasks:
+                lst, hi, b = cols[task]
+                n = b + hi if w is None else (hi - bisect_left(lst, t - w) if lst else 0)
+                out[dim + cname] = float(n)
+                out[dim + rname] = n / denom
     return out

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from bisect import insort
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from streaming.config import CoreConfig
@@ -326,15 +326,16 @@ class UserMachine:
             "seen": self.seen,
             "behaviors": [[ts, eid, b.to_json()] for ts, eid, b in self.behaviors],
             "counters": self.counters.to_json(),
+            # open targets without their cross features: recomputed exactly on load (counters keep what they need)
             "open": None if self.open is None else {
-                "targets": [x.to_json() for x in self.open.targets], "label_ts": fin(self.open.label_ts),
-                "user": self.open.user},
+                "targets": [{**x.to_json(), "cross": {}} for x in self.open.targets],
+                "label_ts": fin(self.open.label_ts), "user": self.open.user},
             "user": self.user,
             "user_key": [fin(self.user_key[0]), self.user_key[1]],
         }
 
     @staticmethod
-    def from_json(d: dict[str, Any]) -> UserMachine:
+    def from_json(d: dict[str, Any], cfg: CoreConfig) -> UserMachine:
         def inf(x: float | None) -> float:
             return -INF if x is None else float(x)
 
@@ -356,7 +357,13 @@ class UserMachine:
         m.counters = CrossCounters.from_json(d["counters"])
         if d["open"] is not None:
             o = d["open"]
-            m.open = _Open([Target.from_json(x) for x in o["targets"]], inf(o["label_ts"]), dict(o["user"]))
+            targets = []
+            for x in o["targets"]:
+                tg = Target.from_json(x)
+                cross = cross_features(m.counters, cfg.cross, tg.scenario, tg.item.get(cfg.cross.category_key, ""),
+                                       tg.ts)
+                targets.append(replace(tg, cross=cross))
+            m.open = _Open(targets, inf(o["label_ts"]), dict(o["user"]))
         m.user = dict(d["user"])
         m.user_key = (inf(d["user_key"][0]), str(d["user_key"][1]))
         return m

@@ -233,7 +233,7 @@ class StreamCore:
             self.max_ts = {"impression": val(meta.get("max_imp")), "feedback": val(meta.get("max_fb"))}
             self.forced = val(meta.get("forced"))
         for d in users:
-            m = UserMachine.from_json(d)
+            m = UserMachine.from_json(d, self.config)
             self.users[m.user_id] = m
             nxt = m.next_due(self.config)
             m._sched = nxt
