@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             if rt.error is not None:
                 raise RuntimeError(f"replay failed: {rt.error}")
             if done.replayed is None and not rt.is_alive() and rt.summary is not None:
-                done.replayed = rt.summary.events
+                done.replayed = rt.summary.events + pipe.end_of_stream(max(rt.ts, default=0.0))
             state["p"] = pipe.progress()
             return done.update(state["p"], time.time(), settle_s=5.0)
 

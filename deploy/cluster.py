@@ -304,6 +304,9 @@ def python_module(module: str, *args: str) -> tuple[str, ...]:
 # The streamrec pipeline on one broker: worker → trainer → serving (+ Prometheus), as used by the demo, the
 # deploy tests and benchmarks/bench_pipeline.py.
 
+# Dead-letter reasons the join core emits for events it had accepted (and counted in streamrec_stream_events_total);
+# every other reason is a message the parser rejected.
+CORE_DEADLETTER_REASONS = frozenset({"late_impression", "orphan_feedback", "late_positive"})
 TOPICS = ("impressions", "feedback", "samples", "deadletter", "snapshots", "user_state")
 
 
@@ -330,6 +333,7 @@ class PipelineConfig:
     with_prometheus: bool = True
     snapshot_every_s: float = 5.0
     ready_timeout_s: float = 120.0
+    partitions: int = 4  # of every topic but snapshots (the worker's tables use the same count)
     trainer_args: tuple[str, ...] = ()  # extra `python -m trainer` flags (e.g. a smaller model for the demo)
     worker_args: tuple[str, ...] = ()
 
@@ -354,6 +358,7 @@ class Progress:
     auc: dict[tuple[str, str], float] = field(default_factory=dict)  # (scenario, task) -> windowed AUC
     gauc: dict[tuple[str, str], float] = field(default_factory=dict)
     serving_version: float = 0.0
+    serving_samples_trained: float = 0.0  # of the served snapshot (GET /v1/model)
     serving_freshness_s: float = float("nan")
     serving_since_update_s: float = float("nan")
 
@@ -367,19 +372,18 @@ class Completion:
     samples_stable_since: float | None = None
     last_samples_out: float = -1.0
     trained_at: float | None = None  # wall time the trainer had trained every sample written
-    served_version: float | None = None  # first served version whose snapshot was written after trained_at
+    served_version: float | None = None  # the served version whose snapshot holds every trained sample
 
     def update(self, p: Progress, now: float, settle_s: float) -> bool:
-        """Advance with a new reading taken at wall time ``now`` (``time.time()``: snapshot times are compared
-        with it); True when the whole replay is served."""
+        """Advance with a new reading taken at time ``now`` (seconds); True when the whole replay is served."""
         if self.replayed is None:
             return False
         if self.consumed_at is None and p.worker_events_in >= self.replayed:
             self.consumed_at = now
         if self.consumed_at is None:
             return False
-        # The worker releases its last impressions when the watermark is forced (idle input): wait until the
-        # samples count stops moving for settle_s.
+        # The worker releases its last impressions once the end-of-stream markers move the watermark: wait until
+        # the samples count stops moving for settle_s.
         if p.worker_samples_out != self.last_samples_out:
             self.last_samples_out, self.samples_stable_since = p.worker_samples_out, now
             self.trained_at = None
@@ -387,13 +391,13 @@ class Completion:
         assert self.samples_stable_since is not None
         if now - self.samples_stable_since < settle_s:
             return False
-        if self.trained_at is None:
-            if p.worker_samples_out > 0 and p.trainer_samples + p.trainer_skipped >= p.worker_samples_out:
+        if p.worker_samples_out > 0 and p.trainer_samples + p.trainer_skipped >= p.worker_samples_out:
+            if self.trained_at is None:
                 self.trained_at = now
-            return False
-        if p.trainer_last_snapshot_ts >= self.trained_at and p.serving_version >= p.trainer_snapshot_version > 0:
-            self.served_version = p.serving_version
-            return True
+            # served = the model in serving was trained on every sample the trainer has trained
+            if p.serving_samples_trained >= p.trainer_samples and p.serving_version >= p.trainer_snapshot_version > 0:
+                self.served_version = p.serving_version
+                return True
         return False
 
 
@@ -431,7 +435,7 @@ class Pipeline:
     def serving_url(self) -> str:
         return f"http://127.0.0.1:{self.serving_port}"
 
-    def create_topics(self, partitions: int = 4) -> None:
+    def create_topics(self) -> None:
         """Create the pipeline's topics up front (``user_state`` compacted, ``snapshots`` one partition) so every
         service sees the same partitions from its first poll; existing topics are kept."""
         from kafka.admin import KafkaAdminClient, NewTopic
@@ -441,7 +445,8 @@ class Pipeline:
         try:
             for name in TOPICS:
                 cfg = {"cleanup.policy": "compact"} if name == "user_state" else {}
-                topic = NewTopic(self.config.topic(name), 1 if name == "snapshots" else partitions, 1, topic_configs=cfg)
+                parts = 1 if name == "snapshots" else self.config.partitions
+                topic = NewTopic(self.config.topic(name), parts, 1, topic_configs=cfg)
                 with contextlib.suppress(TopicAlreadyExistsError):
                     admin.create_topics([topic])
         finally:
@@ -456,7 +461,8 @@ class Pipeline:
             "--samples-topic", c.topic("samples"), "--deadletter-topic", c.topic("deadletter"),
             "--user-state-topic", c.topic("user_state"),
             "--app-id", f"{c.topic_prefix}streamrec-worker", "--data-dir", str(c.run_dir / "worker"),
-            "--metrics-port", str(self.worker_port)), ready_url=self.worker_metrics)
+            "--partitions", str(c.partitions), "--metrics-port", str(self.worker_port), "--log-level", "warning",
+            *c.worker_args), ready_url=self.worker_metrics)
 
     def trainer_service(self) -> Service:
         c = self.config
@@ -501,15 +507,42 @@ class Pipeline:
             "streaming.replay", "--bootstrap", self.bootstrap, "--impressions-topic", c.topic("impressions"),
             "--feedback-topic", c.topic("feedback"), "--no-progress", *dataset_args)))
 
+    def end_of_stream(self, after_ts: float, margin_s: float = 30 * 86400.0) -> int:
+        """Punctuate a finite replay: on every input partition, one impression and one feedback at
+        ``after_ts + margin_s`` (user ``_eos-p<N>``, scenario ``_eos``) move each partition's event-time watermark
+        past every real impression's attribution window, so the worker releases them all (a live stream does this
+        by itself as time goes on). The markers themselves stay pending. Returns how many events were sent."""
+        from kafka import KafkaProducer
+
+        from streaming.events import Feedback, Impression, encode_event
+
+        ts = after_ts + margin_s
+        prod = KafkaProducer(bootstrap_servers=self.bootstrap)
+        n = 0
+        try:
+            for p in range(self.config.partitions):
+                uid = f"_eos-p{p}"
+                imp = Impression(f"{uid}-imp-{ts:.0f}", ts, uid, "_eos", f"{uid}-req", "_eos")
+                fb = Feedback(f"{uid}-fb-{ts:.0f}", ts, uid, "_eos", f"{uid}-req", "_eos", "view")
+                prod.send(self.config.topic("impressions"), key=uid.encode(), value=encode_event(imp), partition=p)
+                prod.send(self.config.topic("feedback"), key=uid.encode(), value=encode_event(fb), partition=p)
+                n += 2
+            prod.flush(30)
+        finally:
+            prod.close()
+        return n
+
     # -- observation
     def progress(self) -> Progress:
         w, t = scrape(self.worker_metrics), scrape(self.trainer_metrics)
         v = scrape(f"{self.serving_url}/metrics")
         p = Progress(
-            worker_events_in=metric_sum(w, "streamrec_stream_events_in_total"),
+            worker_events_in=metric_sum(w, "streamrec_stream_events_total") + sum(
+                v for (r,), v in metric_by(w, "streamrec_stream_deadletter_total", "reason").items()
+                if r not in CORE_DEADLETTER_REASONS),
             worker_deadletter=metric_sum(w, "streamrec_stream_deadletter_total"),
-            worker_samples_out=metric_sum(w, "streamrec_stream_samples_out_total"),
-            worker_targets_out=metric_sum(w, "streamrec_stream_targets_out_total"),
+            worker_samples_out=metric_sum(w, "streamrec_stream_samples_total"),
+            worker_targets_out=metric_sum(w, "streamrec_stream_targets_per_sample_sum"),
             trainer_samples=metric_sum(t, "streamrec_trainer_samples_total"),
             trainer_impressions=metric_sum(t, "streamrec_trainer_impressions_total"),
             trainer_skipped=metric_sum(t, "streamrec_trainer_skipped_total"),
@@ -520,6 +553,10 @@ class Pipeline:
             serving_freshness_s=metric_sum(v, "streamrec_serving_model_freshness_seconds") if v else float("nan"),
             serving_since_update_s=metric_sum(v, "streamrec_serving_since_last_update_seconds") if v else float("nan"),
         )
+        status, body = http_get(f"{self.serving_url}/v1/model")
+        if status == 200:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                p.serving_samples_trained = float(json.loads(body)["samples_trained"])
         for (name, lbls), val in t.items():
             d = dict(lbls)
             if d.get("window") == "window" and name in ("streamrec_trainer_auc", "streamrec_trainer_gauc"):

@@ -261,7 +261,7 @@ def run(cfg: DemoConfig) -> int:
                     if not rt.is_alive() and rt.summary is not None and done.replayed is None:
                         if rt.summary.errors:
                             raise ClusterError(f"the replay failed: {rt.summary.line()}")
-                        done.replayed = rt.summary.events
+                        done.replayed = rt.summary.events + pipe.end_of_stream(max(rt.ts, default=0.0))
                     finished = done.update(p, now, cfg.settle_s)
                     stage = ("replaying" if done.replayed is None else "consuming" if done.consumed_at is None
                              else "releasing the last impressions" if done.trained_at is None

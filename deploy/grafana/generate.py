@@ -151,49 +151,56 @@ def dashboard(uid: str, title: str, description: str, rows: list[Row],
 
 def pipeline() -> dict[str, Any]:
     s = "streamrec_stream_"
+    sc = 'scenario=~"$scenario"'
     rows = [
         Row("Events", [
             Panel("Events in by type (events/s)", [
-                Q(f'sum by (kind) (rate({s}events_in_total{{scenario=~"$scenario"}}[$__rate_interval]))', "{{kind}}")],
-                unit="ops"),
+                Q(f"sum by (type) (rate({s}events_total{{{sc}}}[$__rate_interval]))", "{{type}}")], unit="ops",
+                description="Input events accepted by the parser (bad input is dead-lettered instead)"),
             Panel("Events in by scenario (events/s)", [
-                Q(f'sum by (scenario) (rate({s}events_in_total{{scenario=~"$scenario"}}[$__rate_interval]))',
-                  "{{scenario}}")], unit="ops"),
+                Q(f"sum by (scenario) (rate({s}events_total{{{sc}}}[$__rate_interval]))", "{{scenario}}")],
+                unit="ops"),
             Panel("Samples and targets out (/s)", [
-                Q(f"sum(rate({s}samples_out_total[$__rate_interval]))", "samples"),
-                Q(f"sum(rate({s}targets_out_total[$__rate_interval]))", "targets")], unit="ops"),
+                Q(f"sum(rate({s}samples_total[$__rate_interval]))", "samples"),
+                Q(f"sum(rate({s}targets_per_sample_sum[$__rate_interval]))", "targets (labeled impressions)"),
+                Q(f"sum(rate({s}user_state_published_total[$__rate_interval]))", "user states")], unit="ops"),
             Panel("Targets per sample (mean)", [
                 Q(f"sum(rate({s}targets_per_sample_sum[$__rate_interval])) / "
                   f"sum(rate({s}targets_per_sample_count[$__rate_interval]))", "mean")], decimals=1),
         ]),
         Row("Join", [
-            Panel("Released impressions by label (/s)", [
-                Q(f'sum by (task, label) (rate({s}released_total{{scenario=~"$scenario"}}[$__rate_interval]))',
-                  "{{task}} {{label}}")], unit="ops"),
+            Panel("Released impressions: positives / negatives by task (/s)", [
+                Q(f"sum by (task, label) (rate({s}labels_released_total[$__rate_interval]))", "{{task}} {{label}}")],
+                unit="ops"),
             Panel("Positive rate by task", [
-                Q(f'sum by (task) (rate({s}released_total{{label="positive",scenario=~"$scenario"}}[$__rate_interval])) / '
-                  f'sum by (task) (rate({s}released_total{{scenario=~"$scenario"}}[$__rate_interval]))', "{{task}}")],
+                Q(f'sum by (task) (rate({s}labels_released_total{{label="positive"}}[$__rate_interval])) / '
+                  f"sum by (task) (rate({s}labels_released_total[$__rate_interval]))", "{{task}}")],
                 unit="percentunit"),
-            Panel("Duplicates, late, orphans (/s)", [
+            Panel("Duplicates, late, orphans, joined feedback (/s)", [
                 Q(f"sum(rate({s}duplicates_total[$__rate_interval]))", "duplicates"),
-                Q(f"sum(rate({s}late_total[$__rate_interval]))", "late"),
-                Q(f"sum(rate({s}orphans_total[$__rate_interval]))", "orphans")], unit="ops"),
-            Panel("Dead-lettered by reason (/s)", [
-                Q(f"sum by (reason) (rate({s}deadletter_total[$__rate_interval]))", "{{reason}}")], unit="ops"),
+                Q(f"sum by (kind) (rate({s}late_total[$__rate_interval]))", "late {{kind}}"),
+                Q(f"sum(rate({s}orphans_total[$__rate_interval]))", "orphans"),
+                Q(f"sum(rate({s}joined_feedback_total[$__rate_interval]))", "joined feedback")], unit="ops"),
+            Panel("Dead-lettered by reason (total)", [
+                Q(f"sum by (reason) ({s}deadletter_total)", "{{reason}}")],
+                description="Bad input (parse errors), late impressions, orphan feedback and late-positive "
+                            "corrections written to the deadletter topic"),
         ]),
-        Row("Lag", [
-            Panel("Watermark lag (s)", [
-                Q(f"max({s}watermark_lag_seconds)", "watermark lag")], unit="s"),
+        Row("Lag and latency", [
+            Panel("Watermark lag by partition (s)", [
+                Q(f"max by (partition) ({s}watermark_lag_seconds)", "partition {{partition}}")], unit="s", w=8,
+                description="Wall clock minus the partition's event-time watermark (a historical replay shows "
+                            "the age of its data)"),
             Panel("Consumer lag (records)", [
-                Q(f"sum by (topic) ({s}consumer_lag_records)", "worker {{topic}}"),
-                Q("sum(streamrec_trainer_consumer_lag_records)", "trainer samples")]),
-            Panel("Processing latency p50 / p99", [
-                Q(f"histogram_quantile(0.5, sum by (le) (rate({s}processing_seconds_bucket[$__rate_interval])))", "p50"),
-                Q(f"histogram_quantile(0.99, sum by (le) (rate({s}processing_seconds_bucket[$__rate_interval])))",
-                  "p99")], unit="s"),
+                Q("sum(streamrec_trainer_consumer_lag_records)", "trainer on samples")], w=8),
+            Panel("Batch processing time p50 / p99", [
+                Q(f"histogram_quantile(0.5, sum by (le) (rate({s}batch_processing_seconds_bucket[$__rate_interval])))",
+                  "p50"),
+                Q(f"histogram_quantile(0.99, sum by (le) (rate({s}batch_processing_seconds_bucket[$__rate_interval])))",
+                  "p99")], unit="s", w=8),
         ]),
     ]
-    variables = [_variable("scenario", f"label_values({s}events_in_total, scenario)", "Scenario")]
+    variables = [_variable("scenario", f"label_values({s}events_total, scenario)", "Scenario")]
     return dashboard("streamrec-pipeline", "streamrec / pipeline",
                      "Streaming worker: events in, join outcomes, bad input, lag (streaming/metrics.py)", rows,
                      variables)

@@ -78,7 +78,7 @@ def test_wait_ready_and_scrape_a_real_metrics_endpoint(tmp_path: Path) -> None:
         "import time\n"
         "from prometheus_client import CollectorRegistry, Counter, start_http_server\n"
         "reg = CollectorRegistry()\n"
-        "c = Counter('streamrec_stream_events_in', 'x', ['kind', 'scenario'], registry=reg)\n"
+        "c = Counter('streamrec_stream_events', 'x', ['kind', 'scenario'], registry=reg)\n"
         "c.labels('impression', 'a').inc(3); c.labels('feedback', 'a').inc(2); c.labels('impression', 'b').inc()\n"
         f"start_http_server({port}, addr='127.0.0.1', registry=reg)\n"
         "time.sleep(600)\n"
@@ -88,30 +88,30 @@ def test_wait_ready_and_scrape_a_real_metrics_endpoint(tmp_path: Path) -> None:
         sup.start(Service("metrics", (sys.executable, "-c", code), ready_url=url))
         sup.wait_ready("metrics", timeout_s=30)
         s = scrape(url)
-        assert metric_sum(s, "streamrec_stream_events_in_total") == 6
-        assert metric_sum(s, "streamrec_stream_events_in_total", kind="impression") == 4
-        assert metric_by(s, "streamrec_stream_events_in_total", "scenario") == {("a",): 5, ("b",): 1}
+        assert metric_sum(s, "streamrec_stream_events_total") == 6
+        assert metric_sum(s, "streamrec_stream_events_total", kind="impression") == 4
+        assert metric_by(s, "streamrec_stream_events_total", "scenario") == {("a",): 5, ("b",): 1}
     assert scrape(url) == {}  # stopped
 
 
 def test_completion_waits_for_consumed_stable_trained_and_served() -> None:
     done = Completion()
     p = Progress(worker_events_in=100, worker_samples_out=10, trainer_samples=10, trainer_snapshot_version=3,
-                 trainer_last_snapshot_ts=1e12, serving_version=3)
+                 serving_version=3, serving_samples_trained=10)
     assert not done.update(p, 0.0, settle_s=2)  # replay not finished
     done.replayed = 120
     assert not done.update(p, 1.0, settle_s=2)  # not all consumed
     p.worker_events_in = 120
     assert not done.update(p, 2.0, settle_s=2)  # samples count just seen
     assert not done.update(p, 3.0, settle_s=2)  # not stable long enough
-    p.trainer_samples = 9
-    assert not done.update(p, 5.0, settle_s=2)  # stable, but not all trained
-    p.trainer_samples = 10
-    assert not done.update(p, 6.0, settle_s=2)  # trained now; needs a snapshot written after this moment
-    p.trainer_last_snapshot_ts = 5.0
-    assert not done.update(p, 7.0, settle_s=2)
-    p.trainer_last_snapshot_ts, p.trainer_snapshot_version = 7.5, 4
-    assert not done.update(p, 8.0, settle_s=2)  # serving still on v3
-    p.serving_version = 4
-    assert done.update(p, 9.0, settle_s=2)
-    assert done.served_version == 4
+    p.worker_samples_out = 12
+    assert not done.update(p, 4.5, settle_s=2)  # moved again: stability restarts
+    assert not done.update(p, 6.0, settle_s=2)
+    assert not done.update(p, 7.0, settle_s=2)  # stable, but only 10 of 12 trained
+    p.trainer_samples, p.trainer_snapshot_version = 12, 4
+    assert not done.update(p, 8.0, settle_s=2)  # trained; serving still on v3 (10 samples)
+    p.serving_version, p.serving_samples_trained = 4, 11
+    assert not done.update(p, 9.0, settle_s=2)  # v4 was written before the last sample was trained
+    p.trainer_snapshot_version, p.serving_version, p.serving_samples_trained = 5, 5, 12
+    assert done.update(p, 10.0, settle_s=2)
+    assert done.served_version == 5
