@@ -110,13 +110,24 @@ def bench_core(snapshot: Path, history: int, n_cands: int, iters: int) -> dict[s
     ctx = {"hour": "20"}
     for _ in range(10):
         score_request(served, state, "bench-user", "home", cands, ctx, now)
+        score_request_before(served, state, "bench-user", "home", cands, ctx, now)
+    # Interleaved A/B in one process: the current path vs the pre-optimisation one (collate_reference + the
+    # reference attention / Group LayerNorm / merged-keys target layers), same inputs, alternating requests.
     total, build, model = [], [], []
+    b_total, b_build, b_model = [], [], []
+    max_diff = 0.0
     for _ in range(iters):
         t0 = time.perf_counter()
         r = score_request(served, state, "bench-user", "home", cands, ctx, now)
         total.append(time.perf_counter() - t0)
         build.append(r.build_s)
         model.append(r.model_s)
+        t0 = time.perf_counter()
+        rb = score_request_before(served, state, "bench-user", "home", cands, ctx, now)
+        b_total.append(time.perf_counter() - t0)
+        b_build.append(rb.build_s)
+        b_model.append(rb.model_s)
+        max_diff = max(max_diff, *(abs(a - b) for t in r.scores for a, b in zip(r.scores[t], rb.scores[t], strict=True)))
 
     # Ratio, side by side: user-level (one request, all candidates) vs one request per candidate.
     user_level, per_cand, full_fwd = [], [], []
@@ -135,10 +146,38 @@ def bench_core(snapshot: Path, history: int, n_cands: int, iters: int) -> dict[s
     ul, pc, ff = statistics.median(user_level), statistics.median(per_cand), statistics.median(full_fwd)
     return {
         "core_latency": summary_ms(total), "core_build_collate": summary_ms(build), "core_model": summary_ms(model),
+        "before_core_latency": summary_ms(b_total), "before_core_build_collate": summary_ms(b_build),
+        "before_core_model": summary_ms(b_model), "before_after_max_abs_score_diff": max_diff,
         "ratio": {"user_level_ms": 1e3 * ul, "per_candidate_total_ms": 1e3 * pc,
                   "full_forward_no_cache_ms": 1e3 * ff, "speedup_user_level_vs_per_candidate": pc / ul,
                   "target": 10.0},
     }
+
+
+def score_request_before(served: Any, state: Any, user_id: str, scenario: str, cands: Any, ctx: dict[str, str],
+                         now: float) -> Any:
+    """The serving path as it was before the CPU fast paths (the A of the A/B): per-token ``collate_reference`` and
+    the reference attention / Group LayerNorm (``Kernel.REFERENCE``, which also turns off the model's target-layer
+    fast path); same sample build, same cached encode + score as :func:`serving.scoring.score_request`."""
+    import torch
+
+    from kernels.dispatch import Kernel, get_kernel, set_kernel
+    from serving.scoring import ScoreResult, build_batch_sample
+    from trainer.batch import collate_reference
+
+    t0 = time.perf_counter()
+    batch = collate_reference([build_batch_sample(state, user_id, scenario, cands, ctx, now)], served.spec)
+    t1 = time.perf_counter()
+    prev = get_kernel()
+    set_kernel(Kernel.REFERENCE)
+    try:
+        with torch.inference_mode():
+            cache = served.model.encode_user(batch)
+            logits = served.model.score_candidates(cache, batch)
+    finally:
+        set_kernel(prev)
+    scores = {task: torch.sigmoid(v.float()).tolist() for task, v in logits.items()}
+    return ScoreResult(scores=scores, build_s=t1 - t0, model_s=time.perf_counter() - t1)
 
 
 # -- 2: real HTTP on a real broker ---------------------------------------------------------------------------------
@@ -415,7 +454,11 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("core_latency", "core_build_collate", "core_model", "http_latency"):
         if key in result:
             r = result[key]
-            table.add_row(f"{key} p50 / p99", f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms")
+            before = result.get(f"before_{key}")
+            was = f"  (before: {before['p50_ms']:.2f} / {before['p99_ms']:.2f} ms)" if before else ""
+            table.add_row(f"{key} p50 / p99", f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms{was}")
+    if "before_after_max_abs_score_diff" in result:
+        table.add_row("max |score after - score before|", f"{result['before_after_max_abs_score_diff']:.2e}")
     if "http_requests_per_s_4_in_flight" in result:
         table.add_row("HTTP requests/s (4 in flight, server on 1 core)", f"{result['http_requests_per_s_4_in_flight']:.1f}")
     r = result["ratio"]

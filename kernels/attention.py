@@ -36,7 +36,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import HAS_TRITON, check_triton_device, is_interpreted, tl, triton, use_triton
+from kernels.dispatch import (
+    HAS_TRITON,
+    Kernel,
+    check_triton_device,
+    get_kernel,
+    is_interpreted,
+    tl,
+    triton,
+    use_triton,
+)
 
 
 class AttentionKind(enum.Enum):
@@ -136,6 +145,174 @@ def hta_attention_reference(
         p = F.silu(s) * vis.to(s.dtype) / n
     out = torch.einsum("bhqk,bkhd->bqhd", p, vd)  # (B, Lq, Hq, D)
     return out[q_valid]  # (Nq, Hq, D), users in order
+
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fast CPU paths (inference only: used when no gradient is needed, so training keeps the reference's exact numerics).
+# Same math as the reference up to float32 rounding; no padding for one user, no mask when every key is visible.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _needs_grad(*ts: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+
+
+def _single_user(offsets: torch.Tensor, n: int) -> bool:
+    """True when ``offsets`` is ``[0, n]`` (one user owning every row)."""
+    return offsets.numel() == 2 and offsets.tolist() == [0, n]
+
+
+def _hta_attention_cpu(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_offsets: torch.Tensor,
+    kv_offsets: torch.Tensor,
+    q_pos: torch.Tensor,
+    kv_ts: torch.Tensor,
+    kv_group: torch.Tensor,
+    max_q_len: int,
+    max_kv_len: int,
+    kind: AttentionKind,
+    scale: float | None,
+) -> torch.Tensor:
+    """Inference path of :func:`hta_attention` on the CPU: SDPA (softmax) with a boolean mask built only when needed.
+
+    One user (the serving case) needs no padding; if every key is U/H the mask is all-true (U/H keys are visible to
+    all, and each query's own key is one of them) and is dropped. Other inputs pad like the reference.
+    """
+    Nq, Hq, D = q.shape
+    Nk, Hkv = k.shape[0], k.shape[1]
+    if Nq == 0 or Nk == 0 or kind is not AttentionKind.SOFTMAX or q.dtype != k.dtype or k.dtype != v.dtype:
+        return hta_attention_reference(
+            q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len, kind, scale
+        )
+    scale = D**-0.5 if scale is None else scale
+    if _single_user(q_offsets, Nq) and _single_user(kv_offsets, Nk):
+        pos = q_pos.clamp(0, Nk - 1)
+        if bool(((kv_group == TokenGroup.U) | (kv_group == TokenGroup.H)).all()) and bool((q_pos == pos).all()):
+            mask = None
+        else:
+            j = torch.arange(Nk)
+            uh = (kv_group == TokenGroup.U) | (kv_group == TokenGroup.H)  # (Lk,)
+            r = kv_group == TokenGroup.R
+            mask = (pos[:, None] == j[None, :]) | uh[None, :] | (r[None, :] & (kv_ts[None, :] < kv_ts[pos][:, None]))
+            mask = mask[None, None]  # (1, 1, Lq, Lk)
+        qd = q.transpose(0, 1)[None]  # (1, Hq, Lq, D)
+        kd = k.transpose(0, 1)[None]  # (1, Hkv, Lk, D)
+        vd = v.transpose(0, 1)[None]
+        out = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=mask, scale=scale, enable_gqa=Hq != Hkv)
+        return out[0].transpose(0, 1)  # (Nq, Hq, D)
+    qd, q_valid = _pad(q, q_offsets, max_q_len)  # (B, Lq, Hq, D)
+    kd, _ = _pad(k, kv_offsets, max_kv_len)
+    vd, _ = _pad(v, kv_offsets, max_kv_len)
+    vis = visibility_mask(q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len)
+    vis = vis | ~q_valid[:, :, None]  # padded query rows: any finite row (dropped below), never an empty softmax
+    out = F.scaled_dot_product_attention(
+        qd.transpose(1, 2), kd.transpose(1, 2), vd.transpose(1, 2), attn_mask=vis[:, None], scale=scale,
+        enable_gqa=Hq != Hkv,
+    )  # (B, Hq, Lq, D)
+    return out.transpose(1, 2)[q_valid]
+
+
+def hta_target_attention_cpu(
+    q: torch.Tensor,
+    k_self: torch.Tensor,
+    v_self: torch.Tensor,
+    q_offsets: torch.Tensor,
+    q_ts: torch.Tensor,
+    k_ctx: torch.Tensor,
+    v_ctx: torch.Tensor,
+    ctx_offsets: torch.Tensor,
+    ctx_ts: torch.Tensor,
+    ctx_group: torch.Tensor,
+    max_q_len: int,
+    max_ctx_len: int,
+    kind: AttentionKind = AttentionKind.SOFTMAX,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """Target-only HTA attention without the target x target block: each T query sees its user's context and itself.
+
+    Equals :func:`hta_attention` for T queries whose user's key sequence is ``[context.., targets..]`` (a T key is
+    visible only to its own query), computed as one (T, Hq, L_ctx) score matmul plus the self term::
+
+        q (Nq, Hq, D), k_self/v_self (Nq, Hkv, D) the queries' own keys/values, q_ts (Nq,) their timestamps,
+        q_offsets (B+1,); k_ctx/v_ctx (Nc, Hkv, D) context (U/H/R only) keys/values, ctx_offsets (B+1,),
+        ctx_ts (Nc,), ctx_group (Nc,).  Returns (Nq, Hq, D).
+
+    Differentiable torch ops (any device); the model uses it on the CPU, where it is the fast path.
+
+    Example:
+        >>> q = torch.randn(2, 2, 4); ks = vs = torch.randn(2, 1, 4); kc = vc = torch.randn(3, 1, 4)
+        >>> grp = torch.tensor([0, 1, 2]); ts = torch.tensor([float("-inf"), -5.0, 1.0])
+        >>> out = hta_target_attention_cpu(q, ks, vs, torch.tensor([0, 2]), torch.tensor([0.0, 2.0]), kc, vc,
+        ...                                torch.tensor([0, 3]), ts, grp, 2, 3)
+        >>> out.shape
+        torch.Size([2, 2, 4])
+    """
+    Nq, Hq, D = q.shape
+    Hkv = k_ctx.shape[1]
+    if Hq % Hkv != 0:
+        raise ValueError(f"query heads ({Hq}) must be a multiple of kv heads ({Hkv})")
+    rep = Hq // Hkv
+    scale = D**-0.5 if scale is None else scale
+    if Nq == 0:
+        return q[:0].clone()
+    B = q_offsets.numel() - 1
+    # self term: (Nq, Hkv, rep)
+    s_self = (q.view(Nq, Hkv, rep, D) * k_self.to(q.dtype).view(Nq, Hkv, 1, D)).sum(-1) * scale
+    Nc = k_ctx.shape[0]
+    one = B == 1 and _single_user(q_offsets, Nq) and _single_user(ctx_offsets, Nc)
+    if one:
+        qd, q_valid = q[None], None  # (1, Lq, Hq, D)
+        kd, vd = k_ctx[None], v_ctx[None]  # (1, Lc, Hkv, D)
+        tsd, grpd, c_valid = ctx_ts[None], ctx_group[None], None
+        qts = q_ts[None]
+        Lq, Lc = Nq, Nc
+    else:
+        Lq, Lc = max_q_len, max_ctx_len
+        qd, q_valid = _pad(q, q_offsets, Lq)
+        kd, c_valid = _pad(k_ctx, ctx_offsets, Lc)
+        vd, _ = _pad(v_ctx, ctx_offsets, Lc)
+        tsd, _ = _pad(ctx_ts, ctx_offsets, Lc)
+        grpd, _ = _pad(ctx_group, ctx_offsets, Lc)
+        qts, _ = _pad(q_ts, q_offsets, Lq)
+    kd, vd = kd.to(q.dtype), vd.to(q.dtype)
+    # (B*Hkv, Lq*rep, D) x (B*Hkv, D, Lc) -> (B*Hkv, Lq*rep, Lc); row (i, r) = query i, head hk*rep + r
+    qh = qd.reshape(B, Lq, Hkv, rep, D).permute(0, 2, 1, 3, 4).reshape(B * Hkv, Lq * rep, D)
+    kh = kd.permute(0, 2, 3, 1).reshape(B * Hkv, D, Lc)
+    vh = vd.permute(0, 2, 1, 3).reshape(B * Hkv, Lc, D)
+    s = torch.bmm(qh, kh).mul_(scale).view(B, Hkv, Lq, rep, Lc)
+    r = grpd == TokenGroup.R  # (B, Lc)
+    vis: torch.Tensor | None = None
+    if not one or bool(r.any()):
+        vis = ~r[:, None, :] | (tsd[:, None, :] < qts[:, :, None])  # (B, Lq, Lc)
+        if c_valid is not None:
+            vis = vis & c_valid[:, None, :]
+    s_self_d = s_self if one else _pad(s_self, q_offsets, Lq)[0]
+    s_self_d = s_self_d.reshape(B, Lq, Hkv, rep).permute(0, 2, 1, 3)  # (B, Hkv, Lq, rep)
+    vsd = v_self.to(q.dtype)
+    vsd = (vsd[None] if one else _pad(vsd, q_offsets, Lq)[0]).permute(0, 2, 1, 3)  # (B, Hkv, Lq, D)
+    vis5 = None if vis is None else vis[:, None, :, None, :]  # (B, 1, Lq, 1, Lc)
+    if kind is AttentionKind.SOFTMAX:
+        if vis5 is not None:
+            s = s.masked_fill(~vis5, float("-inf"))
+        m = s_self_d if Lc == 0 else torch.maximum(s.amax(-1), s_self_d)  # (B, Hkv, Lq, rep); finite (self term)
+        p = torch.exp(s - m[..., None])
+        p_self = torch.exp(s_self_d - m)
+        denom = p.sum(-1) + p_self
+    else:
+        p = F.silu(s)
+        if vis5 is not None:
+            p = p * vis5.to(p.dtype)
+        p_self = F.silu(s_self_d)
+        n = torch.full((B, Lq), float(Lc), dtype=p.dtype) if vis is None else vis.sum(-1).to(p.dtype)
+        denom = (n + 1.0)[:, None, :, None].expand_as(p_self)
+    o = torch.bmm(p.reshape(B * Hkv, Lq * rep, Lc), vh).view(B, Hkv, Lq, rep, D)
+    o = (o + p_self[..., None] * vsd[:, :, :, None, :]) / denom[..., None]
+    o = o.permute(0, 2, 1, 3, 4).reshape(B, Lq, Hq, D)
+    return o[0] if one else o[q_valid]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -788,6 +965,9 @@ def hta_attention(
         torch.Size([3, 2, 16])
     """
     _validate(q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, kind)
+    if not use_triton(q) and not q.is_cuda and get_kernel() is Kernel.AUTO and not _needs_grad(q, k, v):
+        return _hta_attention_cpu(q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len,
+                                  kind, scale)  # fmt: skip
     if not use_triton(q) or (q.is_cuda and q.dtype == torch.float64):  # tl.dot has no float64 on GPUs
         return hta_attention_reference(
             q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len, kind, scale

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels.attention import AttentionKind, hta_attention
+from kernels.attention import AttentionKind, hta_attention, hta_target_attention_cpu
 from kernels.group_norm import group_layer_norm
 
 NUM_GROUPS = 4  # U, H, R, T
@@ -92,6 +92,34 @@ class HTALayer(nn.Module):
         a = hta_attention(
             q, k, v, q_offsets, kv.offsets, q_pos, kv.ts, kv.group, max_q_len, kv.max_len, kind=self.kind
         )  # (Nq, Hq, D)
+        return self._finish(x, xn, group, a)
+
+    def target_update(
+        self,
+        x: torch.Tensor,
+        xn: torch.Tensor,
+        group: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        q_offsets: torch.Tensor,
+        q_ts: torch.Tensor,
+        max_q_len: int,
+        ctx: KVLayout,
+        ctx_k: torch.Tensor,
+        ctx_v: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`query_update` of target rows (``k``/``v`` their own keys/values, ``q_ts`` their timestamps) against
+        their users' context keys ``ctx_k``/``ctx_v`` laid out by ``ctx``, without materialising the merged
+        [context, targets] sequence (same result: a target sees its context and only itself among targets)."""
+        q = self.q_proj(xn).view(-1, self.q_heads, self.head_dim)  # (T, Hq, D)
+        a = hta_target_attention_cpu(
+            q, k, v, q_offsets, q_ts, ctx_k, ctx_v, ctx.offsets, ctx.ts, ctx.group, max_q_len, ctx.max_len,
+            kind=self.kind,
+        )
+        return self._finish(x, xn, group, a)
+
+    def _finish(self, x: torch.Tensor, xn: torch.Tensor, group: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """Attention output (Nq, Hq, D) -> Group LayerNorm -> HSTU gate -> output projection -> residual."""
         a = group_layer_norm(a.reshape(a.shape[0], self.q_heads * self.head_dim), group, self.norm_out_weight, self.norm_out_bias)
         y = self.out_proj(a * F.silu(self.gate_proj(xn)))
         return x + self.dropout(y)

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from kernels.attention import AttentionKind, TokenGroup
+from kernels.dispatch import Kernel, get_kernel, use_triton
 from trainer.batch import Batch
 from trainer.features import FeatureSpec
 from trainer.model.embedding import TokenEmbedder
@@ -116,6 +117,11 @@ def _user_of(offsets: torch.Tensor, n: int) -> torch.Tensor:
     """(B+1,) offsets -> (n,) owning user of each row."""
     b = offsets.numel() - 1
     return torch.repeat_interleave(torch.arange(b, device=offsets.device), offsets.diff(), output_size=n)
+
+
+def _cpu_fast_path(x: torch.Tensor) -> bool:
+    """True for CPU inference without the Triton kernels: the target layers skip the merged key sequence."""
+    return not x.is_cuda and not use_triton(x) and get_kernel() is Kernel.AUTO and not torch.is_grad_enabled()
 
 
 def _positions(offsets: torch.Tensor, n: int) -> torch.Tensor:
@@ -236,6 +242,14 @@ class Ranker(nn.Module):
             out = ctx.new_empty((n_ctx + T, *ctx.shape[1:]))
             return out.index_copy(0, c_dst, ctx).index_copy(0, t_dst, tgt)
 
+        if _cpu_fast_path(x):  # no merged [context, targets] keys: (T, Hq, L_ctx) scores + each target's self term
+            ctx = KVLayout(c_off, cache.ts, cache.group, cache.max_len)
+            for li, (_, layer) in enumerate(self.layers()):
+                xn = layer.norm_in(x, t_group)
+                k, v = layer.kv(xn)
+                x = layer.target_update(x, xn, t_group, k, v, t_off, t_ts, batch.max_targets, ctx, cache.keys[li],
+                                        cache.values[li])
+            return self.head(self.final_norm(x), scen)  # type: ignore[no-any-return]
         kv = KVLayout(kv_offsets, merge(cache.ts, t_ts), merge(cache.group, t_group), cache.max_len + batch.max_targets)
         for li, (_, layer) in enumerate(self.layers()):
             xn = layer.norm_in(x, t_group)
