@@ -30,6 +30,8 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
                    help="consumer group session timeout: how long a dead worker holds its partitions")
     p.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus metrics bind address")
     p.add_argument("--metrics-port", type=int, default=9101, help="Prometheus metrics port (0: disabled)")
+    p.add_argument("--snapshot-every-s", type=float, default=30.0,
+                   help="seconds between state snapshots (in between, each batch's events are logged)")
     p.add_argument("--no-user-state", action="store_true", help="do not publish UserState records")
     p.add_argument("--window-s", type=float, default=1800.0, help="attribution window, seconds (event time)")
     p.add_argument("--lateness-s", type=float, default=60.0, help="allowed lateness, seconds (event time)")
@@ -58,7 +60,7 @@ def run_worker(a: argparse.Namespace) -> int:
                        batch_within_s=a.batch_within_s, commit_interval_s=a.commit_interval_s,
                        session_timeout_s=a.session_timeout_s,
                        metrics_host=a.metrics_host, metrics_port=a.metrics_port,
-                       publish_user_state=not a.no_user_state)
+                       publish_user_state=not a.no_user_state, snapshot_every_s=a.snapshot_every_s)
     w = StreamWorker(cfg, core, REGISTRY)
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.metrics_host)

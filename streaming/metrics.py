@@ -40,6 +40,9 @@ class StreamMetrics:
                                             "sample", buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=registry)
         self.user_states = Counter("streamrec_stream_user_state_published_total", "UserState records published",
                                    registry=registry)
+        self.snapshots = Counter("streamrec_stream_snapshots_total", "State snapshots written (changed users + "
+                                 "partition meta), after which the covered batch-log entries are deleted",
+                                 registry=registry)
         self.watermark_lag = Gauge("streamrec_stream_watermark_lag_seconds", "Wall clock minus the partition's event-"
                                    "time watermark", ["partition"], registry=registry)
         self.batch_seconds = Histogram("streamrec_stream_batch_processing_seconds", "Wall time to process one input "

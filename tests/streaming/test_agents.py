@@ -36,14 +36,15 @@ class Recorder:
         return self.send_soon(key=(partition, key), value=value)
 
 
-def make_worker(monkeypatch: pytest.MonkeyPatch) -> tuple[StreamWorker, dict[str, Recorder], CollectorRegistry]:
+def make_worker(monkeypatch: pytest.MonkeyPatch, snapshot_every_s: float = 0.0,
+                ) -> tuple[StreamWorker, dict[str, Recorder], CollectorRegistry]:
     reg = CollectorRegistry()
     w = StreamWorker(WorkerConfig(bootstrap="127.0.0.1:1", app_id=f"t{time.time_ns()}", batch_within_s=0.01,
-                                  partitions=2), CORE, reg)
+                                  partitions=2, snapshot_every_s=snapshot_every_s), CORE, reg)
     w.app.conf.store = "memory://"
     w.app.finalize()
     w.app.flow_control.resume()
-    rec = {name: Recorder() for name in ("samples", "dead", "state", "users", "meta")}
+    rec = {name: Recorder() for name in ("samples", "dead", "state", "users", "meta", "log")}
     for name, topic in (("samples", w.samples_out), ("dead", w.dead_out), ("state", w.state_out)):
         monkeypatch.setattr(topic, "send_soon", rec[name].send_soon)
 
@@ -53,6 +54,7 @@ def make_worker(monkeypatch: pytest.MonkeyPatch) -> tuple[StreamWorker, dict[str
         monkeypatch.setattr(topic, "maybe_declare", no_declare)
     monkeypatch.setattr(w.users, "send_changelog", rec["users"].send_changelog)
     monkeypatch.setattr(w.meta, "send_changelog", rec["meta"].send_changelog)
+    monkeypatch.setattr(w.log, "send_changelog", rec["log"].send_changelog)
     return w, rec, reg
 
 
@@ -69,8 +71,10 @@ async def feed(w: StreamWorker, agent: Any, msgs: list[tuple[str, int, bytes, by
         await asyncio.sleep(0.01)
 
 
-async def test_agent_joins_dead_letters_persists_and_counts(monkeypatch: pytest.MonkeyPatch) -> None:
-    w, rec, reg = make_worker(monkeypatch)
+@pytest.mark.parametrize("snapshot_every_s", [0.0, 1e9], ids=["snapshot-each-batch", "log-replay"])
+async def test_agent_joins_dead_letters_persists_and_counts(monkeypatch: pytest.MonkeyPatch,
+                                                            snapshot_every_s: float) -> None:
+    w, rec, reg = make_worker(monkeypatch, snapshot_every_s)
     imp, fb = w.cfg.impressions_topic, w.cfg.feedback_topic
     msgs = [
         (imp, 0, b"u1", encode_event(Impression("i1", 0.0, "u1", "home", "r1", "a", item={"category": "c"}))),
@@ -93,8 +97,12 @@ async def test_agent_joins_dead_letters_persists_and_counts(monkeypatch: pytest.
     assert base64.b64decode(d["value_b64"]) == b"{bad json"
     states = {k: UserState.from_json(v) for k, v in rec["state"].sent}
     assert states[b"u1"].behaviors[0].item_id == "a"
-    assert {k for k, _ in rec["users"].sent} >= {(0, "u1"), (0, "u2")}
-    assert {k for k, _ in rec["meta"].sent} == {(0, "p0")}
+    if snapshot_every_s == 0:
+        assert {k for k, _ in rec["users"].sent} >= {(0, "u1"), (0, "u2")}
+        assert {k for k, _ in rec["meta"].sent} == {(0, "p0")}
+        assert any(v is not None for _, v in rec["log"].sent) and not w.log.data  # logged, then snapshotted
+    else:
+        assert not rec["users"].sent and not rec["meta"].sent and w.log.data  # only the batch log so far
     g = reg.get_sample_value
     assert g("streamrec_stream_events_total", {"type": "impression", "scenario": "home"}) == 1
     assert g("streamrec_stream_events_total", {"type": "feedback", "scenario": "home"}) == 2
@@ -106,11 +114,10 @@ async def test_agent_joins_dead_letters_persists_and_counts(monkeypatch: pytest.
     assert g("streamrec_stream_batch_processing_seconds_count") >= 1
 
     # A new worker whose tables hold what the first one persisted resumes where it left off.
-    w2, rec2, _ = make_worker(monkeypatch)
-    for (_p, k), v in rec["users"].sent:
-        w2.users.data[k] = v
-    for (_p, k), v in rec["meta"].sent:
-        w2.meta.data[k] = v
+    w2, rec2, reg2 = make_worker(monkeypatch, snapshot_every_s)
+    for src, dst in ((w.users, w2.users), (w.meta, w2.meta), (w.log, w2.log)):
+        for k, v in src.data.items():
+            dst.data[k] = v
     async with w2.agent.test_context() as agent2:
         await feed(w2, agent2, [
             (imp, 0, b"u2", encode_event(Impression("i2", 500.0, "u2", "feed", "r2", "b"))),  # replayed: dup
@@ -119,4 +126,4 @@ async def test_agent_joins_dead_letters_persists_and_counts(monkeypatch: pytest.
         ])
     samples2 = [Sample.decode(v) for _, v in rec2["samples"].sent]
     assert [(s.user_id, [t.event_id for t in s.targets]) for s in samples2] == [("u2", ["i2"])]
-    assert w2.cores[0].counters.duplicates == 1
+    assert reg2.get_sample_value("streamrec_stream_duplicates_total") == 1  # the replayed i2 (metrics: new only)

@@ -46,7 +46,7 @@ def start_worker(bootstrap: str, prefix: str, data_dir: Path, log: Path) -> subp
            "--samples-topic", f"{prefix}samples", "--deadletter-topic", f"{prefix}deadletter",
            "--user-state-topic", f"{prefix}user_state", "--partitions", str(PARTS), "--data-dir", str(data_dir),
            "--metrics-port", "0", "--batch-max", "200", "--batch-within-s", "0.05", "--commit-interval-s", "0.5",
-           "--session-timeout-s", "8",
+           "--session-timeout-s", "8", "--snapshot-every-s", "1.5",
            "--window-s", str(CFG.attribution_window_s), "--lateness-s", str(CFG.allowed_lateness_s),
            "--history-len", str(CFG.history_len), "--max-targets", str(CFG.max_targets), "--span-s",
            str(CFG.span_s), "--late-horizon-s", str(CFG.late_horizon_s), "--log-level", "warning"]
