@@ -12,7 +12,7 @@ Example:
     [0.5, 0.5]
     >>> pop.update(["a", "a", "b"], {"click": [1.0, 1.0, 0.0]})
     >>> [round(x, 3) for x in pop.predict(["a", "b", "c"])["click"].tolist()]
-    [0.889, 0.222, 0.6]
+    [0.867, 0.3, 0.6]
 """
 
 from __future__ import annotations
