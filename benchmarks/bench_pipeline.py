@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from deploy.cluster import (
+    LAPTOP_TRAINER_ARGS,
     Completion,
     FreshnessProbe,
     Pipeline,
@@ -73,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="replay only the first N events (default: all)")
     ap.add_argument("--stride", type=int, default=20, help="measure freshness on every N-th feedback event")
     ap.add_argument("--timeout", type=float, default=1500.0, help="give up after this many seconds")
+    ap.add_argument("--full-model", action="store_true",
+                    help="python -m trainer's default ranker instead of the demo's laptop profile")
     ap.add_argument("--run-dir", type=Path, default=REPO_ROOT / "runs" / "bench-pipeline", help="scratch directory")
     ap.add_argument("--out", type=Path, default=OUT, help="JSON report path")
     args = ap.parse_args(argv)
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         bootstrap = broker.start()
         pipe = Pipeline(PipelineConfig(run_dir=args.run_dir, worker_port=0, trainer_port=0, serving_port=0,
-                                       with_prometheus=False, snapshot_every_s=2.0), bootstrap, sup)
+                                       with_prometheus=False, snapshot_every_s=2.0,
+                                       trainer_args=() if args.full_model else LAPTOP_TRAINER_ARGS), bootstrap, sup)
         pipe.create_topics()
         pipe.start()
 
@@ -144,7 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                 fresh.append(f)
         result: dict[str, Any] = {
             "machine": f"{platform.machine()} {platform.processor() or ''} ({_cores()} cores), no GPU",
-            "command": "python -m benchmarks.bench_pipeline" + (f" --limit {args.limit}" if args.limit else ""),
+            "command": "python -m benchmarks.bench_pipeline" + (f" --limit {args.limit}" if args.limit else "")
+            + (" --full-model" if args.full_model else ""),
+            "trainer_args": " ".join(() if args.full_model else LAPTOP_TRAINER_ARGS) or "(python -m trainer defaults)",
             "events": n,
             "impressions": impressions,
             "samples": p.trainer_samples,

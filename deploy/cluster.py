@@ -310,6 +310,13 @@ CORE_DEADLETTER_REASONS = frozenset({"late_impression", "orphan_feedback", "late
 TOPICS = ("impressions", "feedback", "samples", "deadletter", "snapshots", "user_state")
 
 
+# The trainer flags `make demo` and the pipeline benchmark use by default: a smaller ranker (width 32, one block,
+# 32 history / 16 real-time tokens, 64-sample batches) so a 2-core CPU keeps up with MovieLens-100K in minutes.
+# `--full-model` in both drops them (python -m trainer's own defaults).
+LAPTOP_TRAINER_ARGS: tuple[str, ...] = ("--d-model", "32", "--num-blocks", "1", "--max-history", "32",
+                                        "--max-realtime", "16", "--batch-samples", "64")
+
+
 def pick_port(preferred: int, host: str = "127.0.0.1") -> int:
     """``preferred`` if nothing listens there (and it is not 0), else a free port."""
     return preferred if preferred and not port_in_use(preferred, host) else free_port()

@@ -22,11 +22,13 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploy.cluster import (
+    LAPTOP_TRAINER_ARGS,
     ClusterError,
     Completion,
     FreshnessProbe,
@@ -34,8 +36,10 @@ from deploy.cluster import (
     PipelineConfig,
     Progress,
     ReplayThread,
+    Service,
     Supervisor,
     pick_port,
+    python_module,
     signals_raise_keyboard_interrupt,
 )
 from deploy.kafka import REPO_ROOT, BrokerConfig, BrokerError, KafkaBroker
@@ -63,6 +67,8 @@ class DemoConfig:
     prometheus_port: int = 9090
     prometheus: bool = True
     keep_running: bool = False
+    evaluate: bool = False
+    full_model: bool = False
     timeout_s: float = 1800.0
     settle_s: float = 10.0
 
@@ -87,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
                       help="after the replay is trained and served, keep everything up until Ctrl-C")
     mode.add_argument("--exit-when-done", action="store_true",
                       help="print the summary and exit 0 once the replay is trained and served (the default)")
+    p.add_argument("--full-model", action="store_true",
+                   help="train python -m trainer's default ranker instead of the smaller laptop profile "
+                        f"({' '.join(LAPTOP_TRAINER_ARGS)})")
+    p.add_argument("--evaluate", action="store_true",
+                   help="afterwards, run the offline evaluation (python -m trainer.evaluate: ranker vs DLRM vs "
+                        "popularity, progressive AUC/GAUC per scenario) on the same events into RUN_DIR/eval")
     p.add_argument("--timeout", type=float, default=d.timeout_s,
                    help="give up (exit 1) if the replay is not trained and served after this many seconds "
                         "(default %(default)s)")
@@ -98,7 +110,8 @@ def config_from_args(argv: list[str] | None) -> DemoConfig:
     return DemoConfig(dataset=a.dataset, limit=a.limit, run_dir=a.run_dir, kafka_port=a.kafka_port,
                       worker_port=a.worker_port, trainer_port=a.trainer_port, serving_port=a.serving_port,
                       prometheus_port=a.prometheus_port, prometheus=not a.no_prometheus,
-                      keep_running=a.keep_running, timeout_s=a.timeout)
+                      keep_running=a.keep_running, evaluate=a.evaluate, full_model=a.full_model,
+                      timeout_s=a.timeout)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -158,12 +171,24 @@ def swap_freshness(probe: FreshnessProbe, rt: ReplayThread) -> tuple[float, floa
     return lat[-1], sorted(lat)[len(lat) // 2], len(lat)
 
 
-def example_request(pipe: Pipeline) -> tuple[str, dict[str, object]]:
-    body: dict[str, object] = {"user_id": "196", "scenario": "comedy",
-                               "candidates": [{"item_id": "242"}, {"item_id": "302"}, {"item_id": "377"}]}
-    curl = (f"curl -s -X POST {pipe.serving_url}/v1/score -H 'content-type: application/json' "
+def example_body(events: Sequence[Any]) -> dict[str, object]:
+    """A request for the most active replayed user, in their last scenario, with three popular items."""
+    from collections import Counter
+
+    from streaming.events import Impression
+
+    imps = [e for e in events if isinstance(e, Impression)]
+    if not imps:
+        return {"user_id": "u1", "scenario": "home", "candidates": [{"item_id": "i1"}, {"item_id": "i2"}]}
+    user = Counter(e.user_id for e in imps).most_common(1)[0][0]
+    scenario = next(e.scenario for e in reversed(imps) if e.user_id == user)
+    items = [i for i, _ in Counter(e.item_id for e in imps).most_common(3)]
+    return {"user_id": user, "scenario": scenario, "candidates": [{"item_id": i} for i in items]}
+
+
+def example_request(pipe: Pipeline, body: dict[str, object]) -> str:
+    return (f"curl -s -X POST {pipe.serving_url}/v1/score -H 'content-type: application/json' "
             f"-d '{json.dumps(body)}'")
-    return curl, body
 
 
 def score_once(pipe: Pipeline, body: dict[str, object]) -> str:
@@ -178,25 +203,29 @@ def score_once(pipe: Pipeline, body: dict[str, object]) -> str:
 
 def summary_text(pipe: Pipeline, p: Progress, broker: str, cfg: DemoConfig, elapsed: float, rt: ReplayThread,
                  fresh: tuple[float, float, int]) -> str:
-    curl, body = example_request(pipe)
-    report = REPO_ROOT / "reports" / "eval"
+    body = example_body(rt.events)
+    curl = example_request(pipe, body)
+    report = (cfg.run_dir / "eval" if cfg.evaluate else REPO_ROOT / "reports" / "eval") / "summary.md"
+    limit = f" --limit {cfg.limit}" if cfg.limit else ""
     lines = [
+        "",
         f"done in {elapsed:,.0f} s. {rt.summary.line() if rt.summary else ''}",
-        f"freshness (event produced → served): median {_fmt(fresh[1], ' s', 1)} over {fresh[2]} model swaps",
-        f"trained {p.trainer_samples:,.0f} samples ({p.trainer_impressions:,.0f} impressions); "
-        f"serving model v{p.serving_version:.0f}, freshness {_fmt(p.serving_freshness_s, ' s', 1)}",
+        f"trained {p.trainer_samples:,.0f} user-level samples ({p.trainer_impressions:,.0f} impressions); serving "
+        f"model v{p.serving_version:.0f}; freshness (event produced → model serving it): median "
+        f"{_fmt(fresh[1], ' s', 1)} over {fresh[2]} model swaps",
         "",
         f"  serving API        {pipe.serving_url}  (OpenAPI docs {pipe.serving_url}/docs, model {pipe.serving_url}/v1/model)",
         f"  metrics            worker {pipe.worker_metrics}",
         f"                     trainer {pipe.trainer_metrics}",
         f"                     serving {pipe.serving_url}/metrics",
-        f"  Prometheus         {pipe.prometheus_url or 'not started (apt-get install prometheus to get it)'}",
+        f"  Prometheus         {pipe.prometheus_url or 'not started (apt-get install prometheus to get it)'}"
+        + (" (alerts: /alerts, try the dashboards' queries in /graph)" if pipe.prometheus_url else ""),
         f"  Kafka              {broker}",
         f"  snapshots          {pipe.snapshot_dir}",
         f"  logs               {pipe.sup.log_dir}",
-        f"  training metrics   {cfg.run_dir / 'trainer' / 'metrics.jsonl'}",
-        f"  evaluation report  {report} (python -m trainer.evaluate --dataset movielens writes it; "
-        "progressive AUC/GAUC of the ranker vs DLRM and popularity)",
+        f"  training metrics   {cfg.run_dir / 'trainer' / 'metrics.jsonl'} (JSONL, progressive AUC/GAUC per scenario)",
+        f"  evaluation report  {report}"
+        + ("" if report.exists() else f"  (not there yet: python -m trainer.evaluate --dataset {cfg.dataset}{limit})"),
         "",
         "score candidates for a user:",
         f"  {curl}",
@@ -237,7 +266,8 @@ def run(cfg: DemoConfig) -> int:
             bootstrap = broker.start()
             pipe = Pipeline(PipelineConfig(
                 run_dir=run_dir, worker_port=cfg.worker_port, trainer_port=cfg.trainer_port,
-                serving_port=cfg.serving_port, prometheus_port=cfg.prometheus_port, with_prometheus=cfg.prometheus),
+                serving_port=cfg.serving_port, prometheus_port=cfg.prometheus_port, with_prometheus=cfg.prometheus,
+                trainer_args=() if cfg.full_model else LAPTOP_TRAINER_ARGS),
                 bootstrap, sup)
             pipe.create_topics()
             console.print(f"kafka {bootstrap}; starting worker, trainer, serving (logs in {sup.log_dir}) ...")
@@ -277,11 +307,20 @@ def run(cfg: DemoConfig) -> int:
                         return 1
                     time.sleep(1.0)
             probe.stop()
+            if cfg.evaluate:
+                console.print("offline evaluation (python -m trainer.evaluate) ...")
+                ev_args = ["--dataset", cfg.dataset, "--out", str(run_dir / "eval")]
+                if cfg.limit:
+                    ev_args += ["--limit", str(cfg.limit)]
+                sup.start(Service("evaluate", python_module("trainer.evaluate", *ev_args)))
+                rc = sup.wait_exit("evaluate", cfg.timeout_s)
+                console.print(sup.procs["evaluate"].log_tail(20) if rc == 0 else
+                              f"[red]evaluation failed (exit {rc}); see {sup.procs['evaluate'].log}[/]")
             console.print(summary_text(pipe, p, bootstrap, cfg, time.time() - t0, rt, swap_freshness(probe, rt)))
             if cfg.keep_running:
                 console.print("\n[bold]running[/] — Ctrl-C stops everything")
                 while True:
-                    sup.check_alive()
+                    sup.check_alive("worker", "trainer", "serving")
                     time.sleep(2)
             return 0
     except KeyboardInterrupt:

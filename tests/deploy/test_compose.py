@@ -153,3 +153,13 @@ def test_dockerfile_copies_only_files_that_exist() -> None:
     assert "requirements/torch-cpu.txt" in text and "--no-deps" in text
     ignored = (REPO / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".cache" in ignored and "runs" in ignored
+
+
+def test_topics_are_created_with_the_workers_partition_count(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]["command"]
+    parts = worker[worker.index("--partitions") + 1]
+    init = "\n".join(compose["services"]["topics"]["command"])
+    for name in ("impressions", "feedback", "samples", "deadletter", "user_state", "snapshots"):
+        assert name in init
+    assert f"--partitions {parts}" in init
+    assert compose["services"]["kafka"]["environment"]["KAFKA_NUM_PARTITIONS"] == int(parts)
