@@ -298,10 +298,10 @@ def hta_target_attention_cpu(
     if kind is AttentionKind.SOFTMAX:
         if vis5 is not None:
             s = s.masked_fill(~vis5, float("-inf"))
-        m = s_self_d if Lc == 0 else torch.maximum(s.amax(-1), s_self_d)  # (B, Hkv, Lq, rep); finite (self term)
-        p = torch.exp(s - m[..., None])
-        p_self = torch.exp(s_self_d - m)
-        denom = p.sum(-1) + p_self
+        # one fused softmax over [context scores, self score]; never empty (the self score is finite)
+        p_all = torch.softmax(torch.cat([s, s_self_d[..., None]], dim=-1), dim=-1)
+        p, p_self = p_all[..., :Lc], p_all[..., Lc]
+        denom = None
     else:
         p = F.silu(s)
         if vis5 is not None:
@@ -310,7 +310,9 @@ def hta_target_attention_cpu(
         n = torch.full((B, Lq), float(Lc), dtype=p.dtype) if vis is None else vis.sum(-1).to(p.dtype)
         denom = (n + 1.0)[:, None, :, None].expand_as(p_self)
     o = torch.bmm(p.reshape(B * Hkv, Lq * rep, Lc), vh).view(B, Hkv, Lq, rep, D)
-    o = (o + p_self[..., None] * vsd[:, :, :, None, :]) / denom[..., None]
+    o = o + p_self[..., None] * vsd[:, :, :, None, :]
+    if denom is not None:
+        o = o / denom[..., None]
     o = o.permute(0, 2, 1, 3, 4).reshape(B, Lq, Hq, D)
     return o[0] if one else o[q_valid]
 

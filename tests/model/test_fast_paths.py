@@ -40,20 +40,25 @@ SPEC = small_spec()
 SLOW_OK = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def same(x: torch.Tensor, y: torch.Tensor) -> bool:
+    """Bitwise-equal values and dtype (NaN equals NaN)."""
+    return x.dtype == y.dtype and x.shape == y.shape and bool(((x == y) | (x.isnan() & y.isnan())).all())
+
+
 def assert_same_batch(a: Batch, b: Batch) -> None:
     for f in dataclasses.fields(Batch):
         x, y = getattr(a, f.name), getattr(b, f.name)
         if f.name in ("sparse", "float_features"):
             assert x.keys() == y.keys()
-            assert torch.equal(x.values(), y.values()) and torch.equal(x.lengths(), y.lengths()), f.name
+            assert same(x.values(), y.values()) and same(x.lengths(), y.lengths()), f.name
             if x.weights_or_none() is not None or y.weights_or_none() is not None:
-                assert x.weights().dtype == y.weights().dtype and torch.equal(x.weights(), y.weights()), f.name
+                assert same(x.weights(), y.weights()), f.name
         elif isinstance(x, torch.Tensor):
-            assert x.dtype == y.dtype and torch.equal(x, y), f.name
+            assert same(x, y), f.name
         elif isinstance(x, tuple) and x and isinstance(x[0], torch.Tensor):
-            assert all(p.dtype == q.dtype and torch.equal(p, q) for p, q in zip(x, y, strict=True)), f.name
+            assert all(same(p, q) for p, q in zip(x, y, strict=True)), f.name
         elif isinstance(x, dict):
-            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f.name
+            assert x.keys() == y.keys() and all(same(x[k], y[k]) for k in x), f.name
         else:
             assert x == y, f.name
 
