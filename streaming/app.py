@@ -202,6 +202,7 @@ class StreamWorker:
         by_p: dict[int, list[Event]] = defaultdict(list)
         raw_p: dict[int, list[str]] = defaultdict(list)
         imp_topic = self.cfg.impressions_topic
+        counts: dict[tuple[str, str], int] = defaultdict(int)
         for ev in events:
             msg = ev.message
             kind: EventKind = "impression" if msg.topic == imp_topic else "feedback"
@@ -216,9 +217,11 @@ class StreamWorker:
                     key=msg.key, value=_dead_raw(err.reason, err.detail, msg.topic, msg.partition, msg.offset,
                                                  msg.key, value)))
                 continue
-            m.events.labels(type=kind, scenario=e.scenario).inc()
+            counts[(kind, e.scenario)] += 1
             by_p[msg.partition].append(e)
             raw_p[msg.partition].append(("i" if kind == "impression" else "f") + value.decode())
+        for (typ, scenario), n in counts.items():
+            m.events.labels(type=typ, scenario=scenario).inc(n)
         outputs: list[tuple[int, Output]] = []
         for p, evs in by_p.items():
             core = self.cores.get(p)
