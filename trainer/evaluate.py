@@ -76,18 +76,20 @@ class EvalConfig:
         points: time slices on the plots.
         max_history: H length kept by collate (FeatureSpec.max_history).
         ranker / dlrm / optim / ranker_optim: model and optimizer settings (``ranker_optim`` None = ``optim``).
+            Defaults are the settings tuned on MovieLens-100K (small batches = more one-pass steps; row-wise
+            Adagrad lr 0.2; a 1-block, d=32 Ranker with H ≤ 64) — see the README's evaluation section.
         popularity_smoothing: pseudo-count m of the popularity baseline.
         core: the streaming core's settings (join window, sample span, cross features).
     """
 
     models: tuple[str, ...] = MODELS
-    batch_samples: int = 32
+    batch_samples: int = 8
     seed: int = 0
     points: int = 12
-    max_history: int = 256
-    ranker: RankerConfig = field(default_factory=RankerConfig)
+    max_history: int = 64
+    ranker: RankerConfig = field(default_factory=lambda: RankerConfig(d_model=32, num_blocks=1, target_layers=0))
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(embedding_lr=0.2))
     ranker_optim: OptimConfig | None = None
     popularity_smoothing: float = 10.0
     core: CoreConfig = field(default_factory=CoreConfig)
@@ -445,16 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, help="use only the first N events (event-time order)")
     p.add_argument("--batch-samples", type=int, default=EvalConfig.batch_samples, help="samples per training step")
     p.add_argument("--points", type=int, default=EvalConfig.points, help="time slices in the plots")
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--max-history", type=int, default=EvalConfig.max_history, help="H tokens kept per sample")
     p.add_argument("--category-key", help="item feature counted as the category by the core's cross features "
                                           "(default: genres for movielens, category otherwise)")
-    r = RankerConfig()
+    r = EvalConfig().ranker
     p.add_argument("--d-model", type=int, default=r.d_model, help="Ranker token width")
     p.add_argument("--num-blocks", type=int, default=r.num_blocks, help="Ranker HTA blocks")
     p.add_argument("--target-layers", type=int, default=r.target_layers, help="Ranker target layers per block")
     p.add_argument("--dlrm-dim", type=int, default=DLRMConfig().embed_dim, help="DLRM embedding width")
-    o = OptimConfig()
+    o = EvalConfig().optim
     p.add_argument("--embedding-lr", type=float, default=o.embedding_lr, help="row-wise Adagrad lr (both models)")
     p.add_argument("--dense-lr", type=float, default=o.dense_lr, help="AdamW lr (both models)")
     p.add_argument("--ranker-dense-lr", type=float, help="AdamW lr of the Ranker only (default: --dense-lr)")
