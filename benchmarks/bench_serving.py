@@ -5,7 +5,9 @@ Workload: one user with a 256-behavior history (and cross counters) in the user-
 request, the default :class:`FeatureSpec` and :class:`RankerConfig` (what ``python -m trainer`` ships).
 
 1. **core**: :func:`serving.scoring.score_request` in this process (pinned to one core, ``torch.set_num_threads(1)``):
-   p50/p99, split into sample build + collate vs model time.
+   p50/p99, split into sample build + collate vs model time, interleaved request by request with the path as it was
+   before the CPU fast paths (``collate_reference`` + ``Kernel.REFERENCE``, see :func:`score_request_before`), so
+   the before/after ratio is measured side by side under the same machine load (``before_*`` keys).
 2. **HTTP**: ``python -m serving`` as a subprocess pinned to one core (``--torch-threads 1 --scoring-workers 1``) on a
    real local broker (the user's state arrives through the compacted ``user_state`` topic); the client (pinned to
    another core when there is one) sends requests one at a time (latency) and then 4 at a time (requests/s).
@@ -52,7 +54,7 @@ def pct(xs: list[float], q: float) -> float:
 
 def summary_ms(xs: list[float]) -> dict[str, float]:
     return {"p50_ms": 1e3 * statistics.median(xs), "p99_ms": 1e3 * pct(xs, 0.99), "mean_ms": 1e3 * statistics.fmean(xs),
-            "n": len(xs)}
+            "min_ms": 1e3 * min(xs), "n": len(xs)}
 
 
 def cores() -> list[int]:
@@ -455,8 +457,9 @@ def main(argv: list[str] | None = None) -> int:
         if key in result:
             r = result[key]
             before = result.get(f"before_{key}")
-            was = f"  (before: {before['p50_ms']:.2f} / {before['p99_ms']:.2f} ms)" if before else ""
-            table.add_row(f"{key} p50 / p99", f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} ms{was}")
+            was = f"  (before: {before['p50_ms']:.2f} / {before['p99_ms']:.2f} / {before['min_ms']:.2f} ms)" \
+                if before else ""
+            table.add_row(f"{key} p50 / p99 / min", f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f} / {r['min_ms']:.2f} ms{was}")
     if "before_after_max_abs_score_diff" in result:
         table.add_row("max |score after - score before|", f"{result['before_after_max_abs_score_diff']:.2e}")
     if "http_requests_per_s_4_in_flight" in result:
