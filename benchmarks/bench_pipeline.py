@@ -8,7 +8,9 @@ measures, from the services' /metrics and serving's /v1/model:
   trainer: impressions trained, also expressed as input events/s);
 - end to end: all events / (replay start → every sample trained and a snapshot covering them served);
 - freshness: for every ``stride``-th feedback event, wall seconds from being produced to the first served model
-  whose snapshot's ``max_event_ts`` covers it (p50 / p99 / max, and how many no served model covered).
+  whose snapshot's ``max_event_ts`` covers it (p50 / p99 / max, and how many no served model covered). While the
+  trainer works through a backlog this is backlog / throughput; so phase 2 replays ``--paced-events`` more events
+  (shifted in time, new ids) at ``--paced-rate`` events/s, which the trainer sustains: steady-state freshness.
 
     .venv/bin/python -m benchmarks.bench_pipeline                 # full MovieLens-100K (176,576 events)
     .venv/bin/python -m benchmarks.bench_pipeline --limit 50000
@@ -19,6 +21,7 @@ Writes reports/bench/pipeline.json and prints a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -73,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="replay only the first N events (default: all)")
     ap.add_argument("--stride", type=int, default=20, help="measure freshness on every N-th feedback event")
+    ap.add_argument("--paced-events", type=int, default=6000,
+                    help="phase 2: events replayed again at a sustainable pace to measure steady-state freshness")
+    ap.add_argument("--paced-rate", type=float, default=150.0, help="phase 2 pace, events/s")
     ap.add_argument("--timeout", type=float, default=1500.0, help="give up after this many seconds")
     ap.add_argument("--full-model", action="store_true",
                     help="python -m trainer's default ranker instead of the demo's laptop profile")
@@ -83,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
 
     from streaming.datasets.movielens import DEFAULT_CACHE, ensure_movielens, load_movielens
-    from streaming.events import Feedback
     from streaming.replay import ReplayConfig
 
     events = load_movielens(ensure_movielens(REPO_ROOT / DEFAULT_CACHE))
@@ -138,14 +143,31 @@ def main(argv: list[str] | None = None) -> int:
         worker_rate = sustained(worker_series, n)
         trainer_imp_rate = sustained(trainer_series, p.trainer_impressions)
         # freshness of feedback events only ("a feedback event produced → a served model that includes it")
-        fb_idx = [i for i, e in enumerate(rt.events) if isinstance(e, Feedback)][:: args.stride]
-        fresh, missing = [], 0
-        for i in fb_idx:
-            f = _freshness_of(probe, rt, i)
-            if f is None:
-                missing += 1
-            else:
-                fresh.append(f)
+        fresh, missing = _feedback_freshness(probe, rt, args.stride)
+
+        # Phase 2, freshness at a sustainable rate: the first --paced-events events again, shifted past the
+        # end-of-stream markers (new ids), paced at --paced-rate events/s, on the same warm cluster.
+        shift = max(rt.ts) + 60 * 86400.0 - events[0].ts
+        again = [dataclasses.replace(e, event_id=f"p2-{e.event_id}", request_id=f"p2-{e.request_id}", ts=e.ts + shift)
+                 for e in events[: args.paced_events]]
+        span = again[-1].ts - again[0].ts
+        probe2 = FreshnessProbe(pipe.serving_url, interval_s=0.1)
+        probe2.start()
+        rt2 = ReplayThread(again, ReplayConfig(bootstrap=bootstrap, speedup=span / (len(again) / args.paced_rate)))
+        rt2.start()
+        rt2.join()
+        if rt2.error is not None or rt2.summary is None:
+            raise RuntimeError(f"paced replay failed: {rt2.error}")
+        done2 = Completion(replayed=int(done.replayed or 0) + rt2.summary.events
+                           + pipe.end_of_stream(max(rt2.ts)))
+
+        def finished2() -> bool:
+            state["p2"] = pipe.progress()
+            return done2.update(state["p2"], time.time(), settle_s=5.0)
+
+        wait_until(finished2, args.timeout, 0.5, "the paced replay to be trained and served", alive=sup.check_alive)
+        probe2.stop()
+        fresh2, missing2 = _feedback_freshness(probe2, rt2, max(1, args.stride // 4))
         result: dict[str, Any] = {
             "machine": f"{platform.machine()} {platform.processor() or ''} ({_cores()} cores), no GPU",
             "command": "python -m benchmarks.bench_pipeline" + (f" --limit {args.limit}" if args.limit else "")
@@ -166,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             "freshness_p99_s": pct(fresh, 0.99) if fresh else None,
             "freshness_max_s": max(fresh) if fresh else None,
             "model_swaps_seen": len(probe.seen),
+            "paced_events": rt2.summary.events,
+            "paced_events_per_s": rt2.summary.rate,
+            "paced_freshness_events_measured": len(fresh2),
+            "paced_freshness_not_covered": missing2,
+            "paced_freshness_p50_s": statistics.median(fresh2) if fresh2 else None,
+            "paced_freshness_p99_s": pct(fresh2, 0.99) if fresh2 else None,
             "final_model_version": p.serving_version,
             "target_events_per_s": 5000,
         }
@@ -188,6 +216,20 @@ def main(argv: list[str] | None = None) -> int:
     Console().print(table)
     print(f"machine: {result['machine']}\nwrote {args.out}")
     return 0
+
+
+def _feedback_freshness(probe: FreshnessProbe, rt: ReplayThread, stride: int) -> tuple[list[float], int]:
+    """Freshness of every ``stride``-th feedback event ("a feedback produced → a served model including it")."""
+    from streaming.events import Feedback
+
+    fresh, missing = [], 0
+    for i in [i for i, e in enumerate(rt.events) if isinstance(e, Feedback)][::stride]:
+        f = _freshness_of(probe, rt, i)
+        if f is None:
+            missing += 1
+        else:
+            fresh.append(f)
+    return fresh, missing
 
 
 def _freshness_of(probe: FreshnessProbe, rt: ReplayThread, i: int) -> float | None:

@@ -192,6 +192,7 @@ def pipeline() -> dict[str, Any]:
                 description="Wall clock minus the partition's event-time watermark (a historical replay shows "
                             "the age of its data)"),
             Panel("Consumer lag (records)", [
+                Q(f"sum by (topic) ({s}consumer_lag_records)", "worker on {{topic}}"),
                 Q("sum(streamrec_trainer_consumer_lag_records)", "trainer on samples")], w=8),
             Panel("Batch processing time p50 / p99", [
                 Q(f"histogram_quantile(0.5, sum by (le) (rate({s}batch_processing_seconds_bucket[$__rate_interval])))",
