@@ -88,9 +88,9 @@ def samples(draw: st.DrawFn) -> Sample:
 
 
 @SLOW_OK
-@given(ss=st.lists(samples(), max_size=3), max_history=st.sampled_from([0, 2, 256]))
-def test_collate_equals_reference(ss: list[Sample], max_history: int) -> None:
-    spec = dataclasses.replace(SPEC, max_history=max_history)
+@given(ss=st.lists(samples(), max_size=3), max_history=st.sampled_from([0, 2, 256]), mc=st.booleans())
+def test_collate_equals_reference(ss: list[Sample], max_history: int, mc: bool) -> None:
+    spec = dataclasses.replace(SPEC, max_history=max_history, max_realtime=2, managed_collision=mc)
     assert_same_batch(collate(ss, spec), collate_reference(ss, spec))
 
 
