@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+from typing import cast
 
 import pytest
 import torch
@@ -176,7 +177,9 @@ def test_single_group_layer_norm_equals_reference(seed: int, n: int, grp: int) -
 
 
 # -- the whole model -------------------------------------------------------------------------------------------------
-MODELS = {kind: seeded(Ranker(SPEC, small_config(attention=kind)).eval(), seed=3) for kind in AttentionKind}
+MODELS: dict[AttentionKind, Ranker] = {
+    kind: cast(Ranker, seeded(Ranker(SPEC, small_config(attention=kind)).eval(), seed=3)) for kind in AttentionKind
+}
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
