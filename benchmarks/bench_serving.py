@@ -7,7 +7,10 @@ request, the default :class:`FeatureSpec` and :class:`RankerConfig` (what ``pyth
 1. **core**: :func:`serving.scoring.score_request` in this process (pinned to one core, ``torch.set_num_threads(1)``):
    p50/p99, split into sample build + collate vs model time, interleaved request by request with the path as it was
    before the CPU fast paths (``collate_reference`` + ``Kernel.REFERENCE``, see :func:`score_request_before`), so
-   the before/after ratio is measured side by side under the same machine load (``before_*`` keys).
+   the before/after ratio is measured side by side under the same machine load (``before_*`` keys). ``core_*`` is
+   the cold path (``user_cache=None``: the user is encoded on every request); ``*_warm_user_cache`` a repeat
+   request served from :class:`serving.scoring.UserCacheLRU` (same scores, asserted). HTTP runs the server's
+   default (the LRU on), so its repeated identical requests are warm.
 2. **HTTP**: ``python -m serving`` as a subprocess pinned to one core (``--torch-threads 1 --scoring-workers 1``) on a
    real local broker (the user's state arrives through the compacted ``user_state`` topic); the client (pinned to
    another core when there is one) sends requests one at a time (latency) and then 4 at a time (requests/s).
@@ -112,18 +115,27 @@ def bench_core(snapshot: Path, history: int, n_cands: int, iters: int) -> dict[s
     ctx = {"hour": "20"}
     for _ in range(10):
         score_request(served, state, "bench-user", "home", cands, ctx, now)
+        score_request(served, state, "bench-user", "home", cands, ctx, now, user_cache=None)
         score_request_before(served, state, "bench-user", "home", cands, ctx, now)
     # Interleaved A/B in one process: the current path vs the pre-optimisation one (collate_reference + the
     # reference attention / Group LayerNorm / merged-keys target layers), same inputs, alternating requests.
+    # "cold" = no user cache (every request encodes the user: a user's first request, or a changed state);
+    # "warm" = the serving default, a repeat request whose user encoding is in the LRU (only candidates are scored).
     total, build, model = [], [], []
+    w_total, w_model = [], []
     b_total, b_build, b_model = [], [], []
     max_diff = 0.0
     for _ in range(iters):
         t0 = time.perf_counter()
-        r = score_request(served, state, "bench-user", "home", cands, ctx, now)
+        r = score_request(served, state, "bench-user", "home", cands, ctx, now, user_cache=None)
         total.append(time.perf_counter() - t0)
         build.append(r.build_s)
         model.append(r.model_s)
+        t0 = time.perf_counter()
+        rw = score_request(served, state, "bench-user", "home", cands, ctx, now)
+        w_total.append(time.perf_counter() - t0)
+        w_model.append(rw.model_s)
+        assert rw.scores == r.scores, "the user cache changed the scores"
         t0 = time.perf_counter()
         rb = score_request_before(served, state, "bench-user", "home", cands, ctx, now)
         b_total.append(time.perf_counter() - t0)
@@ -135,11 +147,11 @@ def bench_core(snapshot: Path, history: int, n_cands: int, iters: int) -> dict[s
     user_level, per_cand, full_fwd = [], [], []
     for _ in range(5):
         t0 = time.perf_counter()
-        score_request(served, state, "bench-user", "home", cands, ctx, now)
+        score_request(served, state, "bench-user", "home", cands, ctx, now, user_cache=None)
         user_level.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         for c in cands:
-            score_request(served, state, "bench-user", "home", [c], ctx, now)
+            score_request(served, state, "bench-user", "home", [c], ctx, now, user_cache=None)
         per_cand.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -148,6 +160,7 @@ def bench_core(snapshot: Path, history: int, n_cands: int, iters: int) -> dict[s
     ul, pc, ff = statistics.median(user_level), statistics.median(per_cand), statistics.median(full_fwd)
     return {
         "core_latency": summary_ms(total), "core_build_collate": summary_ms(build), "core_model": summary_ms(model),
+        "core_latency_warm_user_cache": summary_ms(w_total), "core_model_warm_user_cache": summary_ms(w_model),
         "before_core_latency": summary_ms(b_total), "before_core_build_collate": summary_ms(b_build),
         "before_core_model": summary_ms(b_model), "before_after_max_abs_score_diff": max_diff,
         "ratio": {"user_level_ms": 1e3 * ul, "per_candidate_total_ms": 1e3 * pc,
@@ -453,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"{args.history} history, {args.candidates} candidates, 1 core, torch threads 1)")
     table.add_column("measure")
     table.add_column("value", justify="right")
-    for key in ("core_latency", "core_build_collate", "core_model", "http_latency"):
+    for key in ("core_latency", "core_build_collate", "core_model", "core_latency_warm_user_cache",
+                "core_model_warm_user_cache", "http_latency"):
         if key in result:
             r = result[key]
             before = result.get(f"before_{key}")
