@@ -62,6 +62,9 @@ from trainer.progressive import ALL, exact_auc, grouped_auc, user_hash
 
 MODELS = ("ranker", "dlrm", "popularity")
 METRICS = ("auc", "gauc", "logloss")
+# Initial output bias of the Ranker: rough label priors (MovieLens-100K: ~55% ratings >= 4, ~21% = 5), fixed
+# constants rather than rates measured on the evaluated stream.
+MOVIELENS_PRIORS: tuple[tuple[str, float], ...] = (("click", 0.55), ("conversion", 0.21))
 _EPS = 1e-7
 
 
@@ -87,7 +90,8 @@ class EvalConfig:
     seed: int = 0
     points: int = 12
     max_history: int = 64
-    ranker: RankerConfig = field(default_factory=lambda: RankerConfig(d_model=32, num_blocks=1, target_layers=0))
+    ranker: RankerConfig = field(default_factory=lambda: RankerConfig(
+        d_model=32, num_blocks=1, target_layers=0, wide=True, linear=True, task_priors=MOVIELENS_PRIORS))
     dlrm: DLRMConfig = field(default_factory=DLRMConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(embedding_lr=0.2))
     ranker_optim: OptimConfig | None = None

@@ -109,9 +109,16 @@ class TokenEmbedder(nn.Module):
         self.user_slot = nn.Parameter(torch.zeros(spec.num_user_tokens, d_model))
         self.scenario_dim = dims["scenario"]
 
+    @property
+    def target_in_dim(self) -> int:
+        """Width of a T token's concatenated input features (before its tokenizer)."""
+        return self.tokenizers[TokenGroup.T].net[0].in_features  # type: ignore[no-any-return,index]
+
     def forward(
-        self, batch: Batch, groups: tuple[TokenGroup, ...] = tuple(TokenGroup)
+        self, batch: Batch, groups: tuple[TokenGroup, ...] = tuple(TokenGroup), inputs: dict[TokenGroup, torch.Tensor]
+        | None = None,
     ) -> tuple[dict[TokenGroup, torch.Tensor], torch.Tensor]:
+        """``inputs``, when given, receives each group's concatenated features (n_g, in_dim) before its tokenizer."""
         pooled, floats = self.features(batch)
         out: dict[TokenGroup, torch.Tensor] = {}
         for g in groups:
@@ -119,7 +126,10 @@ class TokenEmbedder(nn.Module):
             parts = [pooled[f][rows] for f in GROUP_FEATURES[g]]
             if g is TokenGroup.T:
                 parts += [floats[f] for f in FLOAT_FEATURES] + [batch.target_dense]
-            x = self.tokenizers[g](torch.cat(parts, dim=-1))
+            raw = torch.cat(parts, dim=-1)
+            if inputs is not None:
+                inputs[g] = raw
+            x = self.tokenizers[g](raw)
             if g is TokenGroup.U:
                 x = x + self.user_slot.repeat(batch.num_samples, 1)
             out[g] = x

@@ -39,6 +39,13 @@ class MMoE(nn.Module):
         self.gates = nn.ModuleDict({t: nn.Linear(gate_dim + d_in, num_experts) for t in tasks})
         self.towers = nn.ModuleDict({t: mlp([expert_dim, expert_dim // 2, 1]) for t in tasks})
 
+    def set_output_bias(self, task: str, value: float) -> None:
+        """Initialise ``task``'s output logit bias (e.g. to the log-odds of its label prior)."""
+        last = self.towers[task][-1]
+        assert isinstance(last, nn.Linear)
+        with torch.no_grad():
+            last.bias.fill_(value)
+
     def forward(self, x: torch.Tensor, gate_in: torch.Tensor) -> dict[str, torch.Tensor]:
         e = torch.stack([ex(x) for ex in self.experts], dim=1)  # (T, E, De)
         g_in = torch.cat([gate_in, x], dim=-1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +44,13 @@ class RankerConfig:
         attention: softmax, or HSTU's pointwise SiLU.
         num_experts / expert_dim: MMoE head.
         dropout: on each layer's residual branch.
+        wide: feed each target token's own input representation (its tokenizer output: item, scenario, context,
+            cross and dense features — the signals DLRM uses) to the MMoE head next to the transformer output, a
+            shortcut that learns as fast as a shallow model early in a stream while attention catches up.
+        zero_init: zero the layers' output projections so every block starts as the identity (stable early steps).
+        linear: a first-order (wide & deep) term: one logit per task, linear in the target's raw input features
+            (item/scenario/context embeddings, cross and dense values), added to the head's logits.
+        task_priors: ``((task, p), ...)`` initial output bias = log-odds of ``p`` per task (others start at 0).
 
     Example:
         >>> RankerConfig.from_json(RankerConfig(d_model=32).to_json()).d_model
@@ -59,6 +67,10 @@ class RankerConfig:
     num_experts: int = 4
     expert_dim: int = 64
     dropout: float = 0.0
+    wide: bool = True
+    zero_init: bool = False
+    linear: bool = True
+    task_priors: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         if self.q_heads % self.kv_heads:
@@ -79,6 +91,10 @@ class RankerConfig:
     def from_json(raw: str | dict[str, Any]) -> RankerConfig:
         d = dict(json.loads(raw) if isinstance(raw, str) else raw)
         d["attention"] = AttentionKind(d["attention"])
+        d.setdefault("wide", False)  # configs written before these options existed
+        d.setdefault("zero_init", False)
+        d.setdefault("linear", False)
+        d["task_priors"] = tuple((str(t), float(p)) for t, p in d.get("task_priors", ()))
         return RankerConfig(**d)
 
 
@@ -156,7 +172,32 @@ class Ranker(nn.Module):
             for _ in range(c.num_blocks)
         )
         self.final_norm = nn.LayerNorm(c.d_model)
-        self.head = MMoE(c.d_model, self.embedder.scenario_dim, spec.tasks, c.num_experts, c.expert_dim)
+        # wide shortcut: the target token's input (before any attention) joins the head input
+        self.wide_norm = nn.LayerNorm(c.d_model) if c.wide else None
+        head_in = c.d_model * (2 if c.wide else 1)
+        self.head = MMoE(head_in, self.embedder.scenario_dim, spec.tasks, c.num_experts, c.expert_dim)
+        self.linear = nn.Linear(self.embedder.target_in_dim, len(spec.tasks)) if c.linear else None
+        if self.linear is not None:
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+        if c.zero_init:
+            for _, layer in self.layers():
+                nn.init.zeros_(layer.out_proj.weight)
+                nn.init.zeros_(layer.out_proj.bias)
+        for task, p in c.task_priors:
+            if task in spec.tasks:
+                self.head.set_output_bias(task, math.log(p / (1.0 - p)))
+
+    def _head(self, x: torch.Tensor, x0: torch.Tensor, raw: torch.Tensor, scen: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Final target tokens (T, d), their input tokens (T, d) and raw features (T, in) -> {task: (T,) logits}."""
+        h = self.final_norm(x)
+        if self.wide_norm is not None:
+            h = torch.cat([h, self.wide_norm(x0)], dim=-1)
+        out: dict[str, torch.Tensor] = self.head(h, scen)
+        if self.linear is not None:
+            lin = self.linear(raw)  # (T, tasks)
+            out = {t: z + lin[:, i] for i, (t, z) in enumerate(out.items())}
+        return out
 
     def layers(self) -> list[tuple[bool, HTALayer]]:
         """All layers in order as ``(is_full, layer)``."""
@@ -167,7 +208,8 @@ class Ranker(nn.Module):
         return out
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        toks, scen = self.embedder(batch)
+        raw: dict[TokenGroup, torch.Tensor] = {}
+        toks, scen = self.embedder(batch, inputs=raw)
         N = batch.num_tokens
         rows = torch.cat([batch.group_rows[g] for g in TokenGroup])
         x = toks[TokenGroup.U].new_zeros(N, self.config.d_model)
@@ -176,6 +218,7 @@ class Ranker(nn.Module):
         kv = KVLayout(batch.seq_offsets, batch.token_ts, group, batch.max_seq_len)
         pos = _positions(batch.seq_offsets, N)
         t_group = group[t_rows]
+        x0 = toks[TokenGroup.T]  # (T, d) the targets' input tokens, rows in t_rows order
         for full, layer in self.layers():
             xn = layer.norm_in(x, group)
             k, v = layer.kv(xn)
@@ -187,7 +230,7 @@ class Ranker(nn.Module):
                     batch.max_targets,
                 )
                 x = x.index_copy(0, t_rows, xt)
-        return self.head(self.final_norm(x[t_rows]), scen)
+        return self._head(x[t_rows], x0, raw[TokenGroup.T], scen)
 
     @torch.no_grad()
     def encode_user(self, batch: Batch) -> UserCache:
@@ -224,8 +267,9 @@ class Ranker(nn.Module):
         """
         if batch.user_ids != cache.user_ids:
             raise ValueError("score_candidates: batch users differ from the cache's users (same order required)")
-        toks, scen = self.embedder(batch, (TokenGroup.T,))
-        x = toks[TokenGroup.T]  # (T, d)
+        raw: dict[TokenGroup, torch.Tensor] = {}
+        toks, scen = self.embedder(batch, (TokenGroup.T,), inputs=raw)
+        x = x0 = toks[TokenGroup.T]  # (T, d)
         T, n_ctx = batch.num_targets, int(cache.ts.numel())
         t_off, c_off = batch.target_offsets, cache.offsets
         t_user = _user_of(t_off, T)
@@ -249,7 +293,7 @@ class Ranker(nn.Module):
                 k, v = layer.kv(xn)
                 x = layer.target_update(x, xn, t_group, k, v, t_off, t_ts, batch.max_targets, ctx, cache.keys[li],
                                         cache.values[li])
-            return self.head(self.final_norm(x), scen)  # type: ignore[no-any-return]
+            return self._head(x, x0, raw[TokenGroup.T], scen)
         kv = KVLayout(kv_offsets, merge(cache.ts, t_ts), merge(cache.group, t_group), cache.max_len + batch.max_targets)
         for li, (_, layer) in enumerate(self.layers()):
             xn = layer.norm_in(x, t_group)
@@ -258,7 +302,7 @@ class Ranker(nn.Module):
                 x, xn, t_group, merge(cache.keys[li], k), merge(cache.values[li], v), kv, t_off, q_pos,
                 batch.max_targets,
             )
-        return self.head(self.final_norm(x), scen)  # type: ignore[no-any-return]
+        return self._head(x, x0, raw[TokenGroup.T], scen)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Embedding-table parameters (row-wise Adagrad in the trainer)."""
