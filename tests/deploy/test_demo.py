@@ -39,7 +39,7 @@ def test_demo_runs_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path, kafka_brok
     run_dir = tmp_path / "demo"
     cmd = [sys.executable, "-m", "deploy", "demo", "--limit", "3000", "--keep-running", "--run-dir", str(run_dir),
            "--kafka-port", "0", "--worker-port", "0", "--trainer-port", "0", "--serving-port", "0",
-           "--prometheus-port", "0", "--timeout", "240"]
+           "--prometheus-port", "0", "--timeout", "400"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env={**os.environ, "COLUMNS": "160"})
     lines: list[str] = []
@@ -55,7 +55,7 @@ def test_demo_runs_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path, kafka_brok
     t = threading.Thread(target=reader, daemon=True)
     t.start()
     try:
-        if not ready.wait(timeout=300):
+        if not ready.wait(timeout=480):
             pytest.fail("demo did not reach the running state:\n" + "".join(lines[-60:]))
         out = "".join(lines)
         assert "serving API" in out and "curl -s -X POST" in out
