@@ -18,12 +18,14 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.modules.embedding_configs import PoolingType
 
 from kernels.attention import AttentionKind, TokenGroup
 from kernels.dispatch import Kernel, get_kernel, use_triton
 from trainer.batch import Batch
 from trainer.features import FeatureSpec
-from trainer.model.embedding import TokenEmbedder
+from trainer.model.embedding import GROUP_FEATURES, TokenEmbedder
 from trainer.model.heads import MMoE
 from trainer.model.hta import HTALayer, KVLayout
 
@@ -50,6 +52,10 @@ class RankerConfig:
         zero_init: zero the layers' output projections so every block starts as the identity (stable early steps).
         linear: a first-order (wide & deep) term: one logit per task, linear in the target's raw input features
             (item/scenario/context embeddings, cross and dense values), added to the head's logits.
+        item_bias: a per-item, per-task logit bias (its own zero-initialised embedding table on the item id, trained
+            with row-wise Adagrad like every table): a directly learned popularity term.
+        user_linear: a per-user first-order term: linear in the sum of the user's U-token features and the mean of
+            the H-token features (the user's bias and historical action rate), added to each target's logits.
         task_priors: ``((task, p), ...)`` initial output bias = log-odds of ``p`` per task (others start at 0).
 
     Example:
@@ -70,6 +76,8 @@ class RankerConfig:
     wide: bool = True
     zero_init: bool = False
     linear: bool = True
+    user_linear: bool = True
+    item_bias: bool = True
     task_priors: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
@@ -94,6 +102,8 @@ class RankerConfig:
         d.setdefault("wide", False)  # configs written before these options existed
         d.setdefault("zero_init", False)
         d.setdefault("linear", False)
+        d.setdefault("user_linear", False)
+        d.setdefault("item_bias", False)
         d["task_priors"] = tuple((str(t), float(p)) for t, p in d.get("task_priors", ()))
         return RankerConfig(**d)
 
@@ -114,6 +124,7 @@ class UserCache:
     max_len: int
     ts_origin: torch.Tensor
     user_ids: list[str]
+    user_logit: torch.Tensor | None = None  # (B, tasks) per-user first-order logits (RankerConfig.user_linear)
 
     @property
     def num_users(self) -> int:
@@ -126,7 +137,8 @@ class UserCache:
             return t.to(device=device, non_blocking=non_blocking)
 
         return UserCache([mv(k) for k in self.keys], [mv(v) for v in self.values], mv(self.offsets), mv(self.ts),
-                         mv(self.group), self.max_len, mv(self.ts_origin), list(self.user_ids))
+                         mv(self.group), self.max_len, mv(self.ts_origin), list(self.user_ids),
+                         None if self.user_logit is None else mv(self.user_logit))
 
 
 def _user_of(offsets: torch.Tensor, n: int) -> torch.Tensor:
@@ -180,6 +192,21 @@ class Ranker(nn.Module):
         if self.linear is not None:
             nn.init.zeros_(self.linear.weight)
             nn.init.zeros_(self.linear.bias)
+        n_tasks = len(spec.tasks)
+        dims = self.embedder.features.dims
+        if c.user_linear:
+            self.user_lin: nn.Linear | None = nn.Linear(dims["user_feat"], n_tasks, bias=False)
+            self.hist_lin: nn.Linear | None = nn.Linear(sum(dims[f] for f in GROUP_FEATURES[TokenGroup.H]), n_tasks,
+                                                        bias=False)
+            nn.init.zeros_(self.user_lin.weight)
+            nn.init.zeros_(self.hist_lin.weight)
+        else:
+            self.user_lin = self.hist_lin = None
+        self.item_bias: EmbeddingBagCollection | None = None
+        if c.item_bias:
+            self.item_bias = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+                name="t_item_bias", embedding_dim=n_tasks, num_embeddings=spec.tables["item_id"].num_embeddings,
+                feature_names=["item_id"], pooling=PoolingType.SUM, init_fn=nn.init.zeros_)])
         if c.zero_init:
             for _, layer in self.layers():
                 nn.init.zeros_(layer.out_proj.weight)
@@ -188,8 +215,35 @@ class Ranker(nn.Module):
             if task in spec.tasks:
                 self.head.set_output_bias(task, math.log(p / (1.0 - p)))
 
-    def _head(self, x: torch.Tensor, x0: torch.Tensor, raw: torch.Tensor, scen: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Final target tokens (T, d), their input tokens (T, d) and raw features (T, in) -> {task: (T,) logits}."""
+    def _user_logit(self, batch: Batch, raw: dict[TokenGroup, torch.Tensor]) -> torch.Tensor | None:
+        """(B, tasks) per-user first-order logits from the raw U/H features (None when disabled)."""
+        if self.user_lin is None or self.hist_lin is None:
+            return None
+        B, lens = batch.num_samples, batch.group_lengths
+
+        def per_user_sum(g: TokenGroup) -> torch.Tensor:
+            x = raw[g]
+            owner = torch.repeat_interleave(torch.arange(B, device=lens.device), lens[:, g], output_size=x.shape[0])
+            return x.new_zeros(B, x.shape[1]).index_add(0, owner, x)
+
+        u = per_user_sum(TokenGroup.U)
+        h = per_user_sum(TokenGroup.H) / lens[:, TokenGroup.H].clamp(min=1).unsqueeze(1).to(raw[TokenGroup.H].dtype)
+        return self.user_lin(u) + self.hist_lin(h)  # type: ignore[no-any-return]
+
+    def _item_logit(self, batch: Batch) -> torch.Tensor | None:
+        """(T, tasks) per-item bias logits of the targets (None when disabled)."""
+        if self.item_bias is None:
+            return None
+        jt = batch.sparse["item_id"]  # one bag per token (stride N)
+        n = self.spec.tables["item_id"].num_embeddings
+        kjt = KeyedJaggedTensor(keys=["item_id"], values=jt.values() % n, lengths=jt.lengths())
+        return self.item_bias(kjt).to_dict()["item_id"][batch.group_rows[TokenGroup.T]]  # type: ignore[no-any-return]
+
+    def _head(self, x: torch.Tensor, x0: torch.Tensor, raw: torch.Tensor, scen: torch.Tensor,
+              user_logit: torch.Tensor | None, t_user: torch.Tensor, item_logit: torch.Tensor | None
+              ) -> dict[str, torch.Tensor]:
+        """Final target tokens (T, d), their input tokens (T, d) and raw features (T, in), per-user logits (B, tasks)
+        and each target's user (T,) -> {task: (T,) logits}."""
         h = self.final_norm(x)
         if self.wide_norm is not None:
             h = torch.cat([h, self.wide_norm(x0)], dim=-1)
@@ -197,6 +251,11 @@ class Ranker(nn.Module):
         if self.linear is not None:
             lin = self.linear(raw)  # (T, tasks)
             out = {t: z + lin[:, i] for i, (t, z) in enumerate(out.items())}
+        if item_logit is not None:
+            out = {t: z + item_logit[:, i] for i, (t, z) in enumerate(out.items())}
+        if user_logit is not None:
+            ul = user_logit[t_user]  # (T, tasks)
+            out = {t: z + ul[:, i] for i, (t, z) in enumerate(out.items())}
         return out
 
     def layers(self) -> list[tuple[bool, HTALayer]]:
@@ -230,12 +289,15 @@ class Ranker(nn.Module):
                     batch.max_targets,
                 )
                 x = x.index_copy(0, t_rows, xt)
-        return self._head(x[t_rows], x0, raw[TokenGroup.T], scen)
+        t_user = _user_of(batch.target_offsets, batch.num_targets)
+        return self._head(x[t_rows], x0, raw[TokenGroup.T], scen, self._user_logit(batch, raw), t_user,
+                          self._item_logit(batch))
 
     @torch.no_grad()
     def encode_user(self, batch: Batch) -> UserCache:
         """Run every user's U/H/R tokens through the model once; keep each layer's keys/values (targets ignored)."""
-        toks, _ = self.embedder(batch, _CTX_GROUPS)
+        raw: dict[TokenGroup, torch.Tensor] = {}
+        toks, _ = self.embedder(batch, _CTX_GROUPS, inputs=raw)
         ctx_offsets = batch.seq_offsets - batch.target_offsets  # (B+1,)
         n_ctx = batch.num_tokens - batch.num_targets
         token_user = _user_of(batch.seq_offsets, batch.num_tokens)
@@ -256,7 +318,7 @@ class Ranker(nn.Module):
             if full:
                 x = layer.query_update(x, xn, group, k, v, kv, ctx_offsets, pos, batch.max_context_len)
         return UserCache(keys, values, ctx_offsets, ts, group, batch.max_context_len, batch.ts_origin,
-                         list(batch.user_ids))
+                         list(batch.user_ids), self._user_logit(batch, raw))
 
     @torch.no_grad()
     def score_candidates(self, cache: UserCache, batch: Batch) -> dict[str, torch.Tensor]:
@@ -293,7 +355,7 @@ class Ranker(nn.Module):
                 k, v = layer.kv(xn)
                 x = layer.target_update(x, xn, t_group, k, v, t_off, t_ts, batch.max_targets, ctx, cache.keys[li],
                                         cache.values[li])
-            return self._head(x, x0, raw[TokenGroup.T], scen)
+            return self._head(x, x0, raw[TokenGroup.T], scen, cache.user_logit, t_user, self._item_logit(batch))
         kv = KVLayout(kv_offsets, merge(cache.ts, t_ts), merge(cache.group, t_group), cache.max_len + batch.max_targets)
         for li, (_, layer) in enumerate(self.layers()):
             xn = layer.norm_in(x, t_group)
@@ -302,11 +364,12 @@ class Ranker(nn.Module):
                 x, xn, t_group, merge(cache.keys[li], k), merge(cache.values[li], v), kv, t_off, q_pos,
                 batch.max_targets,
             )
-        return self._head(x, x0, raw[TokenGroup.T], scen)
+        return self._head(x, x0, raw[TokenGroup.T], scen, cache.user_logit, t_user, self._item_logit(batch))
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Embedding-table parameters (row-wise Adagrad in the trainer)."""
-        return self.embedder.embedding_parameters()
+        extra = list(self.item_bias.parameters()) if self.item_bias is not None else []
+        return self.embedder.embedding_parameters() + extra
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Every other parameter (AdamW in the trainer)."""
