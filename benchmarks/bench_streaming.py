@@ -129,9 +129,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def worker_rate(bootstrap: str, prefix: str, parts: int, n: int, batch_max: int, tmp: Path) -> dict[str, Any]:
+def worker_rate(bootstrap: str, prefix: str, parts: int, n: int, batch_max: int, tmp: Path,
+                profile: Path | None = None) -> dict[str, Any]:
     port = free_port()
-    cmd = [sys.executable, "-m", "streaming", "worker", "--bootstrap", bootstrap, "--app-id", f"{prefix}app",
+    prof = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
+    cmd = [sys.executable, *prof, "-m", "streaming", "worker", "--bootstrap", bootstrap, "--app-id", f"{prefix}app",
            "--impressions-topic", f"{prefix}impressions", "--feedback-topic", f"{prefix}feedback",
            "--samples-topic", f"{prefix}samples", "--deadletter-topic", f"{prefix}deadletter",
            "--user-state-topic", f"{prefix}user_state", "--partitions", str(parts), "--data-dir", str(tmp / "w"),
@@ -176,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-max", type=int, default=5000, help="worker --batch-max")
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
     ap.add_argument("--out", type=Path, default=OUT, help="where to write the JSON report")
+    ap.add_argument("--profile-worker", type=Path, default=None,
+                    help="run the worker under cProfile and write its stats here (slows it down)")
     args = ap.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
@@ -202,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         produce_s = time.perf_counter() - t0
         raw_s = asyncio.run(raw_consume(bootstrap, list(topics.values()), len(events)))
         core_eps, n_out = core_rate(events)
-        w = worker_rate(bootstrap, prefix, args.partitions, len(events), args.batch_max, tmp)
+        w = worker_rate(bootstrap, prefix, args.partitions, len(events), args.batch_max, tmp, args.profile_worker)
         raw_eps = len(events) / raw_s
         result = {
             "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU",

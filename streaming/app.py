@@ -32,20 +32,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import faust
+import orjson
 from prometheus_client import CollectorRegistry
 
 from streaming.config import CoreConfig
 from streaming.events import Event, EventError, EventKind, parse_event
+from streaming.fastjson import dumps
 from streaming.metrics import StreamMetrics
 from streaming.outputs import DeadLetter, LateLabel, Output
 from streaming.pipeline import CoreCounters, StreamCore
@@ -81,16 +82,16 @@ class WorkerConfig:
 
 def _dead_raw(reason: str, detail: str, topic: str, partition: int, offset: int, key: bytes | None,
               value: bytes | None) -> bytes:
-    return json.dumps({
+    return dumps({
         "reason": reason, "detail": detail, "topic": topic, "partition": partition, "offset": offset,
         "key_b64": None if key is None else base64.b64encode(key).decode(),
         "value_b64": None if value is None else base64.b64encode(value).decode(),
-    }, separators=(",", ":")).encode()
+    })
 
 
 def _json(v: Any) -> Any:
     # Table values are our JSON bytes; be liberal in what comes back from recovery (bytes, str or decoded).
-    return json.loads(v) if isinstance(v, bytes | bytearray | str) else v
+    return orjson.loads(v) if isinstance(v, bytes | bytearray | str) else v
 
 
 class StreamWorker:
@@ -193,16 +194,30 @@ class StreamWorker:
         log.info("loaded %d users on %d partitions, replayed %d logged events", sum(map(len, by_p.values())),
                  len(self.cores), n_replayed)
 
+    async def _send(self, topic: str, key: bytes | None, value: bytes | None,
+                    partition: int | None = None) -> Awaitable[Any]:
+        """Hand one record to the producer; returns the future of its broker ack (awaited once per batch).
+
+        Goes straight to the transport producer rather than Faust's one-message-at-a-time send buffer: the
+        record is appended to the producer's batch now, so a batch's records leave in a few produce requests.
+        Table writes keep Faust's ``send_changelog`` (its recovery relies on its own changelog bookkeeping).
+        """
+        return await self.app.producer.send(topic, key, value, partition, None, None)
+
     async def process_batch(self, events: Sequence[Any]) -> None:
         t0 = time.perf_counter()
         if not self._loaded:
             self._load()
         m = self.metrics
-        futs: list[asyncio.Future[Any]] = []
+        send = self._send
+        futs: list[Awaitable[Any]] = []
         by_p: dict[int, list[Event]] = defaultdict(list)
         raw_p: dict[int, list[str]] = defaultdict(list)
         imp_topic = self.cfg.impressions_topic
+        dead_topic = self.dead_out.get_topic_name()
         counts: dict[tuple[str, str], int] = defaultdict(int)
+        dead_counts: dict[str, int] = defaultdict(int)
+        # 1. parse (nanoGPT style: this loop runs once per input event)
         for ev in events:
             msg = ev.message
             kind: EventKind = "impression" if msg.topic == imp_topic else "feedback"
@@ -212,16 +227,16 @@ class StreamWorker:
                     raise EventError("null_value", "message has no value")
                 e = parse_event(value, kind)
             except EventError as err:
-                m.deadletter.labels(reason=err.reason).inc()
-                futs.append(self.dead_out.send_soon(
-                    key=msg.key, value=_dead_raw(err.reason, err.detail, msg.topic, msg.partition, msg.offset,
-                                                 msg.key, value)))
+                dead_counts[err.reason] += 1
+                futs.append(await send(dead_topic, msg.key, _dead_raw(err.reason, err.detail, msg.topic,
+                                                                      msg.partition, msg.offset, msg.key, value)))
                 continue
             counts[(kind, e.scenario)] += 1
             by_p[msg.partition].append(e)
             raw_p[msg.partition].append(("i" if kind == "impression" else "f") + value.decode())
         for (typ, scenario), n in counts.items():
-            m.events.labels(type=typ, scenario=scenario).inc(n)
+            m.event_counter(typ, scenario).inc(n)
+        # 2. the cores
         outputs: list[tuple[int, Output]] = []
         for p, evs in by_p.items():
             core = self.cores.get(p)
@@ -229,27 +244,35 @@ class StreamWorker:
                 core = self.cores[p] = StreamCore(self.core_cfg)
                 self._counts[p] = core.counters
             outputs += [(p, o) for o in core.on_events(evs)]
-        # 3. produce outputs and wait for the broker
+        # 3. produce outputs without waiting per record, then wait for all acks once
+        samples_topic = self.samples_out.get_topic_name()
         state_users: dict[int, set[str]] = defaultdict(set)
+        n_samples = 0
         for p, o in outputs:
             if isinstance(o, Sample):
-                key = o.user_id.encode()
-                futs.append(self.samples_out.send_soon(key=key, value=o.encode()))
-                m.samples.inc()
+                futs.append(await send(samples_topic, o.user_id.encode(), o.encode()))
+                n_samples += 1
                 m.targets_per_sample.observe(len(o.targets))
                 state_users[p].add(o.user_id)
             else:
                 assert isinstance(o, LateLabel | DeadLetter)
-                m.deadletter.labels(reason=o.reason).inc()
-                futs.append(self.dead_out.send_soon(key=o.user_id.encode(), value=json.dumps(
-                    o.to_json(), separators=(",", ":")).encode()))
+                dead_counts[o.reason] += 1
+                futs.append(await send(dead_topic, o.user_id.encode(), dumps(o.to_json())))
+        if n_samples:
+            m.samples.inc(n_samples)
+        for reason, n in dead_counts.items():
+            m.deadletter_counter(reason).inc(n)
         if self.cfg.publish_user_state:
+            state_topic = self.state_out.get_topic_name()
+            n_states = 0
             for p, core in self.cores.items():
-                for uid in state_users.get(p, set()) | core.take_behavior_users():
+                for uid in state_users.get(p, set()) | core.take_behavior_users():  # once per user per batch
                     st = core.export_user_state(uid)
                     if st is not None:
-                        futs.append(self.state_out.send_soon(key=uid.encode(), value=st.encode()))
-                        m.user_states.inc()
+                        futs.append(await send(state_topic, uid.encode(), st.encode()))
+                        n_states += 1
+            if n_states:
+                m.user_states.inc(n_states)
         if futs:
             await asyncio.gather(*futs)
         # 4. log the batch's accepted events per partition (after the outputs are durable)
@@ -259,7 +282,7 @@ class StreamWorker:
             self._seq[p] = seq + 1
             for part, chunk in enumerate(_chunks(lines, self.cfg.log_chunk_bytes)):
                 lkey = f"{p}:{seq}:{part}"
-                blob = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False).encode()  # JSON: Faust decodes it
+                blob = dumps(chunk)  # a JSON list of strings: Faust's recovery decodes it
                 self.log.data[lkey] = blob
                 futs.append(self.log.send_changelog(p, lkey, blob))
         for p, core in self.cores.items():
@@ -277,17 +300,32 @@ class StreamWorker:
             self._counts[p] = after
             if math.isfinite(core.watermark):
                 m.watermark_lag.labels(partition=str(p)).set(now - core.watermark)
+        self._observe_lag(events)
         m.batch_events.observe(len(events))
         m.batch_seconds.observe(time.perf_counter() - t0)
 
+    def _observe_lag(self, events: Sequence[Any]) -> None:
+        """Consumer lag per input partition: high watermark − (last processed offset + 1); never raises."""
+        last: dict[Any, int] = {}
+        for ev in events:
+            last[ev.message.tp] = ev.message.offset
+        for tp, offset in last.items():
+            try:
+                hw = self.app.consumer.highwater(tp)
+            except Exception:  # consumer not ready / partition revoked: skip this reading
+                continue
+            if hw is not None:
+                self.metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, int(hw) - offset - 1))
+
     async def _snapshot(self) -> None:
-        futs: list[asyncio.Future[Any]] = []
+        futs: list[Awaitable[Any]] = []
         for p, core in self.cores.items():
             for uid in self._snap_dirty.pop(p, set()):
                 d = core.user_to_json(uid)
                 if d is None:
                     continue
-                blob = json.dumps({"p": p, "m": d}, separators=(",", ":")).encode()
+                blob = dumps({"p": p, "m": d})
                 self.users.data[uid] = blob
                 futs.append(self.users.send_changelog(p, uid, blob))
         if futs:
@@ -295,7 +333,7 @@ class StreamWorker:
         futs = []
         for p, core in self.cores.items():
             snap_seq = self._seq.get(p, 0) - 1
-            mb = json.dumps({"core": core.meta_to_json(), "snap_seq": snap_seq}).encode()
+            mb = dumps({"core": core.meta_to_json(), "snap_seq": snap_seq})
             self.meta.data[f"p{p}"] = mb
             futs.append(self.meta.send_changelog(p, f"p{p}", mb))
         if futs:

@@ -107,18 +107,21 @@ class CrossCounters:
                              base={str(k): int(v) for k, v in (d.get("base") or {}).items()})
 
 
-_NAMES: dict[CrossSpec, list[tuple[str, float | None, list[tuple[str, str, str]]]]] = {}
+_LAYOUTS: dict[CrossSpec, tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]] = {}
 
 
-def _layout(spec: CrossSpec) -> list[tuple[str, float | None, list[tuple[str, str, str]]]]:
-    # per window: (window name, seconds or None, [(task, count name, rate name)]) — cached per spec
-    lay = _NAMES.get(spec)
+def _layout(spec: CrossSpec) -> tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]:
+    # (every feature name in output order, the recent windows in seconds, the counted kinds) — cached per spec
+    lay = _LAYOUTS.get(spec)
     if lay is None:
-        lay = [(window_name(w), w, []) for w in spec.windows_s] + [("life", None, [])]
-        for win, _, tasks in lay:
-            for task in spec.tasks:
-                tasks.append((task, f"_{task}_{win}", f"_{task}_rate_{win}"))
-        _NAMES[spec] = lay
+        wins = [window_name(w) for w in spec.windows_s] + ["life"]
+        names = []
+        for dim in _DIMS:
+            for win in wins:
+                names.append(f"{dim}_imp_{win}")
+                for task in spec.tasks:
+                    names += [f"{dim}_{task}_{win}", f"{dim}_{task}_rate_{win}"]
+        lay = _LAYOUTS[spec] = (tuple(names), tuple(spec.windows_s), ("imp", *spec.tasks))
     return lay
 
 
@@ -130,23 +133,29 @@ def cross_features(counters: CrossCounters | None, spec: CrossSpec, scenario: st
     """
     ts = counters.ts if counters is not None else {}
     base = counters.base if counters is not None else {}
-    lay = _layout(spec)
-    out: dict[str, float] = {}
+    names, wins, kinds = _layout(spec)
+    nwin = len(wins) + 1  # recent windows + lifetime
+    zeros = [0] * len(wins)
+    vals: list[float] = []
+    app = vals.append
     for dim, value in (("scn", scenario), ("cat", category), ("all", "")):
-        # per kind: (sorted ts list, index of the first ts >= t, pruned lifetime base)
-        cols = {}
-        for kind in ("imp", *spec.tasks):
+        # per kind: counts per recent window, then the lifetime count (pruned base + ts < t)
+        cols = []
+        for kind in kinds:
             key = f"{kind}\x1f{dim}\x1f{value}"
             lst = ts.get(key)
-            cols[kind] = (lst, bisect_left(lst, t) if lst else 0, base.get(key, 0))
-        for win, w, tasks in lay:
-            lst, hi, b = cols["imp"]
-            n_imp = b + hi if w is None else (hi - bisect_left(lst, t - w) if lst else 0)
-            out[f"{dim}_imp_{win}"] = float(n_imp)
+            if lst:
+                hi = bisect_left(lst, t)
+                cols.append([hi - bisect_left(lst, t - w) for w in wins] + [base.get(key, 0) + hi])
+            else:
+                cols.append([*zeros, base.get(key, 0)])
+        imp = cols[0]
+        for j in range(nwin):
+            n_imp = imp[j]
+            app(float(n_imp))
             denom = max(n_imp, 1)
-            for task, cname, rname in tasks:
-                lst, hi, b = cols[task]
-                n = b + hi if w is None else (hi - bisect_left(lst, t - w) if lst else 0)
-                out[dim + cname] = float(n)
-                out[dim + rname] = n / denom
-    return out
+            for c in cols[1:]:
+                n = c[j]
+                app(float(n))
+                app(n / denom)
+    return dict(zip(names, vals, strict=True))

@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import orjson
+
 EventKind = Literal["impression", "feedback"]
 MAX_EVENT_BYTES = 64 * 1024
 
@@ -196,12 +198,81 @@ def parse_event(raw: bytes | str, kind: EventKind, max_bytes: int = MAX_EVENT_BY
     if len(raw) > max_bytes:
         raise EventError("oversized", f"payload is {len(raw)} bytes, limit {max_bytes}")
     try:
-        obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise EventError("invalid_json", str(e)) from None
-    except RecursionError:
-        raise EventError("invalid_json", "nesting too deep") from None
-    return event_from_dict(obj, kind)
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        # orjson is stricter than the stdlib (NaN/Infinity literals, >64-bit ints, lone surrogates): let the
+        # stdlib decide, so the accepted set and the error reasons stay exactly those of json.loads
+        try:
+            obj = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise EventError("invalid_json", str(e)) from None
+        except RecursionError:
+            raise EventError("invalid_json", "nesting too deep") from None
+        return event_from_dict(obj, kind)
+    ev = _fast_event(obj, kind)
+    return ev if ev is not None else event_from_dict(obj, kind)
+
+
+def _fast_str_map(v: Any) -> dict[str, str] | None:
+    # a freshly decoded JSON object with only string values is already the validated map (keys are str in JSON)
+    if v is None:
+        return {}
+    if type(v) is dict:
+        for x in v.values():
+            if type(x) is not str:
+                return None
+        return v
+    return None
+
+
+def _fast_float_map(v: Any) -> dict[str, float] | None:
+    if v is None:
+        return {}
+    if type(v) is dict:
+        for x in v.values():
+            if type(x) is not float or not math.isfinite(x):
+                return None
+        return v
+    return None
+
+
+def _fast_event(obj: Any, kind: EventKind) -> Event | None:
+    """The common case of :func:`event_from_dict` on a freshly decoded object, reusing its inner dicts.
+
+    Returns None whenever anything is unusual; the full validator then decides (same result or same error).
+    """
+    if type(obj) is not dict:
+        return None
+    g = obj.get
+    eid, ts, uid, scn, req, item_id = g("event_id"), g("ts"), g("user_id"), g("scenario"), g("request_id"), g("item_id")
+    if not (type(eid) is str and eid and type(uid) is str and uid and type(scn) is str and scn
+            and type(req) is str and req and type(item_id) is str and item_id):
+        return None
+    if type(ts) is float:
+        if not math.isfinite(ts):
+            return None
+    elif type(ts) is int:
+        ts = float(ts)
+    else:
+        return None
+    if kind == "impression":
+        pos = g("position")
+        if pos is not None and type(pos) is not int:
+            return None
+        item, context, user, dense = (_fast_str_map(g("item")), _fast_str_map(g("context")), _fast_str_map(g("user")),
+                                      _fast_float_map(g("dense")))
+        if item is None or context is None or user is None or dense is None:
+            return None
+        return Impression(eid, ts, uid, scn, req, item_id, pos, item, context, user, dense)
+    action, value = g("action"), g("value")
+    if type(action) is not str or not action:
+        return None
+    if value is not None:
+        if type(value) is int:
+            value = float(value)
+        elif type(value) is not float or not math.isfinite(value):
+            return None
+    return Feedback(eid, ts, uid, scn, req, item_id, action, value)
 
 
 def encode_event(ev: Event) -> bytes:

@@ -45,12 +45,33 @@ class StreamMetrics:
                                  registry=registry)
         self.watermark_lag = Gauge("streamrec_stream_watermark_lag_seconds", "Wall clock minus the partition's event-"
                                    "time watermark", ["partition"], registry=registry)
+        self.consumer_lag = Gauge("streamrec_stream_consumer_lag_records", "Input records not yet processed: the "
+                                  "partition's high watermark minus the next offset to process, by topic and "
+                                  "partition", ["topic", "partition"], registry=registry)
         self.batch_seconds = Histogram("streamrec_stream_batch_processing_seconds", "Wall time to process one input "
                                        "batch end to end (parse, core, produce, persist)",
                                        buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
                                        registry=registry)
         self.batch_events = Histogram("streamrec_stream_batch_events", "Input events per processed batch",
                                       buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000), registry=registry)
+
+        self._children: dict[tuple[str, ...], Counter] = {}
+
+    def event_counter(self, typ: str, scenario: str) -> Counter:
+        """The cached ``events`` child for (type, scenario): one dict lookup instead of ``labels()`` per use."""
+        key = ("events", typ, scenario)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = self.events.labels(type=typ, scenario=scenario)
+        return c
+
+    def deadletter_counter(self, reason: str) -> Counter:
+        """The cached ``deadletter`` child for ``reason``."""
+        key = ("deadletter", reason)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = self.deadletter.labels(reason=reason)
+        return c
 
     def observe_core(self, before: CoreCounters, after: CoreCounters) -> None:
         """Increment counters by the difference between two :class:`CoreCounters` snapshots of one core."""

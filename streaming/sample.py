@@ -39,6 +39,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from streaming.fastjson import dumps
+
 SCHEMA_VERSION = 1
 TASKS: tuple[str, ...] = ("click", "conversion")
 
@@ -186,7 +188,7 @@ class Sample:
         return s
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+        return dumps(self.to_json())
 
     @staticmethod
     def decode(raw: bytes | str) -> Sample:

@@ -27,6 +27,7 @@ from typing import Any
 
 from streaming.config import CrossSpec
 from streaming.cross import CrossCounters, cross_features
+from streaming.fastjson import dumps
 from streaming.sample import Behavior, Sample, Target, make_sample_id
 
 USER_STATE_VERSION = 1
@@ -75,7 +76,7 @@ class UserState:
         }
 
     def encode(self) -> bytes:
-        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False).encode()
+        return dumps(self.to_json())
 
     @staticmethod
     def from_json(d: dict[str, Any] | bytes | str) -> UserState:

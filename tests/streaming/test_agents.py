@@ -45,16 +45,22 @@ def make_worker(monkeypatch: pytest.MonkeyPatch, snapshot_every_s: float = 0.0,
     w.app.finalize()
     w.app.flow_control.resume()
     rec = {name: Recorder() for name in ("samples", "dead", "state", "users", "meta", "log")}
-    for name, topic in (("samples", w.samples_out), ("dead", w.dead_out), ("state", w.state_out)):
-        monkeypatch.setattr(topic, "send_soon", rec[name].send_soon)
+    by_topic = {w.samples_out.get_topic_name(): "samples", w.dead_out.get_topic_name(): "dead",
+                w.state_out.get_topic_name(): "state"}
+
+    async def send(topic: str, key: bytes | None, value: bytes | None, partition: int | None = None) -> Any:
+        return rec[by_topic[topic]].send_soon(key=key, value=value)
+
+    monkeypatch.setattr(w, "_send", send)
+    monkeypatch.setattr(w.users, "send_changelog", rec["users"].send_changelog)
+    monkeypatch.setattr(w.meta, "send_changelog", rec["meta"].send_changelog)
+    monkeypatch.setattr(w.log, "send_changelog", rec["log"].send_changelog)
+    for topic in (w.samples_out, w.dead_out, w.state_out):
 
         async def no_declare() -> None:
             return None
 
         monkeypatch.setattr(topic, "maybe_declare", no_declare)
-    monkeypatch.setattr(w.users, "send_changelog", rec["users"].send_changelog)
-    monkeypatch.setattr(w.meta, "send_changelog", rec["meta"].send_changelog)
-    monkeypatch.setattr(w.log, "send_changelog", rec["log"].send_changelog)
     return w, rec, reg
 
 
