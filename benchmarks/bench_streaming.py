@@ -5,7 +5,8 @@
 1. produce N pre-encoded events (impressions + ~15% feedback, 4 scenarios, many users) to two P-partition topics;
 2. raw: one AIOKafkaConsumer (getmany) reads both topics to the end, no processing → events/s;
 3. core: the pure :class:`streaming.pipeline.StreamCore` on the same events in memory (parse + join) → events/s;
-4. worker: ``python -m streaming worker`` (one process, Faust, tables, outputs) consumes the same topics; the rate
+4. Faust ceiling: a Faust agent with the worker's take_events batching over the same topics, doing nothing;
+5. worker: ``python -m streaming worker`` (one process, Faust, tables, outputs) consumes the same topics; the rate
    is taken from its Prometheus counters between the first processed batch and the last (start-up excluded).
 
 Prints a table and writes ``reports/bench/streaming.json``. Without ``--bootstrap`` a local broker is started.
@@ -170,6 +171,59 @@ def worker_rate(bootstrap: str, prefix: str, parts: int, n: int, batch_max: int,
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+_NOOP_AGENT = """
+import sys, time, faust
+bootstrap, app_id, imp, fb, parts, batch_max, n, out = sys.argv[1:9]
+app = faust.App(app_id, broker="kafka://" + bootstrap, store="memory://", web_enabled=False,
+                topic_partitions=int(parts), stream_buffer_maxsize=max(4096, 2 * int(batch_max)))
+topic = app.topic(imp, fb, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+seen = [0, 0.0]
+
+@app.agent(topic, concurrency=1)
+async def noop(stream):
+    async for events in stream.take_events(int(batch_max), within=0.2):
+        now = time.perf_counter()
+        if not seen[0]:
+            seen[1] = now
+        seen[0] += len(events)
+        with open(out, "w") as f:
+            f.write(f"{seen[0]} {now - seen[1]}")
+        yield len(events)
+
+sys.argv = [sys.argv[0], "worker", "-l", "warn"]
+app.main()
+"""
+
+
+def faust_noop_rate(bootstrap: str, prefix: str, parts: int, n: int, batch_max: int, tmp: Path) -> dict[str, Any]:
+    """Faust's own delivery ceiling: the worker's topics, agent and take_events batching, no processing at all."""
+    out = tmp / "noop.txt"
+    cmd = [sys.executable, "-c", _NOOP_AGENT, bootstrap, f"{prefix}noop", f"{prefix}impressions", f"{prefix}feedback",
+           str(parts), str(batch_max), str(n), str(out)]
+    log = (tmp / "noop.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        got, secs = 0, 0.0
+        while time.time() < deadline and got < n:
+            time.sleep(0.2)
+            if proc.poll() is not None:
+                raise RuntimeError(f"noop agent exited {proc.returncode}: {(tmp / 'noop.log').read_text()[-2000:]}")
+            try:
+                a, b = out.read_text().split()
+                got, secs = int(a), float(b)
+            except (OSError, ValueError):
+                continue
+        return {"events": got, "seconds": secs, "events_per_s": got / secs if secs > 0 else 0.0}
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_streaming", description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=200_000, help="input events to produce")
@@ -206,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         produce_s = time.perf_counter() - t0
         raw_s = asyncio.run(raw_consume(bootstrap, list(topics.values()), len(events)))
         core_eps, n_out = core_rate(events)
+        noop = faust_noop_rate(bootstrap, prefix, args.partitions, len(events), args.batch_max, tmp)
         w = worker_rate(bootstrap, prefix, args.partitions, len(events), args.batch_max, tmp, args.profile_worker)
         raw_eps = len(events) / raw_s
         result = {
@@ -215,13 +270,14 @@ def main(argv: list[str] | None = None) -> int:
             "produce_events_per_s": len(events) / produce_s,
             "raw_aiokafka_events_per_s": raw_eps,
             "core_only_events_per_s": core_eps, "core_outputs": n_out,
+            "faust_noop_events_per_s": noop["events_per_s"],
             "worker_events_per_s": w["events_per_s"], "worker_seconds": w["seconds"],
             "worker_vs_raw": w["events_per_s"] / raw_eps,
             "targets": {"worker_events_per_s": 25_000, "worker_vs_raw": 0.5},
         }
         print(f"{'measure':<32}{'events/s':>14}")
         for k in ("produce_events_per_s", "raw_aiokafka_events_per_s", "core_only_events_per_s",
-                  "worker_events_per_s"):
+                  "faust_noop_events_per_s", "worker_events_per_s"):
             print(f"{k:<32}{result[k]:>14,.0f}")
         print(f"{'worker / raw':<32}{result['worker_vs_raw']:>14.3f}")
         args.out.parent.mkdir(parents=True, exist_ok=True)

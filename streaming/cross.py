@@ -134,10 +134,8 @@ def cross_features(counters: CrossCounters | None, spec: CrossSpec, scenario: st
     ts = counters.ts if counters is not None else {}
     base = counters.base if counters is not None else {}
     names, wins, kinds = _layout(spec)
-    nwin = len(wins) + 1  # recent windows + lifetime
-    zeros = [0] * len(wins)
     vals: list[float] = []
-    app = vals.append
+    ext = vals.extend
     for dim, value in (("scn", scenario), ("cat", category), ("all", "")):
         # per kind: counts per recent window, then the lifetime count (pruned base + ts < t)
         cols = []
@@ -146,16 +144,14 @@ def cross_features(counters: CrossCounters | None, spec: CrossSpec, scenario: st
             lst = ts.get(key)
             if lst:
                 hi = bisect_left(lst, t)
-                cols.append([hi - bisect_left(lst, t - w) for w in wins] + [base.get(key, 0) + hi])
+                cols.append([*[hi - bisect_left(lst, t - w) for w in wins], base.get(key, 0) + hi])
             else:
-                cols.append([*zeros, base.get(key, 0)])
-        imp = cols[0]
-        for j in range(nwin):
-            n_imp = imp[j]
-            app(float(n_imp))
+                cols.append([*[0 for _ in wins], base.get(key, 0)])
+        imp, tasks = cols[0], cols[1:]
+        for j, n_imp in enumerate(imp):
             denom = max(n_imp, 1)
-            for c in cols[1:]:
+            vals.append(float(n_imp))
+            for c in tasks:
                 n = c[j]
-                app(float(n))
-                app(n / denom)
+                ext((float(n), n / denom))
     return dict(zip(names, vals, strict=True))

@@ -238,8 +238,9 @@ class UserMachine:
             d[task] = d.get(task, 0) + 1
         cross = cross_features(self.counters, cfg.cross, imp.scenario, imp.item.get(cfg.cross.category_key, ""),
                                imp.ts)
-        tgt = Target(imp.event_id, imp.request_id, imp.item_id, imp.scenario, imp.ts, imp.position, dict(imp.item),
-                     dict(imp.context), dict(imp.dense), cross, dict(p.labels))
+        # the pending impression is gone after this: its dicts move into the target instead of being copied
+        tgt = Target(imp.event_id, imp.request_id, imp.item_id, imp.scenario, imp.ts, imp.position, imp.item,
+                     imp.context, imp.dense, cross, p.labels)
         self.released.setdefault(key, []).append(_Released(imp.event_id, imp.ts, None))
         if self.open is not None and imp.ts >= self.open.targets[0].ts + cfg.span_s:
             self._emit(cfg, out, t)
