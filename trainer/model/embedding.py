@@ -112,7 +112,11 @@ class TokenEmbedder(nn.Module):
     @property
     def target_in_dim(self) -> int:
         """Width of a T token's concatenated input features (before its tokenizer)."""
-        return self.tokenizers[TokenGroup.T].net[0].in_features  # type: ignore[no-any-return,index]
+        tok = self.tokenizers[TokenGroup.T]
+        assert isinstance(tok, Tokenizer)
+        first = tok.net[0]
+        assert isinstance(first, nn.Linear)
+        return first.in_features
 
     def forward(
         self, batch: Batch, groups: tuple[TokenGroup, ...] = tuple(TokenGroup), inputs: dict[TokenGroup, torch.Tensor]

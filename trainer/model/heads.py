@@ -41,7 +41,9 @@ class MMoE(nn.Module):
 
     def set_output_bias(self, task: str, value: float) -> None:
         """Initialise ``task``'s output logit bias (e.g. to the log-odds of its label prior)."""
-        last = self.towers[task][-1]
+        tower = self.towers[task]
+        assert isinstance(tower, nn.Sequential)
+        last = tower[-1]
         assert isinstance(last, nn.Linear)
         with torch.no_grad():
             last.bias.fill_(value)

@@ -203,9 +203,10 @@ class Ranker(nn.Module):
         else:
             self.user_lin = self.hist_lin = None
         self.item_bias: EmbeddingBagCollection | None = None
-        if c.item_bias:
+        if c.item_bias:  # width rounded up to a multiple of 4 (fbgemm's sharded tables); columns >= tasks unused
             self.item_bias = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
-                name="t_item_bias", embedding_dim=n_tasks, num_embeddings=spec.tables["item_id"].num_embeddings,
+                name="t_item_bias", embedding_dim=-(-n_tasks // 4) * 4,
+                num_embeddings=spec.tables["item_id"].num_embeddings,
                 feature_names=["item_id"], pooling=PoolingType.SUM, init_fn=nn.init.zeros_)])
         if c.zero_init:
             for _, layer in self.layers():
@@ -237,7 +238,8 @@ class Ranker(nn.Module):
         jt = batch.sparse["item_id"]  # one bag per token (stride N)
         n = self.spec.tables["item_id"].num_embeddings
         kjt = KeyedJaggedTensor(keys=["item_id"], values=jt.values() % n, lengths=jt.lengths())
-        return self.item_bias(kjt).to_dict()["item_id"][batch.group_rows[TokenGroup.T]]  # type: ignore[no-any-return]
+        rows = self.item_bias(kjt).to_dict()["item_id"][batch.group_rows[TokenGroup.T]]  # (T, dim >= tasks)
+        return rows[:, : len(self.spec.tasks)]  # type: ignore[no-any-return]
 
     def _head(self, x: torch.Tensor, x0: torch.Tensor, raw: torch.Tensor, scen: torch.Tensor,
               user_logit: torch.Tensor | None, t_user: torch.Tensor, item_logit: torch.Tensor | None
