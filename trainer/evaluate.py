@@ -80,7 +80,9 @@ class EvalConfig:
         max_history: H length kept by collate (FeatureSpec.max_history).
         ranker / dlrm / optim / ranker_optim: model and optimizer settings (``ranker_optim`` None = ``optim``).
             Defaults are the settings tuned on MovieLens-100K (small batches = more one-pass steps; row-wise
-            Adagrad lr 0.2; a 1-block, d=32 Ranker with H ≤ 64) — see the README's evaluation section.
+            Adagrad lr 0.2; a 1-block, d=32 Ranker with H ≤ 64, its wide/first-order shortcuts on — the target's
+            input token into the head, a linear term on the target's raw features, a per-item bias table, a
+            per-user term — and its output biases at the label priors) — see the README's evaluation section.
         popularity_smoothing: pseudo-count m of the popularity baseline.
         core: the streaming core's settings (join window, sample span, cross features).
     """
