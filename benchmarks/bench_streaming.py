@@ -131,16 +131,17 @@ def free_port() -> int:
 
 
 def worker_rate(bootstrap: str, prefix: str, parts: int, n: int, batch_max: int, tmp: Path,
-                profile: Path | None = None) -> dict[str, Any]:
+                profile: Path | None = None, app_id: str | None = None, repo: Path = REPO) -> dict[str, Any]:
     port = free_port()
     prof = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
-    cmd = [sys.executable, *prof, "-m", "streaming", "worker", "--bootstrap", bootstrap, "--app-id", f"{prefix}app",
+    cmd = [sys.executable, *prof, "-m", "streaming", "worker", "--bootstrap", bootstrap,
+           "--app-id", app_id or f"{prefix}app",
            "--impressions-topic", f"{prefix}impressions", "--feedback-topic", f"{prefix}feedback",
            "--samples-topic", f"{prefix}samples", "--deadletter-topic", f"{prefix}deadletter",
            "--user-state-topic", f"{prefix}user_state", "--partitions", str(parts), "--data-dir", str(tmp / "w"),
            "--metrics-port", str(port), "--batch-max", str(batch_max), "--log-level", "warning"]
     log = (tmp / "worker.log").open("wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=repo, start_new_session=True)
     try:
         first: tuple[float, float] | None = None
         last = (0.0, 0.0)
@@ -195,10 +196,12 @@ app.main()
 """
 
 
-def faust_noop_rate(bootstrap: str, prefix: str, parts: int, n: int, batch_max: int, tmp: Path) -> dict[str, Any]:
+def faust_noop_rate(bootstrap: str, prefix: str, parts: int, n: int, batch_max: int, tmp: Path,
+                    app_id: str | None = None) -> dict[str, Any]:
     """Faust's own delivery ceiling: the worker's topics, agent and take_events batching, no processing at all."""
-    out = tmp / "noop.txt"
-    cmd = [sys.executable, "-c", _NOOP_AGENT, bootstrap, f"{prefix}noop", f"{prefix}impressions", f"{prefix}feedback",
+    app_id = app_id or f"{prefix}noop"
+    out = tmp / f"{app_id}.txt"
+    cmd = [sys.executable, "-c", _NOOP_AGENT, bootstrap, app_id, f"{prefix}impressions", f"{prefix}feedback",
            str(parts), str(batch_max), str(n), str(out)]
     log = (tmp / "noop.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=tmp, start_new_session=True)
