@@ -153,7 +153,7 @@ def test_sigkill_resume_trains_every_sample_exactly_once(bootstrap: str, topic_p
     run_dir = tmp_path / "run"
     trained_log = tmp_path / "trained_ids.txt"
     cmd = [sys.executable, "-m", "trainer", "--bootstrap", bootstrap, "--topic", topic, "--run-dir", str(run_dir),
-           "--trained-log", str(trained_log), "--batch-samples", "4", "--checkpoint-every-s", "2",
+           "--trained-log", str(trained_log), "--batch-samples", "1", "--checkpoint-every-s", "0.5",
            "--snapshot-every-s", "0", "--log-every-s", "0.1", "--metrics-port", "0", "--threads", "1",
            "--snapshots-topic", topic_prefix + "snapshots", "--deadletter-topic", "", *SMALL_MODEL]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -166,6 +166,7 @@ def test_sigkill_resume_trains_every_sample_exactly_once(bootstrap: str, topic_p
         return len(trained_log.read_text().splitlines()) if trained_log.exists() else 0
 
     # Kill it right after it trained past its last checkpoint: that work must be rolled back and redone once.
+    # One sample per step and frequent checkpoints keep the stream several checkpoints long even on a fast box.
     p1 = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_for(lambda: latest_checkpoint(run_dir / "checkpoints") is not None and 0 < committed() < trained_now(),
