@@ -21,7 +21,6 @@ test: setup ## Run the whole CPU test suite (real Kafka broker included)
 
 lint: setup ## ruff + mypy
 	@$(VENV)/bin/ruff check .
-	@$(VENV)/bin/ruff format --check . || true
 	@$(VENV)/bin/mypy streaming trainer serving kernels deploy
 
 bench: setup ## Benchmarks (throughput, latency, ratios); results are printed and written to reports/bench/
