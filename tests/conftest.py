@@ -10,6 +10,9 @@ from pathlib import Path
 
 import pytest
 
+# The kernel tests need Triton imported with its interpreter enabled (CPU hosts) before any other test module
+# imports torch's triton; loading their conftest first lets them run in this process whatever the test order.
+import tests.kernels.conftest  # noqa: F401
 from deploy.kafka import BrokerConfig, BrokerError, KafkaBroker
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

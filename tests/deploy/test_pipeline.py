@@ -184,6 +184,22 @@ def test_serving_scores_with_the_newest_snapshot(run: Run) -> None:
             assert 0.0 <= v <= 1.0
 
 
+def test_serving_knows_replayed_users_from_the_user_state_topic(run: Run, bootstrap: str) -> None:
+    """A user whose sample the worker emitted is scored with its streamed state, not as a cold start."""
+    user = Sample.decode(next(iter(_read_topic(bootstrap, run.pipe.config.topic("samples"))))).user_id
+    deadline = time.monotonic() + 60
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        r = httpx.post(f"{run.pipe.serving_url}/v1/score", timeout=10,
+                       json={"user_id": user, "scenario": "comedy", "candidates": [{"item_id": "1"}]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        if body["cold_start"] is False:
+            break
+        time.sleep(0.5)
+    assert body.get("cold_start") is False, f"user {user} is still a cold start in serving: {body}"
+
+
 def test_freshness_is_measured(run: Run) -> None:
     fresh, missing = run.probe.event_freshness(run.replay, stride=10)
     assert fresh, "no served model covered any replayed event"
