@@ -35,8 +35,8 @@ Key = tuple[str, str]  # (request_id, item_id)
 
 
 @dataclass
-class Tally:
-    """Counts a :class:`UserMachine` adds to while processing (the core sums them into its counters)."""
+class JoinCounts:
+    """The join's outcome counts (shared by the machines' :class:`Tally` and the core's ``CoreCounters``)."""
 
     duplicates: int = 0
     late_impressions: int = 0
@@ -48,6 +48,12 @@ class Tally:
     negatives: dict[str, int] = field(default_factory=dict)
     samples: int = 0
     targets: int = 0
+
+
+@dataclass
+class Tally(JoinCounts):
+    """Counts a :class:`UserMachine` adds to while processing (the core sums them into its counters)."""
+
     behavior_users: set[str] = field(default_factory=set)  # users that gained a behavior (drained by the core)
 
 

@@ -29,15 +29,16 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import heapq
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 from streaming.config import CoreConfig
 from streaming.events import Event, Impression
-from streaming.join import Tally, UserMachine
+from streaming.join import JoinCounts, Tally, UserMachine
 from streaming.outputs import DeadLetter, LateLabel, Output
 from streaming.sample import Sample
 from streaming.user_state import UserState
@@ -48,21 +49,11 @@ INF = math.inf
 
 
 @dataclass
-class CoreCounters:
+class CoreCounters(JoinCounts):
     """Totals since the core was created (not persisted: the worker exports them as Prometheus counters)."""
 
     impressions: int = 0
     feedback: int = 0
-    duplicates: int = 0
-    late_impressions: int = 0
-    late_feedback: int = 0
-    late_positives: int = 0
-    orphans: int = 0
-    joined: int = 0
-    positives: dict[str, int] = field(default_factory=dict)
-    negatives: dict[str, int] = field(default_factory=dict)
-    samples: int = 0
-    targets: int = 0
 
 
 class StreamCore:
@@ -181,10 +172,8 @@ class StreamCore:
     # ------------------------------------------------------------------ outputs / state
     @property
     def counters(self) -> CoreCounters:
-        t = self._tally
-        return CoreCounters(self._in["impression"], self._in["feedback"], t.duplicates, t.late_impressions,
-                            t.late_feedback, t.late_positives, t.orphans, t.joined, dict(t.positives),
-                            dict(t.negatives), t.samples, t.targets)
+        counts = {f.name: copy.copy(getattr(self._tally, f.name)) for f in fields(JoinCounts)}
+        return CoreCounters(**counts, impressions=self._in["impression"], feedback=self._in["feedback"])
 
     def take_dirty(self) -> set[str]:
         """Users changed since the last call (and forget them)."""
