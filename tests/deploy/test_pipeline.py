@@ -116,9 +116,27 @@ def run(bootstrap: str, tmp_path_factory: pytest.TempPathFactory, prometheus_bin
                 if i % 10 == 0:
                     client.post("/v1/score", json={"user_id": first.user_id})  # 422
                 time.sleep(0.2)
-        time.sleep(2 * 2.0)  # two more scrape intervals
+        # Prometheus has scraped serving after the last of that traffic
+        served = _score_requests(httpx.get(f"{pipe.serving_url}/metrics", timeout=10).text)
+        wait_until(lambda: _prom_score_requests(pipe.prometheus_url or "") >= served, 30, 0.5,
+                   "Prometheus to scrape the scoring traffic", alive=sup.check_alive)
         yield Run(pipe, rt, probe, state["p"], started)
         probe.stop()
+
+
+def _score_requests(exposition: str) -> float:
+    """Total /v1/score requests in a Prometheus text exposition of serving's metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(s.value for fam in text_string_to_metric_families(exposition) for s in fam.samples
+               if s.name == "streamrec_serving_requests_total" and s.labels.get("endpoint") == "/v1/score")
+
+
+def _prom_score_requests(prom: str) -> float:
+    r = httpx.get(f"{prom}/api/v1/query", timeout=5,
+                  params={"query": 'sum(streamrec_serving_requests_total{endpoint="/v1/score"})'}).json()
+    result = r["data"]["result"]
+    return float(result[0]["value"][1]) if result else 0.0
 
 
 def _all_targets_scraped(prom: str) -> bool:
