@@ -139,12 +139,18 @@ def build_request_sample(state: UserState | None, user_id: str, scenario: str, c
         user = dict(state.user)
     request_id = context.get("request_id", "")
     targets = []
+    # Every candidate shares (counters, scenario, now): its cross features depend only on its category.
+    cross_by_cat: dict[str, dict[str, float]] = {}
     for i, c in enumerate(candidates):
+        cat = c.item.get(spec.category_key, "")
+        feats = cross_by_cat.get(cat)
+        if feats is None:
+            feats = cross_by_cat[cat] = cross_features(counters, spec, scenario, cat, now)
         targets.append(Target(
             event_id=f"req:{user_id}:{now!r}:{i}:{c.item_id}", request_id=request_id, item_id=c.item_id,
             scenario=scenario, ts=now, position=None, item=dict(c.item), context={**context, **c.context},
             dense=dict(c.dense),
-            cross=cross_features(counters, spec, scenario, c.item.get(spec.category_key, ""), now),
+            cross=dict(feats),
             labels={}))
     return Sample(make_sample_id(t.event_id for t in targets), user_id, targets, user=user, history=history,
                   realtime=[], span_start=now, span_end=now, max_event_ts=now)
