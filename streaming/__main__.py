@@ -33,6 +33,9 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--snapshot-every-s", type=float, default=30.0,
                    help="seconds between state snapshots (in between, each batch's events are logged)")
     p.add_argument("--no-user-state", action="store_true", help="do not publish UserState records")
+    p.add_argument("--agent-delivery", action="store_true",
+                   help="deliver input through the Faust agent's per-event stream instead of whole fetches "
+                        "(streaming/batch_drain.py); slower, same results")
     p.add_argument("--window-s", type=float, default=1800.0, help="attribution window, seconds (event time)")
     p.add_argument("--lateness-s", type=float, default=60.0, help="allowed lateness, seconds (event time)")
     p.add_argument("--history-len", type=int, default=256, help="L, behaviors in H")
@@ -60,7 +63,8 @@ def run_worker(a: argparse.Namespace) -> int:
                        batch_within_s=a.batch_within_s, commit_interval_s=a.commit_interval_s,
                        session_timeout_s=a.session_timeout_s,
                        metrics_host=a.metrics_host, metrics_port=a.metrics_port,
-                       publish_user_state=not a.no_user_state, snapshot_every_s=a.snapshot_every_s)
+                       publish_user_state=not a.no_user_state, snapshot_every_s=a.snapshot_every_s,
+                       batch_drain=not a.agent_delivery)
     w = StreamWorker(cfg, core, REGISTRY)
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.metrics_host)

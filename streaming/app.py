@@ -44,6 +44,7 @@ import faust
 import orjson
 from prometheus_client import CollectorRegistry
 
+from streaming.batch_drain import BatchDrainApp
 from streaming.config import CoreConfig
 from streaming.events import Event, EventError, EventKind, parse_event
 from streaming.fastjson import dumps
@@ -78,6 +79,7 @@ class WorkerConfig:
     publish_user_state: bool = True
     snapshot_every_s: float = 30.0
     log_chunk_bytes: int = 512 * 1024
+    batch_drain: bool = True
 
 
 def _dead_raw(reason: str, detail: str, topic: str, partition: int, offset: int, key: bytes | None,
@@ -107,7 +109,7 @@ class StreamWorker:
         self.cfg = cfg
         self.core_cfg = core_cfg
         self.metrics = StreamMetrics(registry)
-        self.app = faust.App(
+        self.app = BatchDrainApp(
             cfg.app_id,
             broker=f"kafka://{cfg.bootstrap}",
             store=cfg.store,
@@ -139,25 +141,45 @@ class StreamWorker:
         self._last_snap = time.time()
         self.cores: dict[int, StreamCore] = {}
         self._loaded = False
+        self._declared = False
         self._counts: dict[int, CoreCounters] = {}
         self.agent = self.app.agent(self.inputs, name="join", concurrency=1)(self._agent)
+        if cfg.batch_drain:  # the agent subscribes the inputs; whole fetches bypass its per-event stream
+            self.app.drain_batches(self.inputs.topics, self._drained)
+        self._busy = asyncio.Lock()  # one batch at a time; a revocation waits for the batch in flight
 
         @self.app.on_partitions_revoked.connect  # type: ignore[arg-type]
         async def _on_revoked(sender: Any, revoked: Any, **kwargs: Any) -> None:
             # Drop in-memory cores; the next batch reloads them from the (recovered) tables.
-            self.cores.clear()
-            self._counts.clear()
-            self._seq.clear()
-            self._snap_dirty.clear()
-            self._loaded = False
+            async with self._busy:
+                self._reset()
+
+    def _reset(self) -> None:
+        self.cores.clear()
+        self._counts.clear()
+        self._seq.clear()
+        self._snap_dirty.clear()
+        self._loaded = False
 
     # ------------------------------------------------------------------ loop
     async def _agent(self, stream: Any) -> Any:
-        for topic in (self.samples_out, self.dead_out, self.state_out):
-            await topic.maybe_declare()
+        await self._declare_outputs()
         async for events in stream.take_events(self.cfg.batch_max, within=self.cfg.batch_within_s):
-            await self.process_batch(events)
+            await self.process_batch([ev.message for ev in events])
             yield len(events)
+
+    async def _declare_outputs(self) -> None:
+        if not self._declared:
+            for topic in (self.samples_out, self.dead_out, self.state_out):
+                await topic.maybe_declare()
+            self._declared = True
+
+    async def _drained(self, messages: Sequence[Any]) -> None:
+        """The batch-drain path (:mod:`streaming.batch_drain`): one fetch of input records, in chunks of batch_max."""
+        await self._declare_outputs()
+        step = self.cfg.batch_max
+        for i in range(0, len(messages), step):
+            await self.process_batch(messages[i:i + step])
 
     def _load(self) -> None:
         """Rebuild the cores from the recovered tables: snapshot, then replay the logged batches after it.
@@ -204,7 +226,12 @@ class StreamWorker:
         """
         return await self.app.producer.send(topic, key, value, partition, None, None)
 
-    async def process_batch(self, events: Sequence[Any]) -> None:
+    async def process_batch(self, messages: Sequence[Any]) -> None:
+        """Process one batch of input records (Faust ``Message``: topic, partition, offset, key, value, tp)."""
+        async with self._busy:
+            await self._process(messages)
+
+    async def _process(self, messages: Sequence[Any]) -> None:
         t0 = time.perf_counter()
         if not self._loaded:
             self._load()
@@ -218,8 +245,7 @@ class StreamWorker:
         counts: dict[tuple[str, str], int] = defaultdict(int)
         dead_counts: dict[str, int] = defaultdict(int)
         # 1. parse (nanoGPT style: this loop runs once per input event)
-        for ev in events:
-            msg = ev.message
+        for msg in messages:
             kind: EventKind = "impression" if msg.topic == imp_topic else "feedback"
             value = msg.value
             try:
@@ -300,15 +326,15 @@ class StreamWorker:
             self._counts[p] = after
             if math.isfinite(core.watermark):
                 m.watermark_lag.labels(partition=str(p)).set(now - core.watermark)
-        self._observe_lag(events)
-        m.batch_events.observe(len(events))
+        self._observe_lag(messages)
+        m.batch_events.observe(len(messages))
         m.batch_seconds.observe(time.perf_counter() - t0)
 
-    def _observe_lag(self, events: Sequence[Any]) -> None:
+    def _observe_lag(self, messages: Sequence[Any]) -> None:
         """Consumer lag per input partition: high watermark − (last processed offset + 1); never raises."""
         last: dict[Any, int] = {}
-        for ev in events:
-            last[ev.message.tp] = ev.message.offset
+        for msg in messages:
+            last[msg.tp] = msg.offset
         for tp, offset in last.items():
             try:
                 hw = self.app.consumer.highwater(tp)
