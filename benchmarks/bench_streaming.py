@@ -6,8 +6,11 @@
 2. raw: one AIOKafkaConsumer (getmany) reads both topics to the end, no processing → events/s;
 3. core: the pure :class:`streaming.pipeline.StreamCore` on the same events in memory (parse + join) → events/s;
 4. Faust ceiling: a Faust agent with the worker's take_events batching over the same topics, doing nothing;
-5. worker: ``python -m streaming worker`` (one process, Faust, tables, outputs) consumes the same topics; the rate
-   is taken from its Prometheus counters between the first processed batch and the last (start-up excluded).
+5. worker, agent delivery: ``python -m streaming worker --agent-delivery`` (events reach process_batch through the
+   Faust agent's per-event stream);
+6. worker: ``python -m streaming worker`` (one process, Faust, tables, outputs; whole fetches handed to the worker
+   by :mod:`streaming.batch_drain`) consumes the same topics. Worker rates are taken from its Prometheus counters
+   between the first processed batch and the last (start-up excluded); the mean batch size from its histogram.
 
 Prints a table and writes ``reports/bench/streaming.json``. Without ``--bootstrap`` a local broker is started.
 """
@@ -118,8 +121,9 @@ def scrape(port: int) -> dict[str, float]:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("streamrec_stream_events_total") or line.startswith("streamrec_stream_deadletter_total"):
-            name = line.split("{")[0]
+        if line.startswith(("streamrec_stream_events_total", "streamrec_stream_deadletter_total",
+                            "streamrec_stream_batch_events_sum", "streamrec_stream_batch_events_count")):
+            name = line.split("{")[0].split(" ")[0]
             out[name] = out.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
@@ -131,7 +135,8 @@ def free_port() -> int:
 
 
 def worker_rate(bootstrap: str, prefix: str, parts: int, n: int, batch_max: int, tmp: Path,
-                profile: Path | None = None, app_id: str | None = None, repo: Path = REPO) -> dict[str, Any]:
+                profile: Path | None = None, app_id: str | None = None, repo: Path = REPO,
+                agent_delivery: bool = False) -> dict[str, Any]:
     port = free_port()
     prof = ["-m", "cProfile", "-o", str(profile)] if profile is not None else []
     cmd = [sys.executable, *prof, "-m", "streaming", "worker", "--bootstrap", bootstrap,
@@ -139,12 +144,14 @@ def worker_rate(bootstrap: str, prefix: str, parts: int, n: int, batch_max: int,
            "--impressions-topic", f"{prefix}impressions", "--feedback-topic", f"{prefix}feedback",
            "--samples-topic", f"{prefix}samples", "--deadletter-topic", f"{prefix}deadletter",
            "--user-state-topic", f"{prefix}user_state", "--partitions", str(parts), "--data-dir", str(tmp / "w"),
-           "--metrics-port", str(port), "--batch-max", str(batch_max), "--log-level", "warning"]
+           "--metrics-port", str(port), "--batch-max", str(batch_max), "--log-level", "warning",
+           *(["--agent-delivery"] if agent_delivery else [])]
     log = (tmp / "worker.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=repo, start_new_session=True)
     try:
         first: tuple[float, float] | None = None
         last = (0.0, 0.0)
+        m: dict[str, float] = {}
         deadline = time.time() + 600
         while time.time() < deadline:
             time.sleep(0.2)
@@ -163,7 +170,9 @@ def worker_rate(bootstrap: str, prefix: str, parts: int, n: int, batch_max: int,
                 break
         assert first is not None, "worker processed nothing"
         dt = last[0] - first[0]
-        return {"events": last[1], "seconds": dt, "events_per_s": (last[1] - first[1]) / dt if dt > 0 else 0.0}
+        n_batches = m.get("streamrec_stream_batch_events_count", 0.0)
+        return {"events": last[1], "seconds": dt, "events_per_s": (last[1] - first[1]) / dt if dt > 0 else 0.0,
+                "mean_batch_events": m.get("streamrec_stream_batch_events_sum", 0.0) / n_batches if n_batches else 0.0}
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -233,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--users", type=int, default=20_000, help="distinct users")
     ap.add_argument("--partitions", type=int, default=4, help="partitions of the input topics")
     ap.add_argument("--batch-max", type=int, default=5000, help="worker --batch-max")
+    ap.add_argument("--rounds", type=int, default=1, help="alternating rounds of the Faust/worker runs (medians)")
     ap.add_argument("--bootstrap", default=None, help="use this broker instead of starting one")
     ap.add_argument("--out", type=Path, default=OUT, help="where to write the JSON report")
     ap.add_argument("--profile-worker", type=Path, default=None,
@@ -263,8 +273,20 @@ def main(argv: list[str] | None = None) -> int:
         produce_s = time.perf_counter() - t0
         raw_s = asyncio.run(raw_consume(bootstrap, list(topics.values()), len(events)))
         core_eps, n_out = core_rate(events)
-        noop = faust_noop_rate(bootstrap, prefix, args.partitions, len(events), args.batch_max, tmp)
-        w = worker_rate(bootstrap, prefix, args.partitions, len(events), args.batch_max, tmp, args.profile_worker)
+        # Alternating rounds, each with a fresh consumer group reading the same backlog from the start; medians.
+        noops, agents, workers = [], [], []
+        for r in range(args.rounds):
+            noops.append(faust_noop_rate(bootstrap, prefix, args.partitions, len(events), args.batch_max, tmp,
+                                         app_id=f"{prefix}noop{r}"))
+            agents.append(worker_rate(bootstrap, prefix, args.partitions, len(events), args.batch_max, tmp,
+                                      app_id=f"{prefix}agent{r}", agent_delivery=True))
+            workers.append(worker_rate(bootstrap, prefix, args.partitions, len(events), args.batch_max, tmp,
+                                       args.profile_worker if r == 0 else None, app_id=f"{prefix}app{r}"))
+
+        def med(runs: list[dict[str, Any]]) -> dict[str, Any]:
+            return sorted(runs, key=lambda x: x["events_per_s"])[len(runs) // 2]
+
+        noop, agent, w = med(noops), med(agents), med(workers)
         raw_eps = len(events) / raw_s
         result = {
             "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} cores, no GPU",
@@ -274,13 +296,19 @@ def main(argv: list[str] | None = None) -> int:
             "raw_aiokafka_events_per_s": raw_eps,
             "core_only_events_per_s": core_eps, "core_outputs": n_out,
             "faust_noop_events_per_s": noop["events_per_s"],
+            "worker_agent_delivery_events_per_s": agent["events_per_s"],
+            "worker_agent_delivery_mean_batch": agent["mean_batch_events"],
             "worker_events_per_s": w["events_per_s"], "worker_seconds": w["seconds"],
+            "worker_mean_batch": w["mean_batch_events"], "rounds": args.rounds,
+            "all_rounds_events_per_s": {"faust_noop": [x["events_per_s"] for x in noops],
+                                        "worker_agent_delivery": [x["events_per_s"] for x in agents],
+                                        "worker": [x["events_per_s"] for x in workers]},
             "worker_vs_raw": w["events_per_s"] / raw_eps,
             "targets": {"worker_events_per_s": 25_000, "worker_vs_raw": 0.5},
         }
         print(f"{'measure':<32}{'events/s':>14}")
         for k in ("produce_events_per_s", "raw_aiokafka_events_per_s", "core_only_events_per_s",
-                  "faust_noop_events_per_s", "worker_events_per_s"):
+                  "faust_noop_events_per_s", "worker_agent_delivery_events_per_s", "worker_events_per_s"):
             print(f"{k:<32}{result[k]:>14,.0f}")
         print(f"{'worker / raw':<32}{result['worker_vs_raw']:>14.3f}")
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,15 @@ def run_worker(a: argparse.Namespace) -> int:
     w = StreamWorker(cfg, core, REGISTRY)
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.metrics_host)
-    worker = faust.Worker(w.app, loglevel=a.log_level.upper(), quiet=True)
+
+    class _Worker(faust.Worker):
+        def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+            super().on_setup_root_logger(logger, level)
+            # mode leaves the root logger at DEBUG (its handler filters): every aiokafka debug call then builds a
+            # LogRecord, ~8% of the worker's time per produced record. Gate at the logger instead.
+            logger.setLevel(level)
+
+    worker = _Worker(w.app, loglevel=a.log_level.upper(), quiet=True)
     worker.execute_from_commandline()
     return 0
 

@@ -145,7 +145,7 @@ class StreamWorker:
         self._counts: dict[int, CoreCounters] = {}
         self.agent = self.app.agent(self.inputs, name="join", concurrency=1)(self._agent)
         if cfg.batch_drain:  # the agent subscribes the inputs; whole fetches bypass its per-event stream
-            self.app.drain_batches(self.inputs.topics, self._drained)
+            self.app.drain_batches(self.inputs.topics, self._drained, cfg.batch_max, cfg.batch_within_s)
         self._busy = asyncio.Lock()  # one batch at a time; a revocation waits for the batch in flight
 
         @self.app.on_partitions_revoked.connect  # type: ignore[arg-type]

@@ -7,7 +7,8 @@ per record), and the agent's stream then takes each event through its iterator, 
 core, below what the worker's pure core alone processes.
 
 :class:`BatchDrainApp` is a ``faust.App`` whose consumer, for the topics given to :meth:`BatchDrainApp.drain_batches`,
-collects every record of one ``getmany`` fetch and awaits the handler ONCE with the whole list; after it returns
+collects the records of consecutive ``getmany`` fetches (up to a size or a time bound) and awaits the handler ONCE
+with the whole list; after it returns
 the records are acked through Faust's own :meth:`Consumer.ack`, so Faust's offset commits, consumer group,
 rebalancing, tables, changelogs and recovery are unchanged. Records of every other topic (table changelogs during
 recovery, other agents) take Faust's normal path. The handler runs inline in the fetch loop: the next fetch waits
@@ -27,6 +28,7 @@ Example (no broker needed to build it):
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
@@ -54,17 +56,28 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
         while not (consumer_should_stop() or fetcher_should_stop()):
             generation = self.app.consumer_generation_id
             batch: list[Message] = []
-            others: list[tuple[TP, Message]] = []
-            ait = self.getmany(timeout=1.0)
-            await self.sleep(0)
-            if self.should_stop:
-                break
-            async for tp, message in ait:
-                (batch.append(message) if tp.topic in batch_topics else others.append((tp, message)))
-            for tp, message in others:  # Faust's per-message path, unchanged
-                if await self._accept(tp, message, read_offset, acks_enabled_for):
-                    await self.wait_first(callback(message), self.suspend_flow.wait())
-                    read_offset[tp] = message.offset
+            timeout, deadline = 1.0, 0.0
+            while True:  # fetch until batch_max records, batch_within_s after the first one, or a fetch comes back empty
+                others: list[tuple[TP, Message]] = []
+                ait = self.getmany(timeout=timeout)
+                await self.sleep(0)
+                if self.should_stop:
+                    return
+                n_before = len(batch)
+                async for tp, message in ait:
+                    (batch.append(message) if tp.topic in batch_topics else others.append((tp, message)))
+                for tp, message in others:  # Faust's per-message path, unchanged
+                    if await self._accept(tp, message, read_offset, acks_enabled_for):
+                        await self.wait_first(callback(message), self.suspend_flow.wait())
+                        read_offset[tp] = message.offset
+                if not batch:
+                    break
+                if not n_before:
+                    deadline = time.monotonic() + app.batch_within_s
+                timeout = deadline - time.monotonic()
+                if (len(batch) == n_before or len(batch) >= app.batch_max or timeout <= 0
+                        or self.app.consumer_generation_id != generation):
+                    break
             if not batch:
                 continue
             seen: dict[TP, int | None] = {}  # read offsets as of this fetch; committed to read_offset after handling
@@ -110,11 +123,20 @@ class BatchDrainApp(faust.App):
 
     batch_topics: frozenset[str] = frozenset()
     batch_handler: BatchHandler | None = None
+    batch_max: int = 2000
+    batch_within_s: float = 0.2
 
-    def drain_batches(self, topics: Iterable[str], handler: BatchHandler) -> None:
-        """Deliver ``topics`` (subscribed through an agent or ``app.topics``) to ``handler`` a fetch at a time."""
+    def drain_batches(self, topics: Iterable[str], handler: BatchHandler, max_records: int = 2000,
+                      within_s: float = 0.2) -> None:
+        """Deliver ``topics`` (subscribed through an agent or ``app.topics``) to ``handler`` in batches.
+
+        A batch is the records of consecutive fetches, closed at ``max_records`` (or more: whole fetches), after
+        ``within_s`` from its first record, or when a fetch comes back empty.
+        """
         self.batch_topics = frozenset(topics)
         self.batch_handler = handler
+        self.batch_max = max_records
+        self.batch_within_s = within_s
 
     def _new_transport(self) -> Any:
         return BatchDrainTransport(self.conf.broker_consumer, self, loop=self.loop)

@@ -71,9 +71,12 @@ class CrossCounters:
         return f"{kind}\x1f{dim}\x1f{value}"
 
     def add(self, kind: str, scenario: str, category: str, ts: float) -> None:
-        for dim, value in (("scn", scenario), ("cat", category), ("all", "")):
-            lst = self.ts.setdefault(self._key(kind, dim, value), [])
-            if not lst or lst[-1] <= ts:
+        d = self.ts
+        for key in _keys((kind,), scenario, category):
+            lst = d.get(key[0])
+            if lst is None:
+                d[key[0]] = [ts]
+            elif lst[-1] <= ts:
                 lst.append(ts)
             else:
                 insort(lst, ts)
@@ -108,6 +111,8 @@ class CrossCounters:
 
 
 _LAYOUTS: dict[CrossSpec, tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]] = {}
+# (kinds, scenario, category) -> the 3 dims' counter keys per kind, dims outer: built once per distinct triple
+_KEYS: dict[tuple[tuple[str, ...], str, str], tuple[tuple[str, ...], ...]] = {}
 
 
 def _layout(spec: CrossSpec) -> tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]:
@@ -125,6 +130,17 @@ def _layout(spec: CrossSpec) -> tuple[tuple[str, ...], tuple[float, ...], tuple[
     return lay
 
 
+def _keys(kinds: tuple[str, ...], scenario: str, category: str) -> tuple[tuple[str, ...], ...]:
+    k = (kinds, scenario, category)
+    keys = _KEYS.get(k)
+    if keys is None:
+        if len(_KEYS) > 100_000:  # scenarios x categories is small in practice; bound it anyway
+            _KEYS.clear()
+        keys = _KEYS[k] = tuple(tuple(f"{kind}\x1f{dim}\x1f{value}" for kind in kinds)
+                                for dim, value in (("scn", scenario), ("cat", category), ("all", "")))
+    return keys
+
+
 def cross_features(counters: CrossCounters | None, spec: CrossSpec, scenario: str, category: str,
                    t: float) -> dict[str, float]:
     """The cross features of one target/candidate in ``scenario`` with item ``category`` at time ``t``.
@@ -134,23 +150,28 @@ def cross_features(counters: CrossCounters | None, spec: CrossSpec, scenario: st
     ts = counters.ts if counters is not None else {}
     base = counters.base if counters is not None else {}
     names, wins, kinds = _layout(spec)
+    starts = [t - w for w in wins]
     vals: list[float] = []
     ext = vals.extend
-    for dim, value in (("scn", scenario), ("cat", category), ("all", "")):
+    app = vals.append
+    for dim_keys in _keys(kinds, scenario, category):
         # per kind: counts per recent window, then the lifetime count (pruned base + ts < t)
         cols = []
-        for kind in kinds:
-            key = f"{kind}\x1f{dim}\x1f{value}"
+        for key in dim_keys:
             lst = ts.get(key)
+            b = base.get(key, 0) if base else 0
             if lst:
                 hi = bisect_left(lst, t)
-                cols.append([*[hi - bisect_left(lst, t - w) for w in wins], base.get(key, 0) + hi])
+                col = [hi - bisect_left(lst, s) for s in starts]
+                col.append(b + hi)
             else:
-                cols.append([*[0 for _ in wins], base.get(key, 0)])
+                col = [0] * len(starts)
+                col.append(b)
+            cols.append(col)
         imp, tasks = cols[0], cols[1:]
         for j, n_imp in enumerate(imp):
-            denom = max(n_imp, 1)
-            vals.append(float(n_imp))
+            denom = n_imp if n_imp > 1 else 1
+            app(float(n_imp))
             for c in tasks:
                 n = c[j]
                 ext((float(n), n / denom))
