@@ -1,4 +1,5 @@
-"""The Faust worker on the real broker: samples topic == run_offline on the same events, across a SIGKILL."""
+"""The Faust worker on the real broker: samples topic == run_offline on the same events, across a SIGKILL and
+across a second worker joining the consumer group mid-stream (a rebalance)."""
 
 from __future__ import annotations
 
@@ -31,21 +32,22 @@ MALFORMED = [b"{not json", b'{"event_id":"x","ts":"soon","user_id":"u","scenario
              b'{"ts":1}', b"x" * (70 * 1024)]
 
 
-def sentinels() -> list[tuple[int, Event]]:
+def sentinels(parts: int = PARTS) -> list[tuple[int, Event]]:
     """Per partition, far-future events on both topics so every partition's watermark passes everything."""
     out: list[tuple[int, Event]] = []
-    for p in range(PARTS):
+    for p in range(parts):
         out.append((p, Impression(f"end-i{p}", END_TS, f"~end{p}", "end", "end", "end")))
         out.append((p, Feedback(f"end-f{p}", END_TS, f"~end{p}", "end", "end", "end", "click")))
     return out
 
 
-def start_worker(bootstrap: str, prefix: str, data_dir: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_worker(bootstrap: str, prefix: str, data_dir: Path, log: Path, parts: int = PARTS,
+                 metrics_port: int = 0) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "streaming", "worker", "--bootstrap", bootstrap, "--app-id", f"{prefix}app",
            "--impressions-topic", f"{prefix}impressions", "--feedback-topic", f"{prefix}feedback",
            "--samples-topic", f"{prefix}samples", "--deadletter-topic", f"{prefix}deadletter",
-           "--user-state-topic", f"{prefix}user_state", "--partitions", str(PARTS), "--data-dir", str(data_dir),
-           "--metrics-port", "0", "--batch-max", "200", "--batch-within-s", "0.05", "--commit-interval-s", "0.5",
+           "--user-state-topic", f"{prefix}user_state", "--partitions", str(parts), "--data-dir", str(data_dir),
+           "--metrics-port", str(metrics_port), "--batch-max", "200", "--batch-within-s", "0.05", "--commit-interval-s", "0.5",
            "--session-timeout-s", "8", "--snapshot-every-s", "1.5",
            "--window-s", str(CFG.attribution_window_s), "--lateness-s", str(CFG.allowed_lateness_s),
            "--history-len", str(CFG.history_len), "--max-targets", str(CFG.max_targets), "--span-s",
@@ -134,5 +136,89 @@ def test_worker_matches_offline_and_survives_sigkill(bootstrap: str, topic_prefi
                 worker.wait(15)
             except subprocess.TimeoutExpired:
                 os.killpg(worker.pid, signal.SIGKILL)
+        samples.close()
+        producer.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _events_in(port: int) -> float:
+    """The worker's streamrec_stream_events_total summed over labels (0 while its endpoint is not up)."""
+    import urllib.request
+
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return 0.0
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("streamrec_stream_events_total{"))
+
+
+def test_second_worker_joins_mid_stream_and_nothing_is_lost(bootstrap: str, topic_prefix: str,
+                                                              tmp_path: Path) -> None:
+    """Scale-out: worker B joins A's group mid-stream; the partitions split, both process input, and the samples
+    topic still holds exactly the offline samples (re-emissions after the hand-over carry the same sample_id)."""
+    parts = 4
+    _, arrival = generate(12, GenSpec(users=40, scenarios=3, items=40, impressions=1500, horizon=60_000.0,
+                                      jitter=100.0, dup_rate=0.05, fb_rate=0.5))
+    expected = {s.sample_id: s for s in run_offline(arrival + [e for _, e in sentinels(parts)], CFG)
+                if not s.user_id.startswith("~end")}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(f"{topic_prefix}{t}", parts, 1) for t in ("impressions", "feedback")])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+
+    def send(evs: list[tuple[int | None, Event]]) -> None:
+        for p, e in evs:
+            topic = f"{topic_prefix}{'impressions' if isinstance(e, Impression) else 'feedback'}"
+            producer.send(topic, key=e.user_id.encode(), value=encode_event(e), partition=p)
+        producer.flush()
+
+    samples = KafkaConsumer(f"{topic_prefix}samples", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                            enable_auto_commit=False)
+    got: list[bytes] = []
+    ports = (_free_port(), _free_port())
+    logs = (tmp_path / "a.log", tmp_path / "b.log")
+    cut = len(arrival) // 3
+    workers = [start_worker(bootstrap, topic_prefix, tmp_path / "a", logs[0], parts, ports[0])]
+    try:
+        send([(None, e) for e in arrival[:cut]])
+        read_all(samples, got, time.time() + 90, want=1)
+        assert got, f"no samples from worker A; log:\n{logs[0].read_text()[-3000:]}"
+        workers.append(start_worker(bootstrap, topic_prefix, tmp_path / "b", logs[1], parts, ports[1]))
+        deadline = time.time() + 60
+        while time.time() < deadline and _events_in(ports[1]) == 0:  # B owns partitions once it processes input
+            send([(None, e) for e in arrival[cut:cut + 20]])
+            cut += 20
+            read_all(samples, got, time.time() + 1)
+        assert _events_in(ports[1]) > 0, f"worker B never processed input; log:\n{logs[1].read_text()[-3000:]}"
+        send([(None, e) for e in arrival[cut:]] + [(p, e) for p, e in sentinels(parts)])
+        deadline = time.time() + 150
+        while time.time() < deadline:
+            read_all(samples, got, time.time() + 2)
+            if {Sample.decode(v).sample_id for v in got} >= set(expected):
+                break
+        decoded = [Sample.decode(v) for v in got]
+        missing = set(expected) - {s.sample_id for s in decoded}
+        assert not missing, f"{len(missing)} samples missing; logs:\n{logs[0].read_text()[-2000:]}\n" \
+                            f"{logs[1].read_text()[-2000:]}"
+        for s in decoded:
+            assert s.sample_id in expected, s.sample_id
+            assert s.to_json() == expected[s.sample_id].to_json()
+        assert _events_in(ports[0]) > 0 and _events_in(ports[1]) > 0
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                os.killpg(w.pid, signal.SIGTERM)
+                try:
+                    w.wait(15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(w.pid, signal.SIGKILL)
         samples.close()
         producer.close()
