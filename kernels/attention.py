@@ -149,8 +149,8 @@ def hta_attention_reference(
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Fast CPU paths (inference only: used when no gradient is needed, so training keeps the reference's exact numerics).
-# Same math as the reference up to float32 rounding; no padding for one user, no mask when every key is visible.
+# Fast CPU paths. Inference (no gradient): SDPA, no padding for one user, no mask when every key is visible.
+# Training: hta_attention_split_cpu (context keys + a self slot). Same math as the reference up to float32 rounding.
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -214,6 +214,105 @@ def _hta_attention_cpu(
         enable_gqa=Hq != Hkv,
     )  # (B, Hq, Lq, D)
     return out.transpose(1, 2)[q_valid]
+
+
+def hta_attention_split_cpu(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_offsets: torch.Tensor,
+    kv_offsets: torch.Tensor,
+    q_pos: torch.Tensor,
+    kv_ts: torch.Tensor,
+    kv_group: torch.Tensor,
+    max_q_len: int,
+    max_kv_len: int,
+    kind: AttentionKind = AttentionKind.SOFTMAX,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """:func:`hta_attention` computed against each user's context keys plus each query's own key (differentiable).
+
+    A T key is visible only to its own query, so no query needs the (queries x T keys) block that the padded
+    reference builds: scores are (B, Lq, L_ctx) against the user's U/H/R keys (compacted, order kept), with the
+    diagonal where a query's own key is a context key, plus one "self" score per query whose own key is a T key.
+    Same math as :func:`hta_attention_reference` (same shapes in and out); the padded work drops from
+    Lq x L_kv to Lq x (L_ctx + 1), about half for a full layer and more for target layers. Used for CPU training.
+
+    Example:
+        >>> q = torch.randn(3, 2, 16); k = v = torch.randn(3, 1, 16)
+        >>> off = torch.tensor([0, 3]); grp = torch.tensor([TokenGroup.H, TokenGroup.R, TokenGroup.T])
+        >>> args = (q, k, v, off, off, torch.arange(3), torch.tensor([0.0, 1.0, 2.0]), grp, 3, 3)
+        >>> torch.allclose(hta_attention_split_cpu(*args), hta_attention_reference(*args), atol=1e-6)
+        True
+    """
+    Nq, Hq, D = q.shape
+    Nk, Hkv = k.shape[0], k.shape[1]
+    if Nq == 0 or Nk == 0 or Hq % Hkv:
+        return hta_attention_reference(
+            q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len, kind, scale
+        )
+    rep = Hq // Hkv
+    scale = D**-0.5 if scale is None else scale
+    B = q_offsets.numel() - 1
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    is_ctx = kv_group != TokenGroup.T  # (Nk,)
+    before = torch.zeros(Nk + 1, dtype=torch.int64, device=q.device)  # context keys before each row
+    before[1:] = torch.cumsum(is_ctx, 0)
+    ctx_offsets = before[kv_offsets]  # (B+1,)
+    Lc = int((ctx_offsets[1:] - ctx_offsets[:-1]).max())
+    q_user = torch.repeat_interleave(torch.arange(B, device=q.device), q_offsets.diff(), output_size=Nq)
+    own = kv_offsets[q_user] + q_pos  # (Nq,) row of each query's own key
+    own_ctx = is_ctx[own]  # (Nq,) own key is a context key (then it is in the context block, not a self slot)
+    own_c = torch.where(own_ctx, before[own] - ctx_offsets[q_user], -1)  # its column in the context block
+    Lq = max_q_len
+    qd, q_valid = _pad(q, q_offsets, Lq)  # (B, Lq, Hq, D)
+    qts, _ = _pad(kv_ts[own], q_offsets, Lq)  # (B, Lq)
+    own_cd, _ = _pad(own_c, q_offsets, Lq)
+    own_ctx_d, _ = _pad(own_ctx, q_offsets, Lq)  # padded query rows: False, i.e. a finite self slot (no NaN)
+    # self slot: (Nq, Hkv, rep) scores and (Nq, Hkv, D) values of each query's own key
+    k_own, v_own = k[own], v[own]
+    s_self = (q.view(Nq, Hkv, rep, D) * k_own.view(Nq, Hkv, 1, D)).sum(-1) * scale
+    s_self_d = _pad(s_self, q_offsets, Lq)[0].permute(0, 2, 1, 3)  # (B, Hkv, Lq, rep)
+    v_self_d = _pad(v_own, q_offsets, Lq)[0].permute(0, 2, 1, 3)  # (B, Hkv, Lq, D)
+    self_on = ~own_ctx_d  # (B, Lq)
+    if Lc > 0:
+        ctx_rows = torch.nonzero(is_ctx).flatten()
+        kd, c_valid = _pad(k[ctx_rows], ctx_offsets, Lc)  # (B, Lc, Hkv, D)
+        vd, _ = _pad(v[ctx_rows], ctx_offsets, Lc)
+        tsd, _ = _pad(kv_ts[ctx_rows], ctx_offsets, Lc)
+        grpd, _ = _pad(kv_group[ctx_rows], ctx_offsets, Lc)
+        j = torch.arange(Lc, device=q.device)
+        uh = (grpd == TokenGroup.U) | (grpd == TokenGroup.H)  # (B, Lc)
+        r = grpd == TokenGroup.R
+        vis = (uh[:, None, :] | (r[:, None, :] & (tsd[:, None, :] < qts[:, :, None])) | (own_cd[:, :, None] == j))
+        vis = vis & c_valid[:, None, :]  # (B, Lq, Lc)
+        # (B*Hkv, Lq*rep, D) x (B*Hkv, D, Lc): row (i, r) = query i, head hk*rep + r
+        qh = qd.reshape(B, Lq, Hkv, rep, D).permute(0, 2, 1, 3, 4).reshape(B * Hkv, Lq * rep, D)
+        kh = kd.permute(0, 2, 3, 1).reshape(B * Hkv, D, Lc)
+        vh = vd.permute(0, 2, 1, 3).reshape(B * Hkv, Lc, D)
+        s = torch.bmm(qh, kh).mul_(scale).view(B, Hkv, Lq, rep, Lc)
+        vis5 = vis[:, None, :, None, :]  # (B, 1, Lq, 1, Lc)
+    if kind is AttentionKind.SOFTMAX:
+        s_self_d = s_self_d.masked_fill(~self_on[:, None, :, None], float("-inf"))
+        if Lc > 0:
+            # one softmax over [context scores, self score]; a real row always sees its own key, a padded row
+            # its finite self slot, so no row is empty
+            p_all = torch.softmax(torch.cat([s.masked_fill(~vis5, float("-inf")), s_self_d[..., None]], dim=-1), -1)
+            o = torch.bmm(p_all[..., :Lc].reshape(B * Hkv, Lq * rep, Lc), vh).view(B, Hkv, Lq, rep, D)
+            o = o + p_all[..., Lc, None] * v_self_d[:, :, :, None, :]
+        else:
+            o = torch.softmax(s_self_d[..., None], dim=-1) * v_self_d[:, :, :, None, :]
+    else:
+        on = self_on[:, None, :, None].to(q.dtype)
+        o = (F.silu(s_self_d) * on)[..., None] * v_self_d[:, :, :, None, :]
+        n = self_on.to(q.dtype)  # (B, Lq) visible keys per query
+        if Lc > 0:
+            p = F.silu(s) * vis5.to(q.dtype)
+            o = o + torch.bmm(p.reshape(B * Hkv, Lq * rep, Lc), vh).view(B, Hkv, Lq, rep, D)
+            n = n + vis.sum(-1).to(q.dtype)
+        o = o / n.clamp(min=1.0)[:, None, :, None, None]
+    o = o.permute(0, 2, 1, 3, 4).reshape(B, Lq, Hq, D)
+    return o[q_valid]  # (Nq, Hq, D), users in order
 
 
 def hta_target_attention_cpu(
@@ -955,7 +1054,8 @@ def hta_attention(
     kind: AttentionKind = AttentionKind.SOFTMAX,
     scale: float | None = None,
 ) -> torch.Tensor:
-    """Jagged HTA attention: Triton on CUDA (or under ``TRITON_INTERPRET=1``), the reference otherwise.
+    """Jagged HTA attention: Triton on CUDA (or under ``TRITON_INTERPRET=1``); on the CPU the SDPA inference path
+    without gradients and :func:`hta_attention_split_cpu` with them (``Kernel.REFERENCE`` forces the reference).
 
     Shapes and the mask are in the module docstring; ``kernels.set_kernel`` overrides the choice.
 
@@ -967,9 +1067,12 @@ def hta_attention(
         torch.Size([3, 2, 16])
     """
     _validate(q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, kind)
-    if not use_triton(q) and not q.is_cuda and get_kernel() is Kernel.AUTO and not _needs_grad(q, k, v):
-        return _hta_attention_cpu(q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len,
-                                  kind, scale)  # fmt: skip
+    if not use_triton(q) and not q.is_cuda and get_kernel() is Kernel.AUTO:
+        if not _needs_grad(q, k, v):
+            return _hta_attention_cpu(q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len,
+                                      kind, scale)  # fmt: skip
+        return hta_attention_split_cpu(q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len,
+                                       kind, scale)  # fmt: skip
     if not use_triton(q) or (q.is_cuda and q.dtype == torch.float64):  # tl.dot has no float64 on GPUs
         return hta_attention_reference(
             q, k, v, q_offsets, kv_offsets, q_pos, kv_ts, kv_group, max_q_len, max_kv_len, kind, scale
