@@ -109,6 +109,28 @@ def grouped_auc(preds: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor)
     return float((auc * w).sum()), float(w.sum())
 
 
+def binned_confmat(preds: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """The (thresholds, 2, 2) confusion matrices ``[[tn, fp], [fn, tp]]`` that torchmetrics' binned ``BinaryAUROC``
+    adds per update (prediction positive iff ``pred >= threshold``), in O(N log K + K) instead of an (N, K) compare.
+
+    Example:
+        >>> binned_confmat(torch.tensor([0.2, 0.8]), torch.tensor([0.0, 1.0]), torch.tensor([0.0, 0.5, 1.0]))[1]
+        tensor([[1, 0],
+                [0, 1]])
+    """
+    k = thresholds.numel()
+    if not bool(((preds >= 0) & (preds <= 1)).all()):  # torchmetrics' rule: logits get a sigmoid
+        preds = preds.sigmoid()
+    above = torch.searchsorted(thresholds, preds.to(thresholds.dtype), right=True)  # thresholds <= pred, 0..K
+    pos = labels.long() == 1
+    n_pos = torch.bincount(above[pos], minlength=k + 1)
+    n_neg = torch.bincount(above[~pos], minlength=k + 1)
+    tp = n_pos.flip(0).cumsum(0).flip(0)[1:]  # (K,) positives with pred >= threshold t, i.e. above > t
+    fp = n_neg.flip(0).cumsum(0).flip(0)[1:]
+    fn, tn = n_pos.sum() - tp, n_neg.sum() - fp
+    return torch.stack([tn, fp, fn, tp], dim=1).reshape(k, 2, 2)
+
+
 def exact_auc(preds: torch.Tensor, labels: torch.Tensor) -> float:
     """Exact ROC AUC via torchmetrics; NaN when only one class is present."""
     if preds.numel() == 0:
@@ -158,7 +180,9 @@ class _Stream:
         n = p.numel()
         if n == 0:
             return
-        self.auroc.update(p, y.long())
+        thresholds = self.auroc.thresholds
+        assert isinstance(thresholds, torch.Tensor)  # binned: set in __init__
+        self.auroc.confmat += binned_confmat(p, y, thresholds)  # = self.auroc.update(p, y.long())
         self.count += n
         self.label_sum += float(y.sum())
         self.pred_sum += float(p.double().sum())
@@ -269,7 +293,8 @@ class ProgressiveValidator:
         t = len(scenarios)
         if t == 0:
             return
-        users = torch.tensor([user_hash(u) for u in user_ids], dtype=torch.int64)
+        hashes = {u: user_hash(u) for u in dict.fromkeys(user_ids)}  # a user's targets come together
+        users = torch.tensor([hashes[u] for u in user_ids], dtype=torch.int64)
         scen = np.asarray(scenarios, dtype=object)
         by_scen = {str(s): torch.from_numpy(np.flatnonzero(scen == s)) for s in dict.fromkeys(scenarios)}
         for task, pr in probs.items():

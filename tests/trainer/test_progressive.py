@@ -122,3 +122,27 @@ def test_state_round_trip_continues_identically() -> None:
     _feed(a, rows[21:])
     _feed(b, rows[21:])
     assert a.compute() == b.compute() or repr(a.compute()) == repr(b.compute())  # NaN-safe equality
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0.0, 1.0, width=32), st.integers(0, 1)),
+             max_size=300),
+    st.sampled_from([2, 3, 11, 1000]),
+    st.booleans(),
+)
+def test_binned_confmat_equals_torchmetrics_update(rows: list[tuple[float, int]], thresholds: int,
+                                                   logits: bool) -> None:
+    """The vectorised lifetime-AUC update adds exactly what torchmetrics' binned BinaryAUROC.update adds (ties on
+    thresholds included; inputs outside [0, 1] get torchmetrics' sigmoid)."""
+    from torchmetrics.classification import BinaryAUROC
+
+    from trainer.progressive import binned_confmat
+
+    p = torch.tensor([r[0] for r in rows], dtype=torch.float32)
+    if logits:
+        p = (p - 0.5) * 20
+    y = torch.tensor([float(r[1]) for r in rows])
+    metric = BinaryAUROC(thresholds=thresholds, validate_args=False)
+    metric.update(p, y.long())
+    assert torch.equal(binned_confmat(p, y, metric.thresholds), metric.confmat)
