@@ -399,7 +399,9 @@ class Trainer:
             source = KafkaSampleSource(cfg.source, self.offsets, self.stop_event)
         seen = RecentIds(cfg.source.dedupe_capacity, self.trained.to_list())
         prefetcher: Prefetcher[Batch] = Prefetcher(source, self._collate, seen, cfg.source,
-                                                   pin=self.device.type == "cuda", deadletter=deadletter)
+                                                   pin=self.device.type == "cuda", deadletter=deadletter,
+                                                   keep_history=self.spec.max_history,
+                                                   keep_realtime=self.spec.max_realtime)
         self._log_event({"event": "start", "resumed_from": str(self.resumed_from) if self.resumed_from else None,
                          "samples_trained": self.samples_trained, "offsets": {str(k): v for k, v in self.offsets.items()},
                          "device": str(self.device), "rank": cfg.source.rank, "world_size": cfg.source.world_size})

@@ -32,6 +32,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
+import orjson
+
 from streaming.sample import Sample, SampleError
 
 log = logging.getLogger(__name__)
@@ -109,10 +111,37 @@ class RecentIds:
 Skip = tuple[str, str, bytes]  # (reason, detail, raw record value)
 
 
-def decode_records(values: Sequence[bytes | None], seen: RecentIds) -> tuple[list[Sample], list[Skip]]:
+def decode_sample(raw: bytes, keep_history: int | None = None, keep_realtime: int | None = None) -> Sample:
+    """:meth:`Sample.decode` through orjson (~3x faster than the stdlib on ~50 kB samples), building only the
+    ``keep_history`` most recent H and ``keep_realtime`` most recent R behaviors (what ``collate`` keeps; None = all),
+    so behaviors beyond those are neither built nor validated. Anything orjson rejects is decoded again by
+    :meth:`Sample.decode`, so skip reasons and details stay the stdlib's.
+
+    Example:
+        >>> from streaming.sample import Behavior, Target
+        >>> hist = [Behavior(f"i{i}", "home", "click", float(i)) for i in range(5)]
+        >>> raw = Sample("s", "u", [Target("e", "r", "i", "home", 9.0)], history=hist).encode()
+        >>> [b.item_id for b in decode_sample(raw, keep_history=2).history]
+        ['i3', 'i4']
+    """
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return Sample.decode(raw)  # raises the stdlib's SampleError (or accepts what only the stdlib reads)
+    if isinstance(obj, dict):
+        for key, keep in (("history", keep_history), ("realtime", keep_realtime)):
+            seq = obj.get(key)
+            if keep is not None and isinstance(seq, list) and len(seq) > keep:
+                obj[key] = seq[len(seq) - keep :]
+    return Sample.from_json(obj)
+
+
+def decode_records(values: Sequence[bytes | None], seen: RecentIds, keep_history: int | None = None,
+                   keep_realtime: int | None = None) -> tuple[list[Sample], list[Skip]]:
     """Decode raw record values into samples; everything else becomes a ``(reason, detail, raw)`` skip.
 
-    ``seen`` holds sample ids already trained or already handed out; new ids are added to it.
+    ``seen`` holds sample ids already trained or already handed out; new ids are added to it. ``keep_history`` /
+    ``keep_realtime``: see :func:`decode_sample`.
     """
     samples: list[Sample] = []
     skips: list[Skip] = []
@@ -121,7 +150,7 @@ def decode_records(values: Sequence[bytes | None], seen: RecentIds) -> tuple[lis
             skips.append(("invalid_json", "empty record value", b""))
             continue
         try:
-            s = Sample.decode(raw)
+            s = decode_sample(raw, keep_history, keep_realtime)
         except SampleError as e:
             skips.append((e.reason, e.detail, raw))
             continue
@@ -254,12 +283,15 @@ class Prefetcher(Generic[B]):
         config: batching settings.
         pin: call ``batch.pin_memory()`` (CUDA).
         deadletter: optional :class:`DeadLetter`.
+        keep_history / keep_realtime: behaviors decoded per sample (:func:`decode_sample`; the spec's maxima).
     """
 
     def __init__(self, source: Any, collate: Callable[[list[Sample]], B], seen: RecentIds, config: SourceConfig,
-                 pin: bool = False, deadletter: DeadLetter | None = None) -> None:
+                 pin: bool = False, deadletter: DeadLetter | None = None, keep_history: int | None = None,
+                 keep_realtime: int | None = None) -> None:
         self.source, self.collate, self.seen, self.config = source, collate, seen, config
         self.pin, self.deadletter = pin, deadletter
+        self.keep_history, self.keep_realtime = keep_history, keep_realtime
         self.queue: queue.Queue[SampleBatch[B] | BaseException] = queue.Queue(maxsize=max(1, config.prefetch))
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="trainer-prefetch", daemon=True)
@@ -315,7 +347,7 @@ class Prefetcher(Generic[B]):
             t_first = t_first or time.monotonic()
             records += len(values)
             offsets = offsets_now
-            got, bad = decode_records(values, self.seen)
+            got, bad = decode_records(values, self.seen, self.keep_history, self.keep_realtime)
             samples.extend(got)
             skips.extend(bad)
         if self.stop_event.is_set() and not records:

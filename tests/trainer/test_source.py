@@ -48,3 +48,50 @@ def test_recent_ids_is_an_lru_of_capacity(capacity: int, ops: list[str]) -> None
             model.popitem(last=False)
         assert r.to_list() == list(model)
     assert RecentIds(capacity, r.to_list()).to_list() == r.to_list()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 4), st.integers(0, 3), st.integers(0, 10_000))
+def test_decode_sample_keeps_what_collate_keeps(keep_h: int, keep_r: int, seed: int) -> None:
+    """orjson + trimmed behaviors: same Sample fields as the stdlib decode, and the same collated batch."""
+    import dataclasses
+
+    import torch
+
+    from streaming.sample import Behavior
+    from trainer.batch import collate
+    from trainer.features import FeatureSpec
+    from trainer.source import decode_sample
+
+    [s] = make_samples(1, seed=seed)
+    s = dataclasses.replace(s, realtime=[Behavior(f"r{j}", "home", "click", s.span_start + j) for j in range(seed % 5)])
+    got = decode_sample(s.encode(), keep_h, keep_r)
+    full = Sample.decode(s.encode())
+    assert got.history == (full.history[-keep_h:] if keep_h else [])  # collate's slice
+    assert got.realtime == (full.realtime[-keep_r:] if keep_r else [])
+    assert dataclasses.replace(got, history=full.history, realtime=full.realtime) == full
+    spec = FeatureSpec(max_history=keep_h, max_realtime=keep_r)
+    a, b = collate([got], spec), collate([full], spec)
+    assert torch.equal(a.sparse.values(), b.sparse.values()) and torch.equal(a.token_ts, b.token_ts)
+    assert torch.equal(a.float_features.weights(), b.float_features.weights())
+
+
+def test_decode_sample_falls_back_to_the_stdlib_for_what_orjson_rejects() -> None:
+    """NaN literals (stdlib-only JSON) still decode; bad bytes keep the stdlib's reason and detail."""
+    from streaming.sample import SampleError
+    from trainer.source import decode_sample
+
+    [s] = make_samples(1, seed=3)
+    raw = json.dumps(s.to_json() | {"span_end": float("nan")}).encode()  # json.dumps writes NaN
+    assert decode_sample(raw).sample_id == s.sample_id
+    for bad in (b"{oops", b"\xff\xfe"):
+        try:
+            Sample.decode(bad)
+        except SampleError as e:
+            want = (e.reason, e.detail)
+        try:
+            decode_sample(bad)
+        except SampleError as e:
+            assert (e.reason, e.detail) == want
+        else:
+            raise AssertionError("decoded invalid bytes")
