@@ -20,6 +20,7 @@ Writes reports/bench/trainer.json and prints a table. CPU only where no CUDA dev
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,6 +36,7 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from deploy.kafka import REPO_ROOT, BrokerConfig, KafkaBroker
+from kernels import Kernel, set_kernel
 from streaming.sample import Behavior, Sample, Target, make_sample_id
 from trainer.features import FeatureSpec
 from trainer.loop import Trainer, TrainerConfig, resolve_device
@@ -75,27 +77,50 @@ def _median(xs: list[float]) -> float:
     return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
 
 
-def run_once(bootstrap: str, topic: str, prefetch: int, args: argparse.Namespace, n: int) -> dict[str, Any]:
-    spec = FeatureSpec()
+def movielens_samples(limit: int | None) -> list[Sample]:
+    """MovieLens-100K user-level samples as the streaming worker writes them (the pure core, offline)."""
+    from streaming.datasets.movielens import DEFAULT_CACHE, ensure_movielens, load_movielens
+    from streaming.pipeline import run_offline
+
+    samples = run_offline(load_movielens(ensure_movielens(REPO_ROOT / DEFAULT_CACHE)))
+    return samples[:limit] if limit else samples
+
+
+# --model laptop = deploy.cluster.LAPTOP_TRAINER_ARGS (make demo, bench_pipeline): width 32, 1 block, H 32, R 16
+MODELS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "default": ({}, {}), "laptop": ({"max_history": 32, "max_realtime": 16}, {"d_model": 32, "num_blocks": 1})}
+# --compare: the two configurations run side by side (interleaved A/B pairs); the first is "A"
+COMPARISONS: dict[str, tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]] = {
+    "prefetch": (("prefetch=2", {"prefetch": 2}), ("prefetch=0", {"prefetch": 0})),
+    "attention": (("split", {"kernel": Kernel.AUTO}), ("reference", {"kernel": Kernel.REFERENCE})),
+}
+
+
+def run_once(bootstrap: str, topic: str, mode: dict[str, Any], args: argparse.Namespace, n: int) -> dict[str, Any]:
+    spec_changes, model_changes = MODELS[args.model]
+    spec = dataclasses.replace(FeatureSpec(), **spec_changes)
     torch.manual_seed(0)
-    model = Ranker(spec, RankerConfig())
+    model = Ranker(spec, dataclasses.replace(RankerConfig(), **model_changes))
+    prefetch = int(mode.get("prefetch", args.prefetch))
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench-trainer-p{prefetch}-"))
+    set_kernel(mode.get("kernel", Kernel.AUTO))
     try:
         cfg = TrainerConfig(
             source=SourceConfig(bootstrap=bootstrap, topic=topic, deadletter_topic="", batch_samples=args.batch_samples,
                                 prefetch=prefetch),
-            run_dir=run_dir, snapshots_topic="", log_every_s=1e9,
+            run_dir=run_dir, snapshots_topic="", log_every_s=1e9, snapshot_every_s=args.snapshot_every_s,
         )
         trainer = Trainer(cfg, model, spec, CollectorRegistry())
         t0 = time.monotonic()
         s = trainer.run(max_samples=n, max_seconds=args.timeout)
         wall = time.monotonic() - t0
     finally:
+        set_kernel(Kernel.AUTO)
         shutil.rmtree(run_dir, ignore_errors=True)
     steady_wait = s.data_wait_s - s.startup_wait_s
     busy = steady_wait + s.compute_s
     return {
-        "prefetch": prefetch, "samples": s.samples_trained, "impressions": s.targets_trained, "steps": s.steps,
+        "mode": mode["name"], "prefetch": prefetch, "samples": s.samples_trained, "impressions": s.targets_trained, "steps": s.steps,
         "wall_s": wall, "samples_per_s": s.samples_trained / wall, "impressions_per_s": s.targets_trained / wall,
         "data_wait_s": s.data_wait_s, "startup_wait_s": s.startup_wait_s, "steady_wait_s": steady_wait,
         "compute_s": s.compute_s, "persist_s": s.persist_s,
@@ -110,12 +135,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--samples", type=int, default=768, help="samples produced and trained per run (default %(default)s)")
     ap.add_argument("--batch-samples", type=int, default=64, help="samples per batch (default %(default)s)")
     ap.add_argument("--max-history", type=int, default=48, help="max history length of synthetic samples")
-    ap.add_argument("--rounds", type=int, default=2, help="interleaved prefetch/sync run pairs (default %(default)s)")
+    ap.add_argument("--rounds", type=int, default=2, help="interleaved A/B run pairs (default %(default)s)")
+    ap.add_argument("--data", choices=["synthetic", "movielens"], default="synthetic",
+                    help="synthetic samples, or MovieLens-100K's (the pure streaming core offline; --samples caps them)")
+    ap.add_argument("--model", choices=sorted(MODELS), default="default",
+                    help="default = python -m trainer's defaults; laptop = the demo's profile (default %(default)s)")
+    ap.add_argument("--compare", choices=sorted(COMPARISONS), default="prefetch",
+                    help="prefetch: --prefetch 2 vs 0; attention: split CPU training attention vs the padded "
+                         "reference (default %(default)s)")
+    ap.add_argument("--prefetch", type=int, default=SourceConfig().prefetch,
+                    help="prefetch depth where --compare does not set it (default %(default)s)")
+    ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads, 0 = torch default")
+    ap.add_argument("--snapshot-every-s", type=float, default=TrainerConfig().snapshot_every_s,
+                    help="snapshot cadence inside the runs (default %(default)s)")
     ap.add_argument("--timeout", type=float, default=900.0, help="give up a run after this many seconds")
     ap.add_argument("--out", type=Path, default=OUT, help="JSON report path (default %(default)s)")
     args = ap.parse_args(argv)
 
-    samples = synth_samples(args.samples, seed=0, max_history=args.max_history)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.data == "movielens":
+        samples = movielens_samples(args.samples)
+    else:
+        samples = synth_samples(args.samples, seed=0, max_history=args.max_history)
+    (name_a, mode_a), (name_b, mode_b) = COMPARISONS[args.compare]
+    modes = ({"name": name_a, **mode_a}, {"name": name_b, **mode_b})
     state = Path(tempfile.mkdtemp(prefix="bench-trainer-kafka-"))
     broker = KafkaBroker(BrokerConfig(state_dir=state, port=0, heap="512m"))
     broker.start()
@@ -128,9 +172,9 @@ def main(argv: list[str] | None = None) -> int:
             producer.send(topic, key=s.user_id.encode(), value=s.encode())
         producer.flush(timeout=60)
         producer.close()
-        run_once(broker.bootstrap, topic, 2, args, min(len(samples), 2 * args.batch_samples))  # warm-up, unreported
+        run_once(broker.bootstrap, topic, modes[0], args, min(len(samples), 2 * args.batch_samples))  # warm-up
         # Interleaved A/B/A/B so drift in a shared machine's load hits both modes alike.
-        runs = [run_once(broker.bootstrap, topic, p, args, len(samples)) for _ in range(args.rounds) for p in (2, 0)]
+        runs = [run_once(broker.bootstrap, topic, m, args, len(samples)) for _ in range(args.rounds) for m in modes]
     finally:
         broker.stop()
         shutil.rmtree(state, ignore_errors=True)
@@ -142,25 +186,29 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                     "device": str(device), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
-        "config": {"samples": args.samples, "batch_samples": args.batch_samples, "max_history": args.max_history,
-                   "model": "Ranker(RankerConfig()) on FeatureSpec() (python -m trainer defaults)",
+        "config": {"samples": len(samples), "data": args.data, "batch_samples": args.batch_samples,
+                   "max_history": args.max_history if args.data == "synthetic" else None,
+                   "model": args.model, "model_changes": MODELS[args.model], "compare": args.compare,
+                   "snapshot_every_s": args.snapshot_every_s,
                    "mean_targets_per_sample": sum(s.num_targets for s in samples) / len(samples)},
         "runs": runs,
-        "median_samples_per_s": {str(p): _median([r["samples_per_s"] for r in runs if r["prefetch"] == p]) for p in (2, 0)},
-        "prefetch_speedup": _median([a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs[::2], runs[1::2], strict=True)]),
+        "median_impressions_per_s": {m["name"]: _median([r["impressions_per_s"] for r in runs if r["mode"] == m["name"]])
+                                     for m in modes},
+        "speedup": _median([a["samples_per_s"] / b["samples_per_s"] for a, b in zip(runs[::2], runs[1::2], strict=True)]),
         "created_at": time.time(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
-    hdr = (f"{'prefetch':>8} {'samples/s':>10} {'impr/s':>9} {'startup s':>9} {'wait s':>8} {'compute s':>9} "
+    hdr = (f"{'mode':>10} {'samples/s':>10} {'impr/s':>9} {'startup s':>9} {'wait s':>8} {'compute s':>9} "
            f"{'persist s':>9} {'stall':>6}")
-    print(f"trainer on {device} ({args.samples} samples, batch {args.batch_samples}); broker on this machine")
+    print(f"trainer on {device} ({len(samples)} {args.data} samples, model {args.model}, batch {args.batch_samples}, "
+          f"{torch.get_num_threads()} threads); broker on this machine")
     print(hdr)
     for r in runs:
-        print(f"{r['prefetch']:>8} {r['samples_per_s']:>10.1f} {r['impressions_per_s']:>9.1f} "
+        print(f"{r['mode']:>10} {r['samples_per_s']:>10.1f} {r['impressions_per_s']:>9.1f} "
               f"{r['startup_wait_s']:>9.2f} {r['steady_wait_s']:>8.2f} "
               f"{r['compute_s']:>9.2f} {r['persist_s']:>9.2f} {r['stall_fraction']:>6.1%}")
-    print(f"median prefetch/sync speedup over {args.rounds} interleaved pairs: {report['prefetch_speedup']:.2f}x"
+    print(f"median {name_a}/{name_b} speedup over {args.rounds} interleaved pairs: {report['speedup']:.2f}x"
           f"  → {args.out}")
     return 0
 
