@@ -82,7 +82,10 @@ class EvalConfig:
             Defaults are the settings tuned on MovieLens-100K (small batches = more one-pass steps; row-wise
             Adagrad lr 0.2; a 1-block, d=32 Ranker with H ≤ 64, its wide/first-order shortcuts on — the target's
             input token into the head, a linear term on the target's raw features, a per-item bias table, a
-            per-user term — and its output biases at the label priors) — see the README's evaluation section.
+            per-user term, the user's smoothed cross-counter rates — and its output biases at the label priors).
+            The DLRM baseline gets the same generic, non-sequence shortcuts (per-item bias table, linear term,
+            cross-counter rates, prior output biases); only the Ranker has the wide input token into its head and
+            the per-user term — see the README's evaluation section.
         popularity_smoothing: pseudo-count m of the popularity baseline.
         core: the streaming core's settings (join window, sample span, cross features).
     """
@@ -93,8 +96,10 @@ class EvalConfig:
     points: int = 12
     max_history: int = 64
     ranker: RankerConfig = field(default_factory=lambda: RankerConfig(
-        d_model=32, num_blocks=1, target_layers=0, wide=True, linear=True, task_priors=MOVIELENS_PRIORS))
-    dlrm: DLRMConfig = field(default_factory=DLRMConfig)
+        d_model=32, num_blocks=1, target_layers=0, wide=True, linear=True, task_priors=MOVIELENS_PRIORS,
+        cross_rates=True, cross_rates_init=0.5))
+    dlrm: DLRMConfig = field(default_factory=lambda: DLRMConfig(
+        item_bias=True, linear=True, task_priors=MOVIELENS_PRIORS, cross_rates=True, cross_rates_init=0.5))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(embedding_lr=0.2))
     ranker_optim: OptimConfig | None = None
     popularity_smoothing: float = 10.0
@@ -461,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--d-model", type=int, default=r.d_model, help="Ranker token width")
     p.add_argument("--num-blocks", type=int, default=r.num_blocks, help="Ranker HTA blocks")
     p.add_argument("--target-layers", type=int, default=r.target_layers, help="Ranker target layers per block")
-    p.add_argument("--dlrm-dim", type=int, default=DLRMConfig().embed_dim, help="DLRM embedding width")
+    p.add_argument("--dlrm-dim", type=int, default=EvalConfig().dlrm.embed_dim, help="DLRM embedding width")
+    p.add_argument("--cross-rates-init", type=float, default=r.cross_rates_init,
+                   help="initial weight of the user's cross-counter rate term, both models (0 = no such term)")
     o = EvalConfig().optim
     p.add_argument("--embedding-lr", type=float, default=o.embedding_lr, help="row-wise Adagrad lr (both models)")
     p.add_argument("--dense-lr", type=float, default=o.dense_lr, help="AdamW lr (both models)")
@@ -488,8 +495,10 @@ def main(argv: list[str] | None = None) -> int:
             models=tuple(m.strip() for m in ns.models.split(",") if m.strip()), batch_samples=ns.batch_samples,
             seed=ns.seed, points=ns.points, max_history=ns.max_history,
             ranker=dataclasses.replace(r, d_model=ns.d_model, num_blocks=ns.num_blocks,
-                                       target_layers=ns.target_layers),
-            dlrm=DLRMConfig(embed_dim=ns.dlrm_dim), optim=optim,
+                                       target_layers=ns.target_layers, cross_rates=ns.cross_rates_init != 0,
+                                       cross_rates_init=ns.cross_rates_init),
+            dlrm=dataclasses.replace(EvalConfig().dlrm, embed_dim=ns.dlrm_dim, cross_rates=ns.cross_rates_init != 0,
+                                     cross_rates_init=ns.cross_rates_init), optim=optim,
             ranker_optim=None if ns.ranker_dense_lr is None else dataclasses.replace(optim, dense_lr=ns.ranker_dense_lr),
             popularity_smoothing=ns.smoothing, core=CoreConfig(cross=CrossSpec(category_key=cat)))
     except ValueError as e:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,13 +21,24 @@ from kernels.attention import TokenGroup
 from trainer.batch import TARGET_DENSE_COLUMNS, Batch
 from trainer.features import FLOAT_FEATURES, FeatureSpec
 from trainer.model.embedding import GROUP_FEATURES, FeatureEmbedding
-from trainer.model.heads import mlp
+from trainer.model.heads import (
+    CrossRates,
+    item_bias_logits,
+    item_bias_table,
+    mlp,
+    target_item_rows,
+)
 from trainer.model.ranker import _user_of
 
 
 @dataclass(frozen=True)
 class DLRMConfig:
     """Architecture of :class:`DLRMBaseline`.
+
+    The generic (not sequence-related) shortcuts mean the same as in :class:`trainer.model.ranker.RankerConfig`:
+    ``item_bias`` (per-item, per-task logit table), ``cross_rates`` (the user's smoothed rates from the cross
+    counters), ``linear`` (a first-order term on the target's raw features: its item, scenario, context and
+    time-gap embeddings, cross/dense values) and ``task_priors`` (initial output biases).
 
     Example:
         >>> DLRMConfig.from_json(DLRMConfig(embed_dim=16).to_json()).embed_dim
@@ -36,6 +48,12 @@ class DLRMConfig:
     embed_dim: int = 32
     bottom_hidden: int = 64
     top_hidden: tuple[int, ...] = (128, 64)
+    item_bias: bool = False
+    linear: bool = False
+    cross_rates: bool = False
+    cross_rates_init: float = 1.0
+    cross_rates_smoothing: float = 5.0
+    task_priors: tuple[tuple[str, float], ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -44,6 +62,7 @@ class DLRMConfig:
     def from_json(raw: str | dict[str, Any]) -> DLRMConfig:
         d = dict(json.loads(raw) if isinstance(raw, str) else raw)
         d["top_hidden"] = tuple(d["top_hidden"])
+        d["task_priors"] = tuple((str(t), float(p)) for t, p in d.get("task_priors", ()))
         return DLRMConfig(**d)
 
 
@@ -73,6 +92,22 @@ class DLRMBaseline(nn.Module):
         n = self.NUM_VECTORS
         top_in = n * (n - 1) // 2 + 2 * e
         self.towers = nn.ModuleDict({t: mlp([top_in, *config.top_hidden, 1]) for t in spec.tasks})
+        self.item_bias = item_bias_table(spec) if config.item_bias else None
+        self.cross_rates = CrossRates(spec, config.task_priors, config.cross_rates_smoothing,
+                                      config.cross_rates_init) if config.cross_rates else None
+        t_in = sum(dims[f] for f in GROUP_FEATURES[TokenGroup.T]) + n_float
+        self.linear = nn.Linear(t_in, len(spec.tasks)) if config.linear else None
+        if self.linear is not None:
+            nn.init.zeros_(self.linear.weight)
+            nn.init.zeros_(self.linear.bias)
+        for task, p in config.task_priors:
+            if task in spec.tasks:
+                tower = self.towers[task]
+                assert isinstance(tower, nn.Sequential)
+                last = tower[-1]
+                assert isinstance(last, nn.Linear)
+                with torch.no_grad():
+                    last.bias.fill_(math.log(p / (1.0 - p)))
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         pooled, floats = self.features(batch)
@@ -112,10 +147,22 @@ class DLRMBaseline(nn.Module):
         inter = torch.bmm(vecs, vecs.transpose(1, 2))  # (T, 5, 5)
         iu, ju = torch.triu_indices(self.NUM_VECTORS, self.NUM_VECTORS, offset=1, device=vecs.device)
         top_in = torch.cat([inter[:, iu, ju], tok[TokenGroup.T], dense], dim=-1)
-        return {t: tower(top_in).squeeze(-1) for t, tower in self.towers.items()}
+        out = {t: tower(top_in).squeeze(-1) for t, tower in self.towers.items()}
+        extra = []  # (T, tasks) first-order logits
+        if self.linear is not None:
+            t_rows = batch.group_rows[TokenGroup.T]
+            extra.append(self.linear(torch.cat([pooled[f][t_rows] for f in GROUP_FEATURES[TokenGroup.T]]
+                                               + [floats[f] for f in FLOAT_FEATURES] + [batch.target_dense], dim=-1)))
+        if self.item_bias is not None:
+            extra.append(item_bias_logits(self.item_bias, target_item_rows(batch, self.spec), len(self.spec.tasks)))
+        if self.cross_rates is not None:
+            extra.append(self.cross_rates(batch))
+        for z in extra:
+            out = {t: out[t] + z[:, i] for i, t in enumerate(out)}
+        return out
 
     def embedding_parameters(self) -> list[nn.Parameter]:
-        return list(self.features.parameters())
+        return list(self.features.parameters()) + (list(self.item_bias.parameters()) if self.item_bias else [])
 
     def dense_parameters(self) -> list[nn.Parameter]:
         emb = {id(p) for p in self.embedding_parameters()}

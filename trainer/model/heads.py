@@ -6,6 +6,12 @@ import itertools
 
 import torch
 from torch import nn
+from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+from torchrec.modules.embedding_configs import PoolingType
+
+from kernels.attention import TokenGroup
+from trainer.batch import Batch
+from trainer.features import FeatureSpec
 
 
 def mlp(sizes: list[int], last_act: bool = False) -> nn.Sequential:
@@ -56,3 +62,88 @@ class MMoE(nn.Module):
             w = torch.softmax(self.gates[t](g_in), dim=-1)  # (T, E)
             out[t] = self.towers[t]((w.unsqueeze(-1) * e).sum(1)).squeeze(-1)  # (T,)
         return out
+
+
+def target_item_rows(batch: Batch, spec: FeatureSpec) -> torch.Tensor:
+    """(T,) row of each target's item id in an ``item_id``-sized table (raw managed-collision hashes folded)."""
+    jt = batch.sparse["item_id"]  # one bag per token (stride N): exactly one id on H/R/T tokens
+    n = spec.tables["item_id"].num_embeddings
+    ids = jt.values() % n
+    first = jt.offsets()[:-1]
+    return ids[first[batch.group_rows[TokenGroup.T]]]
+
+
+def item_bias_table(spec: FeatureSpec) -> EmbeddingBagCollection:
+    """A zero-initialised per-item, per-task logit-bias table on the item id (an embedding table: row-wise Adagrad
+    in the trainer). Width rounded up to a multiple of 4 (fbgemm's sharded tables); columns >= tasks are unused."""
+    return EmbeddingBagCollection(tables=[EmbeddingBagConfig(
+        name="t_item_bias", embedding_dim=-(-len(spec.tasks) // 4) * 4,
+        num_embeddings=spec.tables["item_id"].num_embeddings,
+        feature_names=["item_id"], pooling=PoolingType.SUM, init_fn=nn.init.zeros_)])
+
+
+def item_bias_logits(table: EmbeddingBagCollection, rows: torch.Tensor, num_tasks: int) -> torch.Tensor:
+    """(T,) item rows (:func:`target_item_rows`) -> (T, tasks) bias logits from :func:`item_bias_table`."""
+    kjt = KeyedJaggedTensor(keys=["item_id"], values=rows, lengths=torch.ones_like(rows))
+    return table(kjt).to_dict()["item_id"][:, :num_tasks]  # type: ignore[no-any-return]
+
+
+class CrossRates(nn.Module):
+    """The user's smoothed label rates from the target's own cross counters, as direct first-order logits.
+
+    The streaming core's cross features (``streaming.cross``: per user, counts strictly before the target) arrive
+    squashed in the weighted ``cross`` bag, where a deep model learns the rate × count interaction slowly. This
+    reads the lifetime counts ``{dim}_imp_life`` and ``{dim}_{task}_life`` (dim = scenario, category, all) back out
+    of the bag (``expm1`` of the squashed value), smooths them towards a prior,
+    ``z = logit((pos + m p0) / (imp + m)) − logit(p0)`` (targets without counters get 0), and returns
+    ``(T, tasks)`` logits ``z @ W`` with ``W`` (dims × tasks, tasks) initialised to ``init`` on the same task's
+    ``all`` rate (a naive-Bayes start: user rate and item rate add in logit space) and 0 elsewhere.
+
+    Example:
+        >>> from trainer.features import FeatureSpec
+        >>> CrossRates(FeatureSpec(tasks=("click",)), (("click", 0.5),)).rate_names[:2]
+        ('scn_imp_life', 'scn_click_life')
+    """
+
+    DIMS = ("scn", "cat", "all")
+
+    def __init__(self, spec: FeatureSpec, priors: tuple[tuple[str, float], ...] = (), smoothing: float = 5.0,
+                 init: float = 1.0) -> None:
+        super().__init__()
+        self.tasks, self.smoothing = spec.tasks, smoothing
+        names: list[str] = []
+        for dim in self.DIMS:
+            names += [f"{dim}_imp_life", *(f"{dim}_{t}_life" for t in spec.tasks)]
+        self.rate_names = tuple(names)
+        n = spec.tables["cross"].num_embeddings
+        ids = [spec.bucket("cross", name) % n for name in names]
+        if len(set(ids)) != len(ids):
+            raise ValueError("CrossRates: two cross counters hash to the same bucket; enlarge the cross table")
+        column = torch.full((n,), -1, dtype=torch.int64)
+        column[torch.tensor(ids)] = torch.arange(len(ids))
+        self.register_buffer("column", column, persistent=False)  # cross bucket -> counter column (-1: other)
+        p = dict(priors)
+        self.register_buffer("prior", torch.tensor([p.get(t, 0.5) for t in spec.tasks]), persistent=False)
+        k = len(spec.tasks)
+        self.proj = nn.Linear(len(self.DIMS) * k, k, bias=False)
+        nn.init.zeros_(self.proj.weight)
+        with torch.no_grad():
+            a = self.DIMS.index("all")
+            for i in range(k):
+                self.proj.weight[i, a * k + i] = init
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        jt = batch.float_features["cross"]  # weighted, one bag per target
+        T, k = batch.num_targets, len(self.tasks)
+        column, prior = self.column, self.prior
+        assert isinstance(column, torch.Tensor) and isinstance(prior, torch.Tensor)
+        col = column[jt.values()]
+        owner = torch.repeat_interleave(torch.arange(T, device=col.device), jt.lengths(), output_size=col.numel())
+        keep = col >= 0
+        counts = torch.zeros(T, len(self.rate_names), device=col.device)
+        counts[owner[keep], col[keep]] = torch.expm1(jt.weights()[keep].float().clamp(min=0))
+        c = counts.view(T, len(self.DIMS), 1 + k)  # per dim: imp, then one count per task
+        m = self.smoothing
+        rate = (c[..., 1:] + m * prior) / (c[..., :1] + m)  # (T, dims, tasks)
+        z = torch.logit(rate.clamp(1e-4, 1 - 1e-4)) - torch.logit(prior)
+        return self.proj(z.reshape(T, -1))  # type: ignore[no-any-return]

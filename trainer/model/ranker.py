@@ -18,15 +18,19 @@ from typing import Any
 
 import torch
 from torch import nn
-from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
-from torchrec.modules.embedding_configs import PoolingType
 
 from kernels.attention import AttentionKind, TokenGroup
 from kernels.dispatch import Kernel, get_kernel, use_triton
 from trainer.batch import Batch
 from trainer.features import FeatureSpec
 from trainer.model.embedding import GROUP_FEATURES, TokenEmbedder
-from trainer.model.heads import MMoE
+from trainer.model.heads import (
+    CrossRates,
+    MMoE,
+    item_bias_logits,
+    item_bias_table,
+    target_item_rows,
+)
 from trainer.model.hta import HTALayer, KVLayout
 
 _CTX_GROUPS = (TokenGroup.U, TokenGroup.H, TokenGroup.R)
@@ -56,6 +60,9 @@ class RankerConfig:
             with row-wise Adagrad like every table): a directly learned popularity term.
         user_linear: a per-user first-order term: linear in the sum of the user's U-token features and the mean of
             the H-token features (the user's bias and historical action rate), added to each target's logits.
+        cross_rates: the user's smoothed lifetime label rates (overall, in the target's scenario and category),
+            read from the target's cross counters, as a direct logit term (:class:`trainer.model.heads.CrossRates`,
+            smoothed towards ``task_priors``); ``cross_rates_init`` is the initial weight of the overall rate.
         task_priors: ``((task, p), ...)`` initial output bias = log-odds of ``p`` per task (others start at 0).
 
     Example:
@@ -78,6 +85,9 @@ class RankerConfig:
     linear: bool = True
     user_linear: bool = True
     item_bias: bool = True
+    cross_rates: bool = False
+    cross_rates_init: float = 1.0
+    cross_rates_smoothing: float = 5.0
     task_priors: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
@@ -104,6 +114,7 @@ class RankerConfig:
         d.setdefault("linear", False)
         d.setdefault("user_linear", False)
         d.setdefault("item_bias", False)
+        d.setdefault("cross_rates", False)
         d["task_priors"] = tuple((str(t), float(p)) for t, p in d.get("task_priors", ()))
         return RankerConfig(**d)
 
@@ -202,12 +213,9 @@ class Ranker(nn.Module):
             nn.init.zeros_(self.hist_lin.weight)
         else:
             self.user_lin = self.hist_lin = None
-        self.item_bias: EmbeddingBagCollection | None = None
-        if c.item_bias:  # width rounded up to a multiple of 4 (fbgemm's sharded tables); columns >= tasks unused
-            self.item_bias = EmbeddingBagCollection(tables=[EmbeddingBagConfig(
-                name="t_item_bias", embedding_dim=-(-n_tasks // 4) * 4,
-                num_embeddings=spec.tables["item_id"].num_embeddings,
-                feature_names=["item_id"], pooling=PoolingType.SUM, init_fn=nn.init.zeros_)])
+        self.item_bias = item_bias_table(spec) if c.item_bias else None
+        self.cross_rates = CrossRates(spec, c.task_priors, c.cross_rates_smoothing, c.cross_rates_init) \
+            if c.cross_rates else None
         if c.zero_init:
             for _, layer in self.layers():
                 nn.init.zeros_(layer.out_proj.weight)
@@ -232,14 +240,17 @@ class Ranker(nn.Module):
         return self.user_lin(u) + self.hist_lin(h)  # type: ignore[no-any-return]
 
     def _item_logit(self, batch: Batch) -> torch.Tensor | None:
-        """(T, tasks) per-item bias logits of the targets (None when disabled)."""
-        if self.item_bias is None:
+        """(T, tasks) first-order logits of the targets' own features: the item bias table and the user's
+        cross-counter rates (None when both are off)."""
+        if self.item_bias is None and self.cross_rates is None:
             return None
-        jt = batch.sparse["item_id"]  # one bag per token (stride N)
-        n = self.spec.tables["item_id"].num_embeddings
-        kjt = KeyedJaggedTensor(keys=["item_id"], values=jt.values() % n, lengths=jt.lengths())
-        rows = self.item_bias(kjt).to_dict()["item_id"][batch.group_rows[TokenGroup.T]]  # (T, dim >= tasks)
-        return rows[:, : len(self.spec.tasks)]  # type: ignore[no-any-return]
+        rows = target_item_rows(batch, self.spec)
+        out = torch.zeros(rows.numel(), len(self.spec.tasks), device=rows.device)
+        if self.item_bias is not None:
+            out = out + item_bias_logits(self.item_bias, rows, len(self.spec.tasks))
+        if self.cross_rates is not None:
+            out = out + self.cross_rates(batch)
+        return out
 
     def _head(self, x: torch.Tensor, x0: torch.Tensor, raw: torch.Tensor, scen: torch.Tensor,
               user_logit: torch.Tensor | None, t_user: torch.Tensor, item_logit: torch.Tensor | None
