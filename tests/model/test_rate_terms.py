@@ -88,3 +88,18 @@ def test_dlrm_generic_options() -> None:
         old.pop(k)
     assert DLRMConfig.from_json(old) == DLRMConfig()
     assert dataclasses.replace(cfg, linear=False) != cfg
+
+
+def test_default_cross_features_do_not_collide_with_the_counters_cross_rates_reads() -> None:
+    """Any other default cross feature in the same bucket would overwrite a counter read back by CrossRates."""
+    from streaming.config import CrossSpec
+    from streaming.cross import feature_names
+    from trainer.features import FeatureSpec
+
+    spec = FeatureSpec()
+    n = spec.tables["cross"].num_embeddings
+    read = CrossRates(spec).rate_names
+    assert set(read) <= set(feature_names(CrossSpec()))
+    buckets = {spec.bucket("cross", name) % n for name in read}
+    others = [name for name in feature_names(CrossSpec()) if name not in read]
+    assert not [name for name in others if spec.bucket("cross", name) % n in buckets]
