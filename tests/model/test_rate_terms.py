@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,11 +61,14 @@ def test_ranker_cached_scores_equal_forward_with_rate_terms(options: dict[str, b
 
 def test_dlrm_generic_options() -> None:
     spec = small_spec()
-    cfg = DLRMConfig(embed_dim=8, bottom_hidden=8, top_hidden=(16,), item_bias=True, cross_rates=True, linear=True, task_priors=_PRIORS)
+    cfg = DLRMConfig(embed_dim=8, bottom_hidden=8, top_hidden=(16,), item_bias=True, cross_rates=True, linear=True,
+                     task_priors=_PRIORS)
     model = DLRMBaseline(spec, cfg)
     tower = model.towers["click"]
     assert isinstance(tower, torch.nn.Sequential)
-    assert tower[-1].bias.item() == pytest.approx(math.log(0.6 / 0.4))
+    last = tower[-1]
+    assert isinstance(last, torch.nn.Linear)
+    assert last.bias.item() == pytest.approx(math.log(0.6 / 0.4))
     assert model.item_bias is not None
     ib = {id(p) for p in model.item_bias.parameters()}
     assert ib <= {id(p) for p in model.embedding_parameters()}
@@ -103,3 +107,18 @@ def test_default_cross_features_do_not_collide_with_the_counters_cross_rates_rea
     buckets = {spec.bucket("cross", name) % n for name in read}
     others = [name for name in feature_names(CrossSpec()) if name not in read]
     assert not [name for name in others if spec.bucket("cross", name) % n in buckets]
+
+
+def test_snapshot_round_trip_keeps_the_cross_rate_term(tmp_path: Path) -> None:
+    from trainer.snapshot import SnapshotMeta, load_snapshot, save_snapshot
+
+    spec = small_spec()
+    model = seeded(Ranker(spec, small_config(task_priors=_PRIORS, cross_rates=True, cross_rates_init=0.5)), seed=9)
+    assert isinstance(model, Ranker)
+    counters = {"all_imp_life": 7.0, "all_click_life": 2.0, "cat_imp_life": 3.0, "cat_click_life": 0.0}
+    batch = collate([make_sample(95, n_tgt=2), Sample("s3", "u3", [_target("c", 0, counters)])], spec)
+    loaded = load_snapshot(save_snapshot(tmp_path, model, SnapshotMeta(1, 0.0, 0.0, 0))).model
+    assert loaded.config == model.config
+    with torch.no_grad():
+        for task, z in model(batch).items():
+            assert torch.equal(loaded(batch)[task], z)
