@@ -31,7 +31,6 @@ import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -311,6 +310,14 @@ class _Buckets(dict[str, int]):
         return b
 
 
+def _flat(parts: list[list[Any]]) -> list[Any]:
+    """Concatenated lists (``array`` reads a list several times faster than a ``chain`` iterator)."""
+    out: list[Any] = []
+    for p in parts:
+        out += p
+    return out
+
+
 def _i64(xs: Iterable[int]) -> torch.Tensor:
     """Python ints -> int64 tensor through ``array`` (several times faster than ``torch.tensor(list)``)."""
     return torch.from_numpy(np.frombuffer(array.array("q", xs), dtype=np.int64).copy())
@@ -345,7 +352,7 @@ def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
     )
     m_float = [_Buckets(spec, f) for f in FLOAT_FEATURES]
     tg_bucket = spec.time_gap_bucket
-    lens: list[tuple[int, ...]] = []  # per token: bag length of every key
+    lens: list[int] = []  # per token, flat: the bag length of every key (SPARSE_FEATURES order)
     vals: list[list[int]] = [[] for _ in SPARSE_FEATURES]
     group: list[int] = []
     tts: list[float] = []
@@ -377,7 +384,7 @@ def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
         for k, v in s.user.items():
             ubags[spec.user_token(k)].append(m_uf[f"{k}={v}"])
         for ub in ubags:
-            lens.append((len(ub), 0, 0, 0, 0, 0, 0))
+            lens += (len(ub), 0, 0, 0, 0, 0, 0)
             vals[UF].extend(ub)
             group.append(U)
             tts.append(_NEG_INF)
@@ -387,7 +394,7 @@ def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
             for b in part:
                 ts = b.ts if math.isfinite(b.ts) else origin
                 ift = [m_ift[f"{k}={v}"] for k, v in b.item.items()]
-                lens.append((0, 1, len(ift), 1, 1, 1, 0))
+                lens += (0, 1, len(ift), 1, 1, 1, 0)
                 vals[IID].append(m_iid[b.item_id])
                 vals[IFT].extend(ift)
                 vals[SCN].append(m_scn[b.scenario])
@@ -403,7 +410,7 @@ def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
             ift = [m_ift[f"{k}={v}"] for k, v in t.item.items()]
             scen = m_scn[t.scenario]
             dt = t.ts - origin
-            lens.append((0, 1, len(ift), 1, 0, 1, len(ctx)))
+            lens += (0, 1, len(ift), 1, 0, 1, len(ctx))
             vals[IID].append(m_iid[t.item_id])
             vals[IFT].extend(ift)
             vals[SCN].append(scen)
@@ -430,17 +437,17 @@ def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
 
     n_tok = len(group)
     group_t = torch.tensor(group, dtype=torch.int64)
-    lens_t = _i64(chain.from_iterable(lens)).reshape(n_tok, len(SPARSE_FEATURES))
+    lens_t = _i64(lens).reshape(n_tok, len(SPARSE_FEATURES))
     sparse = KeyedJaggedTensor(
         keys=list(SPARSE_FEATURES),
-        values=_i64(chain.from_iterable(vals)),
+        values=_i64(_flat(vals)),
         lengths=lens_t.t().reshape(-1),  # key-major, like KJT wants
     )
     float_features = KeyedJaggedTensor(
         keys=list(FLOAT_FEATURES),
-        values=_i64(chain.from_iterable(f_vals)),
-        lengths=_i64(chain.from_iterable(f_lens)),
-        weights=_squash_array(chain.from_iterable(f_raw)),
+        values=_i64(_flat(f_vals)),
+        lengths=_i64(_flat(f_lens)),
+        weights=_squash_array(_flat(f_raw)),
     )
     return Batch(
         sparse=sparse,
