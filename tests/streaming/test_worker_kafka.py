@@ -56,6 +56,16 @@ def start_worker(bootstrap: str, prefix: str, data_dir: Path, log: Path, parts: 
                             start_new_session=True)
 
 
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the worker's process group, SIGKILL it after 15 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def read_all(consumer: KafkaConsumer, into: list[bytes], until: float, want: int | None = None) -> None:
     while time.time() < until:
         for recs in consumer.poll(timeout_ms=500).values():
@@ -130,12 +140,7 @@ def test_worker_matches_offline_and_survives_sigkill(bootstrap: str, topic_prefi
             assert r in reasons, (r, reasons)
         dead.close()
     finally:
-        if worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        stop_worker(worker)
         samples.close()
         producer.close()
 
@@ -214,11 +219,6 @@ def test_second_worker_joins_mid_stream_and_nothing_is_lost(bootstrap: str, topi
         assert _events_in(ports[0]) > 0 and _events_in(ports[1]) > 0
     finally:
         for w in workers:
-            if w.poll() is None:
-                os.killpg(w.pid, signal.SIGTERM)
-                try:
-                    w.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(w.pid, signal.SIGKILL)
+            stop_worker(w)
         samples.close()
         producer.close()
