@@ -66,6 +66,10 @@ def sustained(series: list[tuple[float, float]], total: float) -> float | None:
     return 0.8 * total / (b - a)
 
 
+def _since(t: float | None, t0: float) -> float | None:
+    return None if t is None else round(t - t0, 2)
+
+
 def pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))]
@@ -180,6 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             "worker_sustained_events_per_s": worker_rate,
             "trainer_sustained_impressions_per_s": trainer_imp_rate,
             "trainer_sustained_events_per_s": trainer_imp_rate * n / impressions if trainer_imp_rate else None,
+            # when each stage had done all of it, seconds after the replay started (sampled every 0.5 s)
+            "stage_done_s": {"replay": round(rt.summary.seconds, 2),
+                             "worker": _since(_crossing(worker_series, n), t_start),
+                             "trainer": _since(_crossing(trainer_series, p.trainer_impressions), t_start),
+                             "served": round(t_served - t_start, 2)},
             "end_to_end_seconds": t_served - t_start,
             "end_to_end_events_per_s": n / (t_served - t_start),
             "freshness_events_measured": len(fresh),
