@@ -198,7 +198,12 @@ class StreamWorker:
             p, seq, part = (int(x) for x in str(k).split(":"))
             logs[p][seq].append((part, v))
         n_replayed = 0
+        owned = self._owned_partitions()
         for p in set(by_p) | set(metas) | set(logs):
+            if owned is not None and p not in owned:
+                # a partition another worker owns now (its rows stay in this process's table memory): loading
+                # it would snapshot stale state over the owner's in the changelog
+                continue
             core = self.cores[p] = StreamCore(self.core_cfg)
             meta = metas.get(p)
             core.restore(None if meta is None else meta["core"], by_p.get(p, []))
@@ -215,6 +220,15 @@ class StreamWorker:
         self._loaded = True
         log.info("loaded %d users on %d partitions, replayed %d logged events", sum(map(len, by_p.values())),
                  len(self.cores), n_replayed)
+
+    def _owned_partitions(self) -> set[int] | None:
+        """Input partitions assigned to this worker now; None when unknown (no consumer, e.g. ``test_context``)."""
+        try:
+            tps = self.app.consumer.assignment()
+        except Exception:  # no consumer yet
+            return None
+        owned = {tp.partition for tp in tps if tp.topic in self.inputs.topics}
+        return owned or None
 
     async def _send(self, topic: str, key: bytes | None, value: bytes | None,
                     partition: int | None = None) -> Awaitable[Any]:
