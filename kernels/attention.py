@@ -78,7 +78,8 @@ def _pad(x: torch.Tensor, offsets: torch.Tensor, max_len: int) -> tuple[torch.Te
     if x.shape[0] == 0:
         dense = x.new_zeros((B, max_len, *x.shape[1:]))
     else:
-        dense = x[flat.reshape(-1)].reshape(B, max_len, *x.shape[1:])
+        # index_select: its backward is an index_add (plain indexing's accumulating index_put sorts on the CPU)
+        dense = x.index_select(0, flat.reshape(-1)).reshape(B, max_len, *x.shape[1:])
         dense = dense * valid.reshape(B, max_len, *([1] * (x.dim() - 1))).to(dense.dtype)
     return dense, valid
 
@@ -265,22 +266,22 @@ def hta_attention_split_cpu(
     own_ctx = is_ctx[own]  # (Nq,) own key is a context key (then it is in the context block, not a self slot)
     own_c = torch.where(own_ctx, before[own] - ctx_offsets[q_user], -1)  # its column in the context block
     Lq = max_q_len
-    qd, q_valid = _pad(q, q_offsets, Lq)  # (B, Lq, Hq, D)
-    qts, _ = _pad(kv_ts[own], q_offsets, Lq)  # (B, Lq)
+    qd, _ = _pad(q, q_offsets, Lq)  # (B, Lq, Hq, D)
+    qts, _ = _pad(kv_ts.index_select(0, own), q_offsets, Lq)  # (B, Lq)
     own_cd, _ = _pad(own_c, q_offsets, Lq)
     own_ctx_d, _ = _pad(own_ctx, q_offsets, Lq)  # padded query rows: False, i.e. a finite self slot (no NaN)
     # self slot: (Nq, Hkv, rep) scores and (Nq, Hkv, D) values of each query's own key
-    k_own, v_own = k[own], v[own]
+    k_own, v_own = k.index_select(0, own), v.index_select(0, own)
     s_self = (q.view(Nq, Hkv, rep, D) * k_own.view(Nq, Hkv, 1, D)).sum(-1) * scale
     s_self_d = _pad(s_self, q_offsets, Lq)[0].permute(0, 2, 1, 3)  # (B, Hkv, Lq, rep)
     v_self_d = _pad(v_own, q_offsets, Lq)[0].permute(0, 2, 1, 3)  # (B, Hkv, Lq, D)
     self_on = ~own_ctx_d  # (B, Lq)
     if Lc > 0:
         ctx_rows = torch.nonzero(is_ctx).flatten()
-        kd, c_valid = _pad(k[ctx_rows], ctx_offsets, Lc)  # (B, Lc, Hkv, D)
-        vd, _ = _pad(v[ctx_rows], ctx_offsets, Lc)
-        tsd, _ = _pad(kv_ts[ctx_rows], ctx_offsets, Lc)
-        grpd, _ = _pad(kv_group[ctx_rows], ctx_offsets, Lc)
+        kd, c_valid = _pad(k.index_select(0, ctx_rows), ctx_offsets, Lc)  # (B, Lc, Hkv, D)
+        vd, _ = _pad(v.index_select(0, ctx_rows), ctx_offsets, Lc)
+        tsd, _ = _pad(kv_ts.index_select(0, ctx_rows), ctx_offsets, Lc)
+        grpd, _ = _pad(kv_group.index_select(0, ctx_rows), ctx_offsets, Lc)
         j = torch.arange(Lc, device=q.device)
         uh = (grpd == TokenGroup.U) | (grpd == TokenGroup.H)  # (B, Lc)
         r = grpd == TokenGroup.R
@@ -311,8 +312,9 @@ def hta_attention_split_cpu(
             o = o + torch.bmm(p.reshape(B * Hkv, Lq * rep, Lc), vh).view(B, Hkv, Lq, rep, D)
             n = n + vis.sum(-1).to(q.dtype)
         o = o / n.clamp(min=1.0)[:, None, :, None, None]
-    o = o.permute(0, 2, 1, 3, 4).reshape(B, Lq, Hq, D)
-    return o[q_valid]  # (Nq, Hq, D), users in order
+    o = o.permute(0, 2, 1, 3, 4).reshape(B * Lq, Hq, D)
+    q_row = q_user * Lq + torch.arange(Nq, device=q.device) - q_offsets[q_user]  # each query's padded row
+    return o.index_select(0, q_row)  # (Nq, Hq, D), users in order
 
 
 def hta_target_attention_cpu(

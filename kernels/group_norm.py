@@ -41,7 +41,11 @@ def group_layer_norm_reference(
 ) -> torch.Tensor:
     """Readable PyTorch version: normalise, then gather each token's group affine (output in x's dtype)."""
     y = F.layer_norm(x, (x.shape[-1],), eps=eps)
-    return (y * weight[group] + bias[group]).to(x.dtype)
+    # index_select: its backward is an index_add (plain indexing's accumulating index_put sorts on the CPU)
+    g = group.reshape(-1)
+    w = weight.index_select(0, g).reshape(*group.shape, weight.shape[-1])
+    b = bias.index_select(0, g).reshape(*group.shape, bias.shape[-1])
+    return (y * w + b).to(x.dtype)
 
 
 # ---------------------------------------------------------------------------------------------------------------
