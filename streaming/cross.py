@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
+from operator import itemgetter, truediv
 from typing import Any
 
 from streaming.config import CrossSpec
@@ -73,9 +74,9 @@ class CrossCounters:
     def add(self, kind: str, scenario: str, category: str, ts: float) -> None:
         d = self.ts
         for key in _keys((kind,), scenario, category):
-            lst = d.get(key[0])
+            lst = d.get(key)
             if lst is None:
-                d[key[0]] = [ts]
+                d[key] = [ts]
             elif lst[-1] <= ts:
                 lst.append(ts)
             else:
@@ -110,34 +111,72 @@ class CrossCounters:
                              base={str(k): int(v) for k, v in (d.get("base") or {}).items()})
 
 
-_LAYOUTS: dict[CrossSpec, tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]] = {}
-# (kinds, scenario, category) -> the 3 dims' counter keys per kind, dims outer: built once per distinct triple
-_KEYS: dict[tuple[tuple[str, ...], str, str], tuple[tuple[str, ...], ...]] = {}
+class _Layout:
+    """Per-spec plan of :func:`cross_features`, built once per spec.
+
+    The counts of one query form a flat list ``c``: dims (scn, cat, all) outer, kinds (imp, *tasks) next, then
+    one count per recent window followed by the lifetime count; a trailing ``1`` closes it. Every feature is
+    ``c[num] / d[den]`` with ``d[i] = max(c[i], 1)``: a count divides by the trailing 1 (exact: ``n / 1 ==
+    float(n)``), a rate by its dim's imp count at the same window. Two itemgetters pick the 45 numerators and
+    denominators in C, in the order of ``names``.
+    """
+
+    __slots__ = ("by_counts", "dens", "kinds", "names", "nums", "one", "wins", "zeros")
+
+    def __init__(self, spec: CrossSpec) -> None:
+        wins_n = [window_name(w) for w in spec.windows_s] + ["life"]
+        self.wins = tuple(spec.windows_s)
+        self.kinds = ("imp", *spec.tasks)
+        ncol = len(wins_n)  # recent windows + life
+        nk = len(self.kinds)
+        self.one = len(_DIMS) * nk * ncol  # index of the trailing 1 in c
+        self.zeros = [0] * len(self.wins)
+        names: list[str] = []
+        nums: list[int] = []
+        dens: list[int] = []
+        for di, dim in enumerate(_DIMS):
+            for j, win in enumerate(wins_n):
+                imp = (di * nk) * ncol + j
+                names.append(f"{dim}_imp_{win}")
+                nums.append(imp)
+                dens.append(self.one)
+                for ki, task in enumerate(spec.tasks, start=1):
+                    n = (di * nk + ki) * ncol + j
+                    names += [f"{dim}_{task}_{win}", f"{dim}_{task}_rate_{win}"]
+                    nums += [n, n]
+                    dens += [self.one, imp]
+        self.names = tuple(names)
+        # >= 3 indices (one imp count per dim), so the getters return tuples, never a bare scalar
+        self.nums = itemgetter(*nums)
+        self.dens = itemgetter(*dens)
+        # counts (c without the trailing 1) -> features. Few distinct count vectors recur often (every user's
+        # first target is all zeros; on the synthetic bench 232 distinct in 35k queries, on MovieLens ~1 in 5
+        # queries repeats one), and a hit costs a tuple and a dict copy instead of 45 divisions and a dict build
+        self.by_counts: dict[tuple[int, ...], dict[str, float]] = {}
 
 
-def _layout(spec: CrossSpec) -> tuple[tuple[str, ...], tuple[float, ...], tuple[str, ...]]:
-    # (every feature name in output order, the recent windows in seconds, the counted kinds) — cached per spec
+_LAYOUTS: dict[CrossSpec, _Layout] = {}
+_MAX_CACHED = 2048  # feature dicts cached per spec (~3 kB each)
+# (kinds, scenario, category) -> the counter keys, dims outer and kinds inner: built once per distinct triple
+_KEYS: dict[tuple[tuple[str, ...], str, str], tuple[str, ...]] = {}
+
+
+def _layout(spec: CrossSpec) -> _Layout:
     lay = _LAYOUTS.get(spec)
     if lay is None:
-        wins = [window_name(w) for w in spec.windows_s] + ["life"]
-        names = []
-        for dim in _DIMS:
-            for win in wins:
-                names.append(f"{dim}_imp_{win}")
-                for task in spec.tasks:
-                    names += [f"{dim}_{task}_{win}", f"{dim}_{task}_rate_{win}"]
-        lay = _LAYOUTS[spec] = (tuple(names), tuple(spec.windows_s), ("imp", *spec.tasks))
+        lay = _LAYOUTS[spec] = _Layout(spec)
     return lay
 
 
-def _keys(kinds: tuple[str, ...], scenario: str, category: str) -> tuple[tuple[str, ...], ...]:
+def _keys(kinds: tuple[str, ...], scenario: str, category: str) -> tuple[str, ...]:
     k = (kinds, scenario, category)
     keys = _KEYS.get(k)
     if keys is None:
         if len(_KEYS) > 100_000:  # scenarios x categories is small in practice; bound it anyway
             _KEYS.clear()
-        keys = _KEYS[k] = tuple(tuple(f"{kind}\x1f{dim}\x1f{value}" for kind in kinds)
-                                for dim, value in (("scn", scenario), ("cat", category), ("all", "")))
+        keys = _KEYS[k] = tuple(f"{kind}\x1f{dim}\x1f{value}"
+                                for dim, value in (("scn", scenario), ("cat", category), ("all", ""))
+                                for kind in kinds)
     return keys
 
 
@@ -147,32 +186,31 @@ def cross_features(counters: CrossCounters | None, spec: CrossSpec, scenario: st
 
     Uses only counted events with ts < t. ``counters=None`` (cold start) gives all zeros.
     """
-    ts = counters.ts if counters is not None else {}
-    base = counters.base if counters is not None else {}
-    names, wins, kinds = _layout(spec)
-    starts = [t - w for w in wins]
-    vals: list[float] = []
-    ext = vals.extend
-    app = vals.append
-    for dim_keys in _keys(kinds, scenario, category):
-        # per kind: counts per recent window, then the lifetime count (pruned base + ts < t)
-        cols = []
-        for key in dim_keys:
-            lst = ts.get(key)
-            b = base.get(key, 0) if base else 0
-            if lst:
-                hi = bisect_left(lst, t)
-                col = [hi - bisect_left(lst, s) for s in starts]
-                col.append(b + hi)
-            else:
-                col = [0] * len(starts)
-                col.append(b)
-            cols.append(col)
-        imp, tasks = cols[0], cols[1:]
-        for j, n_imp in enumerate(imp):
-            denom = n_imp if n_imp > 1 else 1
-            app(float(n_imp))
-            for c in tasks:
-                n = c[j]
-                ext((float(n), n / denom))
-    return dict(zip(names, vals, strict=True))
+    lay = _layout(spec)
+    ts: dict[str, list[float]] = counters.ts if counters is not None else {}
+    ts_get = ts.get
+    base = counters.base if counters is not None else None
+    starts = [t - w for w in lay.wins]
+    zeros = lay.zeros
+    c: list[int] = []  # see _Layout: per (dim, kind) the recent-window counts, then the lifetime count
+    app = c.append
+    for key in _keys(lay.kinds, scenario, category):
+        lst = ts_get(key)
+        if lst:
+            hi = bisect_left(lst, t)
+            for s in starts:
+                app(hi - bisect_left(lst, s))
+            app(base.get(key, 0) + hi if base else hi)
+        else:
+            c += zeros
+            app(base.get(key, 0) if base else 0)
+    key_c = tuple(c)
+    feats = lay.by_counts.get(key_c)
+    if feats is not None:
+        return feats.copy()  # callers own (and may change) their dict
+    app(1)
+    d = [n if n > 1 else 1 for n in c]
+    feats = dict(zip(lay.names, map(truediv, lay.nums(c), lay.dens(d)), strict=True))
+    if len(lay.by_counts) < _MAX_CACHED:  # first come, kept: the frequent (small) count vectors come early
+        lay.by_counts[key_c] = feats.copy()
+    return feats
