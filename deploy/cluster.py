@@ -344,6 +344,7 @@ class PipelineConfig:
     prometheus_port: int = 9090
     with_prometheus: bool = True
     snapshot_every_s: float = 5.0
+    snapshot_idle_s: float = 1.0  # also snapshot once the trainer has caught up (at most once a second)
     ready_timeout_s: float = 120.0
     partitions: int = 4  # of every topic but snapshots (the worker's tables use the same count)
     trainer_args: tuple[str, ...] = ()  # extra `python -m trainer` flags (e.g. a smaller model for the demo)
@@ -483,7 +484,8 @@ class Pipeline:
             "--deadletter-topic", c.topic("deadletter"), "--snapshots-topic", c.topic("snapshots"),
             "--run-dir", str(c.run_dir / "trainer"), "--snapshot-dir", str(self.snapshot_dir),
             "--checkpoint-dir", str(self.checkpoint_dir), "--snapshot-every-s", str(c.snapshot_every_s),
-            "--metrics-port", str(self.trainer_port), *c.trainer_args), ready_url=self.trainer_metrics)
+            "--snapshot-idle-s", str(c.snapshot_idle_s), "--metrics-port", str(self.trainer_port), *c.trainer_args),
+            ready_url=self.trainer_metrics)
 
     def serving_service(self) -> Service:
         c = self.config

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="snapshot cadence in seconds, 0 = off (default %(default)s)")
     r.add_argument("--snapshot-every-samples", type=int, default=d.snapshot_every_samples,
                    help="also snapshot after this many newly trained samples, 0 = off (default %(default)s)")
+    r.add_argument("--snapshot-idle-s", type=float, default=d.snapshot_idle_s,
+                   help="also snapshot as soon as the trainer has caught up with the topic, at most once per this "
+                        "many seconds, 0 = off (default %(default)s)")
     r.add_argument("--snapshot-keep", type=int, default=d.snapshot_keep, help="snapshots kept (default %(default)s)")
     r.add_argument("--checkpoint-every-s", type=float, default=d.checkpoint_every_s,
                    help="checkpoint cadence between snapshots, 0 = only with snapshots (default %(default)s)")
@@ -154,7 +157,8 @@ def config_from_args(args: argparse.Namespace, rank: int = 0, world_size: int = 
         run_dir=run_dir, snapshot_dir=snapshot_dir, checkpoint_dir=checkpoint_dir,
         metrics_log=per_rank(args.metrics_log.parent) / args.metrics_log.name if args.metrics_log else None,
         trained_log=trained_log, snapshot_every_s=args.snapshot_every_s,
-        snapshot_every_samples=args.snapshot_every_samples, snapshot_keep=args.snapshot_keep,
+        snapshot_every_samples=args.snapshot_every_samples, snapshot_idle_s=args.snapshot_idle_s,
+        snapshot_keep=args.snapshot_keep,
         checkpoint_every_s=args.checkpoint_every_s, checkpoint_keep=args.checkpoint_keep,
         snapshots_topic=args.snapshots_topic, log_every_s=args.log_every_s, device=args.device, seed=args.seed,
     )

@@ -72,6 +72,9 @@ class TrainerConfig:
             ``run_dir/metrics.jsonl``.
         trained_log: optional file of trained sample ids, committed with each checkpoint (exactly-once audits).
         snapshot_every_s / snapshot_every_samples: snapshot cadence (whichever comes first; 0 disables one).
+        snapshot_idle_s: also snapshot as soon as the trainer has caught up (a poll found no new record) with
+            training not yet in a snapshot, at most once per this many seconds (0 = off): the last batches of a
+            burst are served without waiting out the cadence.
         snapshot_keep / checkpoint_keep: retention.
         checkpoint_every_s: checkpoint cadence between snapshots (a snapshot always checkpoints first).
         snapshots_topic: announce snapshots here ("" = don't announce).
@@ -90,6 +93,7 @@ class TrainerConfig:
     trained_log: Path | None = None
     snapshot_every_s: float = 5.0
     snapshot_every_samples: int = 0
+    snapshot_idle_s: float = 0.0
     snapshot_keep: int = 5
     checkpoint_every_s: float = 30.0
     checkpoint_keep: int = 2
@@ -425,7 +429,7 @@ class Trainer:
                 m.data_wait.inc(t1 - t0)
                 now = time.monotonic()
                 batch = item.batch if item is not None else None
-                snap_due, ckpt_due = self._persist_due(now)
+                snap_due, ckpt_due = self._persist_due(now, idle=item is not None and item.records == 0)
                 if self.collective is not None:  # lockstep ranks agree on what happens this iteration
                     any_batch, stop, snap_due, ckpt_due = self.collective.sync(
                         batch is not None, self.stop_event.is_set(), soft_stop, snap_due, ckpt_due)
@@ -543,11 +547,12 @@ class Trainer:
                     self._metrics_file = None
         return summary
 
-    def _persist_due(self, now: float) -> tuple[bool, bool]:
-        """(snapshot due, checkpoint due) by this rank's cadence."""
+    def _persist_due(self, now: float, idle: bool = False) -> tuple[bool, bool]:
+        """(snapshot due, checkpoint due) by this rank's cadence (``idle``: the last poll found no new record)."""
         cfg = self.config
         snap = self._dirty_snap and (
             (cfg.snapshot_every_s > 0 and now - self._last_snap_t >= cfg.snapshot_every_s)
+            or (idle and cfg.snapshot_idle_s > 0 and now - self._last_snap_t >= cfg.snapshot_idle_s)
             or (cfg.snapshot_every_samples > 0
                 and self.samples_trained - self._samples_at_snapshot >= cfg.snapshot_every_samples)
         )

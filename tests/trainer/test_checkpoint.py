@@ -104,3 +104,39 @@ def test_resume_continues_exactly_like_an_uninterrupted_trainer(tmp_path: Path) 
     for (k, v), (_, v2) in zip(a.model.state_dict().items(), b_.model.state_dict().items(), strict=True):
         assert torch.equal(v, v2), k
     assert repr(b_.progressive.compute()) == repr(a.progressive.compute())
+
+
+class _OneBurstSource:
+    """In-process stand-in for the Kafka source: every record in the first poll, nothing after."""
+
+    def __init__(self, values: list[bytes]) -> None:
+        self.values = values
+
+    def poll(self, max_records: int, timeout_s: float) -> tuple[list[bytes | None], dict[int, int]]:
+        out: list[bytes | None] = list(self.values[:max_records])
+        self.values = self.values[max_records:]
+        return out, {0: 0}
+
+    def measure_lag(self) -> int:
+        return len(self.values)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("idle_s", [0.0, 0.05])
+def test_snapshot_once_caught_up_only_with_snapshot_idle_s(tmp_path: Path, idle_s: float) -> None:
+    """With a long cadence, --snapshot-idle-s publishes the burst's training as soon as the source runs dry;
+    without it the only snapshot is the one written at the end of the run."""
+    import json
+
+    t = _trainer(tmp_path)
+    t.config = dataclasses.replace(t.config, snapshots_topic="", snapshot_every_s=1e6, snapshot_idle_s=idle_s,
+                                   source=SourceConfig(deadletter_topic="", batch_samples=16, batch_timeout_s=0.05))
+    values = [s.encode() for s in make_samples(8, seed=2)]
+    t.run(max_seconds=3.0, source_factory=lambda offsets, stop: _OneBurstSource(values))
+    events = [json.loads(line) for line in t.config.metrics_path.read_text().splitlines()]
+    start = next(e["ts"] for e in events if e["event"] == "start")
+    snaps = [e["ts"] - start for e in events if e["event"] == "snapshot"]
+    assert len(snaps) == 1 and t.samples_trained == 8
+    assert (snaps[0] < 2.0) if idle_s else (snaps[0] >= 3.0)
