@@ -42,6 +42,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from streaming.batch_drain import BatchDrainApp
@@ -241,7 +242,8 @@ class StreamWorker:
         return await self.app.producer.send(topic, key, value, partition, None, None)
 
     async def process_batch(self, messages: Sequence[Any]) -> None:
-        """Process one batch of input records (Faust ``Message``: topic, partition, offset, key, value, tp)."""
+        """Process one batch of input records (Faust ``Message``s or aiokafka ``ConsumerRecord``s: topic, partition,
+        offset, key, value)."""
         async with self._busy:
             await self._process(messages)
 
@@ -346,9 +348,9 @@ class StreamWorker:
 
     def _observe_lag(self, messages: Sequence[Any]) -> None:
         """Consumer lag per input partition: high watermark − (last processed offset + 1); never raises."""
-        last: dict[Any, int] = {}
+        last: dict[TP, int] = {}
         for msg in messages:
-            last[msg.tp] = msg.offset
+            last[TP(msg.topic, msg.partition)] = msg.offset
         for tp, offset in last.items():
             try:
                 hw = self.app.consumer.highwater(tp)

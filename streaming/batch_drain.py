@@ -8,8 +8,8 @@ core, below what the worker's pure core alone processes.
 
 :class:`BatchDrainApp` is a ``faust.App`` whose consumer, for the topics given to :meth:`BatchDrainApp.drain_batches`,
 collects the records of consecutive ``getmany`` fetches (up to a size or a time bound) and awaits the handler ONCE
-with the whole list; after it returns
-the records are acked through Faust's own :meth:`Consumer.ack`, so Faust's offset commits, consumer group,
+with the whole list (aiokafka records: no Faust ``Message`` per record); after it returns the records are acked
+with :meth:`Consumer.ack`'s bookkeeping (one lock per partition), so Faust's offset commits, consumer group,
 rebalancing, tables, changelogs and recovery are unchanged. Records of every other topic (table changelogs during
 recovery, other agents) take Faust's normal path. The handler runs inline in the fetch loop: the next fetch waits
 for it (back-pressure), and a handler that raises stops the worker like a crashing agent would (nothing acked).
@@ -35,12 +35,18 @@ from typing import Any, cast
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
 
-BatchHandler = Callable[[Sequence[Message]], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]  # records with topic/partition/offset/key/value
 
 
 class BatchDrainConsumer(faust_aiokafka.Consumer):
-    """Faust's aiokafka consumer with a fetch loop that delivers the app's batch topics a whole fetch at a time."""
+    """Faust's aiokafka consumer with a fetch loop that delivers the app's batch topics a batch at a time.
+
+    Batch-topic records reach the handler as aiokafka ``ConsumerRecord``s (``topic``, ``partition``, ``offset``,
+    ``key``, ``value``), without Faust's per-record ``Message`` and generator step.
+    """
 
     async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised on the real broker
         app = cast(BatchDrainApp, self.app)
@@ -52,22 +58,21 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
         acks_enabled_for = self.app.topics.acks_enabled_for
-        batch_topics = app.batch_topics
         while not (consumer_should_stop() or fetcher_should_stop()):
             generation = self.app.consumer_generation_id
-            batch: list[Message] = []
+            batch: list[tuple[TP, Any]] = []
             timeout, deadline = 1.0, 0.0
             while True:  # fetch until batch_max records, batch_within_s after the first one, or a fetch comes back empty
-                others: list[tuple[TP, Message]] = []
-                ait = self.getmany(timeout=timeout)
+                n_before = len(batch)
+                others = await self._fetch(timeout, batch)
                 await self.sleep(0)
                 if self.should_stop:
                     return
-                n_before = len(batch)
-                async for tp, message in ait:
-                    (batch.append(message) if tp.topic in batch_topics else others.append((tp, message)))
                 for tp, message in others:  # Faust's per-message path, unchanged
-                    if await self._accept(tp, message, read_offset, acks_enabled_for):
+                    r_offset = read_offset.get(tp)
+                    if r_offset is None or message.offset >= r_offset:
+                        if r_offset and message.offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                            await self._add_gap(tp, r_offset + 1, message.offset)
                         await self.wait_first(callback(message), self.suspend_flow.wait())
                         read_offset[tp] = message.offset
                 if not batch:
@@ -80,36 +85,75 @@ class BatchDrainConsumer(faust_aiokafka.Consumer):
                     break
             if not batch:
                 continue
-            seen: dict[TP, int | None] = {}  # read offsets as of this fetch; committed to read_offset after handling
+            # Faust's filter: skip offsets below the read offset (re-fetched after a seek); record a gap where offsets
+            # jump (compaction, transaction markers) so commits can pass it. Read offsets advance after handling.
+            seen: dict[TP, int | None] = {}
+            offsets: dict[TP, list[int]] = {}
             fresh = []
-            for m in batch:
-                if m.tp not in seen:
-                    seen[m.tp] = read_offset.get(m.tp)
-                if await self._accept(m.tp, m, seen, acks_enabled_for):
-                    seen[m.tp] = m.offset
-                    fresh.append(m)
+            for tp, rec in batch:
+                if tp not in seen:
+                    seen[tp] = read_offset.get(tp)
+                    offsets[tp] = []
+                r_offset, offset = seen[tp], rec.offset
+                if r_offset is not None and offset < r_offset:
+                    continue
+                if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                    await self._add_gap(tp, r_offset + 1, offset)
+                seen[tp] = offset
+                offsets[tp].append(offset)
+                fresh.append(rec)
             if not fresh or self.app.consumer_generation_id != generation or not self.flow_active:
                 continue  # revoked or paused meanwhile: the new owner (or the resumed fetch) reads them again
             assert app.batch_handler is not None
             await app.batch_handler(fresh)
-            for m in fresh:
-                self.ack(m)
-            for tp, offset in seen.items():
-                if offset is not None:
-                    read_offset[tp] = offset
+            for tp, offs in offsets.items():
+                if acks_enabled_for(tp.topic):
+                    self._ack_offsets(tp, offs)
+                if seen[tp] is not None:
+                    read_offset[tp] = seen[tp]
             if self._commit_every is not None and self._n_acked >= self._commit_every:
                 self._n_acked = 0
                 await self.commit()
 
-    async def _accept(self, tp: TP, message: Message, read_offset: Any, acks_enabled_for: Any) -> bool:
-        """Faust's filter: skip already-read offsets; record a gap when offsets jump (compaction, markers)."""
-        offset = message.offset
-        r_offset = read_offset.get(tp)
-        if r_offset is not None and offset < r_offset:
-            return False
-        if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
-            await self._add_gap(tp, r_offset + 1, offset)
-        return True
+    async def _fetch(self, timeout: float, batch: list[tuple[TP, Any]]) -> list[tuple[TP, Message]]:
+        """One fetch: batch-topic records are appended to ``batch`` as (tp, record); the others come back as Faust
+        messages for the per-message path. Mirrors ``Consumer.getmany``'s checks (flow, generation, active tps)."""
+        if not self.flow_active:
+            return [x async for x in self.getmany(timeout)]  # Faust seeks back to the committed offsets
+        records, active = await self._wait_next_records(timeout)
+        if records is None or self.should_stop:
+            return []
+        generation = self.app.consumer_generation_id
+        batch_topics = cast(BatchDrainApp, self.app).batch_topics
+        buffered = self._buffered_partitions
+        others: list[tuple[TP, Message]] = []
+        got: list[tuple[TP, Any]] = []
+        for tp, recs in records.items():
+            if not (active is None or tp in active or tp in buffered):
+                continue
+            self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+            if tp.topic in batch_topics:
+                got += [(tp, r) for r in recs]
+            else:
+                others += [(tp, self._to_message(tp, r)) for r in recs]
+        if not self.flow_active or self.app.consumer_generation_id != generation:
+            return []
+        batch += got
+        return others
+
+    def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
+        """``Consumer.ack`` for many offsets of one partition at once (same bookkeeping, one lock)."""
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            index, acked = self._acked_index[tp], self._acked[tp]
+            n = 0
+            for offset in offsets:
+                if (committed is None or offset >= committed) and offset not in index:
+                    index.add(offset)
+                    acked.append(offset)
+                    n += 1
+            self._n_acked += n
+            notify(self._waiting_for_ack)
 
 
 class BatchDrainTransport(faust_aiokafka.Transport):
