@@ -57,11 +57,13 @@ class Tally(JoinCounts):
     behavior_users: set[str] = field(default_factory=set)  # users that gained a behavior (drained by the core)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     imp: Impression
     labels: dict[str, int]
     label_ts: float  # largest ts of a feedback that set a label (for max_event_ts), -inf if none
+    ts: float  # imp.ts
+    cat: str  # the item's category (cfg.cross.category_key, "" if absent): its cross-counter value
 
 
 @dataclass
@@ -82,6 +84,10 @@ class _Released:
 class _Buffered:
     fb: Feedback
     matched: bool
+
+
+def _release_order(p: _Pending) -> tuple[float, str]:
+    return (p.ts, p.imp.event_id)
 
 
 class UserMachine:
@@ -118,32 +124,42 @@ class UserMachine:
 
     # ---------------------------------------------------------------- events
     def on_impression(self, imp: Impression, wm: float, cfg: CoreConfig, out: list[Output], t: Tally) -> None:
-        if imp.event_id in self.seen:
+        eid, ts = imp.event_id, imp.ts
+        if eid in self.seen:
             t.duplicates += 1
             return
-        self.seen[imp.event_id] = imp.ts
-        self.seen_min = min(self.seen_min, imp.ts)
-        if imp.ts <= wm:
+        self.seen[eid] = ts
+        if ts < self.seen_min:
+            self.seen_min = ts
+        if ts <= wm:
             t.late_impressions += 1
             out.append(DeadLetter("late_impression", self.user_id, "impression", imp.to_json(),
-                                  f"ts {imp.ts} <= watermark {wm}"))
+                                  f"ts {ts} <= watermark {wm}"))
             return
-        p = _Pending(imp, dict.fromkeys(cfg.tasks, 0), -INF)
-        self.pending[imp.event_id] = p
+        cat = imp.item.get(cfg.cross.category_key, "")
+        p = _Pending(imp, dict.fromkeys(cfg.tasks, 0), -INF, ts, cat)
+        self.pending[eid] = p
         key = (imp.request_id, imp.item_id)
-        self.pending_by_key.setdefault(key, []).append(imp.event_id)
-        self.counters.add("imp", imp.scenario, imp.item.get(cfg.cross.category_key, ""), imp.ts)
-        if imp.user and (imp.ts, imp.event_id) >= self.user_key:
-            self.user, self.user_key = dict(imp.user), (imp.ts, imp.event_id)
-        for b in self.buffered.get(key, ()):
-            self._join(p, b, cfg, t)
+        ids = self.pending_by_key.get(key)
+        if ids is None:
+            self.pending_by_key[key] = [eid]
+        else:
+            ids.append(eid)
+        self.counters.add("imp", imp.scenario, cat, ts)
+        if imp.user and (ts, eid) >= self.user_key:
+            # events are values nobody changes once given to the core: the dict is shared, not copied
+            self.user, self.user_key = imp.user, (ts, eid)
+        if self.buffered:
+            for b in self.buffered.get(key, ()):
+                self._join(p, b, cfg, t)
 
     def on_feedback(self, fb: Feedback, wm: float, cfg: CoreConfig, out: list[Output], t: Tally) -> None:
         if fb.event_id in self.seen:
             t.duplicates += 1
             return
         self.seen[fb.event_id] = fb.ts
-        self.seen_min = min(self.seen_min, fb.ts)
+        if fb.ts < self.seen_min:
+            self.seen_min = fb.ts
         key = (fb.request_id, fb.item_id)
         b = _Buffered(fb, False)
         for eid in self.pending_by_key.get(key, ()):
@@ -183,17 +199,17 @@ class UserMachine:
         beh = Behavior(imp.item_id, imp.scenario, fb.action, fb.ts, dict(imp.item))
         insort(self.behaviors, (fb.ts, fb.event_id, beh), key=lambda x: (x[0], x[1]))
         if task is not None:
-            self.counters.add(task, imp.scenario, imp.item.get(cfg.cross.category_key, ""), fb.ts)
+            self.counters.add(task, imp.scenario, p.cat, fb.ts)
 
     # ---------------------------------------------------------------- time
     def next_due(self, cfg: CoreConfig) -> float:
         """The smallest watermark at which :meth:`advance` has something to do."""
         due = INF
         if self.pending:
-            due = min(p.imp.ts for p in self.pending.values()) + cfg.attribution_window_s
+            due = min([p.ts for p in self.pending.values()]) + cfg.attribution_window_s
         if self.open is not None:
             limit = self.open.targets[0].ts + cfg.span_s
-            if all(p.imp.ts >= limit for p in self.pending.values()):  # else advance() waits for those releases
+            if all(p.ts >= limit for p in self.pending.values()):  # else advance() waits for those releases
                 due = min(due, limit)
         for lst in self.buffered.values():
             for b in lst:
@@ -206,14 +222,15 @@ class UserMachine:
     def advance(self, wm: float, cfg: CoreConfig, out: list[Output], t: Tally) -> None:
         """Apply watermark ``wm``: release due impressions, close samples, expire buffers, prune."""
         window = cfg.attribution_window_s
-        due = [p for p in self.pending.values() if p.imp.ts + window <= wm]
+        due = [p for p in self.pending.values() if p.ts + window <= wm]
         if due:
-            due.sort(key=lambda p: (p.imp.ts, p.imp.event_id))
+            if len(due) > 1:
+                due.sort(key=_release_order)
             for p in due:
                 self._release(p, cfg, out, t)
         if self.open is not None:
             limit = self.open.targets[0].ts + cfg.span_s
-            if wm >= limit and all(p.imp.ts >= limit for p in self.pending.values()):
+            if wm >= limit and all(p.ts >= limit for p in self.pending.values()):
                 self._emit(cfg, out, t)
         if self.buffered:
             for key in [k for k, lst in self.buffered.items() if any(b.fb.ts <= wm for b in lst)]:
@@ -242,8 +259,7 @@ class UserMachine:
         for task, y in p.labels.items():
             d = t.positives if y else t.negatives
             d[task] = d.get(task, 0) + 1
-        cross = cross_features(self.counters, cfg.cross, imp.scenario, imp.item.get(cfg.cross.category_key, ""),
-                               imp.ts)
+        cross = cross_features(self.counters, cfg.cross, imp.scenario, p.cat, imp.ts)
         # the pending impression is gone after this: its dicts move into the target instead of being copied
         tgt = Target(imp.event_id, imp.request_id, imp.item_id, imp.scenario, imp.ts, imp.position, imp.item,
                      imp.context, imp.dense, cross, p.labels)
@@ -302,7 +318,7 @@ class UserMachine:
                     del self.released[key]
         floor = wm
         if self.pending:
-            floor = min(floor, min(p.imp.ts for p in self.pending.values()))
+            floor = min(floor, min([p.ts for p in self.pending.values()]))
         if self.open is not None:
             floor = min(floor, self.open.targets[0].ts)
         if floor == INF or floor == -INF:
@@ -350,7 +366,8 @@ class UserMachine:
         for imp_d, labels, label_ts in d["pending"]:
             imp = event_from_dict(imp_d, "impression")
             assert isinstance(imp, Impression)
-            m.pending[imp.event_id] = _Pending(imp, {str(k): int(v) for k, v in labels.items()}, inf(label_ts))
+            m.pending[imp.event_id] = _Pending(imp, {str(k): int(v) for k, v in labels.items()}, inf(label_ts), imp.ts,
+                                               imp.item.get(cfg.cross.category_key, ""))
             m.pending_by_key.setdefault((imp.request_id, imp.item_id), []).append(imp.event_id)
         for fb_d, matched in d["buffered"]:
             fb = event_from_dict(fb_d, "feedback")

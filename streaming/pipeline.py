@@ -192,8 +192,7 @@ class StreamCore:
         if m is None:
             return None
         L = self.config.history_len
-        behaviors = [b for _, _, b in m.behaviors]
-        behaviors = behaviors[-L:] if L else []
+        behaviors = [b for _, _, b in m.behaviors[-L:]] if L else []
         latest = max(m.user_key[0], behaviors[-1].ts if behaviors else -INF)
         return UserState(user_id, dict(m.user), behaviors, _copy_counters(m), self.config.cross, L,
                          latest if math.isfinite(latest) else 0.0)
@@ -237,7 +236,8 @@ class StreamCore:
 def _copy_counters(m: UserMachine) -> Any:
     from streaming.cross import CrossCounters
 
-    return CrossCounters({k: list(v) for k, v in m.counters.ts.items()}, dict(m.counters.base))
+    c = m.counters
+    return CrossCounters({k: v[:] for k, v in c.ts.items()}, c.base.copy(), c.lo)
 
 
 def run_offline(events: Iterable[Event], config: CoreConfig | None = None) -> list[Sample]:

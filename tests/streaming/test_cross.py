@@ -59,3 +59,25 @@ def test_cross_features_equal_direct_counts(spec: CrossSpec, evs: list[tuple[str
         assert [repr(v) for v in got.values()] == [repr(v) for v in exp.values()]  # same floats, bit for bit
         got["scn_imp_life"] = -1.0  # the caller owns its dict: the cached copy is unaffected
     assert cross_features(None, spec, scenario, category, t) == reference(None, spec, scenario, category, t)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(adds.map(lambda a: ("add", a)), st.integers(0, 20_000).map(lambda f: ("prune", f))),
+                max_size=12), st.integers(0, 30_000).map(float))
+def test_prune_interleaved_with_adds_keeps_queries_exact(ops: list[tuple[str, object]], t: float) -> None:
+    spec = CrossSpec(windows_s=(60.0, 3600.0))
+    pruned, full = CrossCounters(), CrossCounters()
+    floor = 0.0
+    for op, arg in ops:
+        if op == "add":
+            for kind, scn, cat, ts in arg:  # type: ignore[attr-defined]
+                pruned.add(kind, scn, cat, ts)
+                full.add(kind, scn, cat, ts)
+        else:
+            floor = max(floor, float(arg))  # type: ignore[arg-type]
+            pruned.prune(floor, spec)
+            assert all(pruned.lo <= x for lst in pruned.ts.values() for x in lst)
+    t = max(t, floor)  # queries at t >= the last floor stay exact
+    for scn in ("a", "b"):
+        for cat in ("x", ""):
+            assert cross_features(pruned, spec, scn, cat, t) == cross_features(full, spec, scn, cat, t)
