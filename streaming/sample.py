@@ -39,6 +39,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from streaming.fastjson import dumps
 
 SCHEMA_VERSION = 1
@@ -63,10 +65,21 @@ class Behavior:
     action: str
     ts: float
     item: dict[str, str] = field(default_factory=dict)
+    # its encoded to_json, made on first use: a behavior is in every sample of its user for L behaviors (H, R)
+    # and in each published UserState, and never changes (the item dict is its own copy)
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"item_id": self.item_id, "scenario": self.scenario, "action": self.action, "ts": self.ts,
                 "item": dict(self.item)}
+
+    def encoded(self) -> bytes:
+        """``dumps(self.to_json())``, cached."""
+        b = self._json
+        if b is None:
+            b = dumps(self.to_json())
+            object.__setattr__(self, "_json", b)
+        return b
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> Behavior:
@@ -110,6 +123,11 @@ class Target:
             cross={str(k): float(v) for k, v in (d.get("cross") or {}).items()},
             labels={str(k): int(v) for k, v in (d.get("labels") or {}).items()},
         )
+
+
+def fragments(behaviors: list[Behavior]) -> list[orjson.Fragment]:
+    """The behaviors' cached encodings as fragments orjson embeds as they are (same bytes as their to_json)."""
+    return [orjson.Fragment(b._json if b._json is not None else b.encoded()) for b in behaviors]
 
 
 def make_sample_id(target_event_ids: Iterable[str]) -> str:
@@ -188,7 +206,17 @@ class Sample:
         return s
 
     def encode(self) -> bytes:
-        return dumps(self.to_json())
+        """``dumps(self.to_json())`` without its copies: orjson writes the Behavior and Target dataclasses itself,
+        fields in declaration order (= their ``to_json`` order); what orjson refuses goes through ``to_json``."""
+        try:
+            return orjson.dumps({
+                "schema_version": self.schema_version, "sample_id": self.sample_id, "user_id": self.user_id,
+                "user": self.user, "history": fragments(self.history), "realtime": fragments(self.realtime),
+                "targets": self.targets,
+                "span_start": self.span_start, "span_end": self.span_end, "max_event_ts": self.max_event_ts,
+            })
+        except TypeError:
+            return dumps(self.to_json())
 
     @staticmethod
     def decode(raw: bytes | str) -> Sample:

@@ -25,10 +25,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from streaming.config import CrossSpec
 from streaming.cross import CrossCounters, cross_features
 from streaming.fastjson import dumps
-from streaming.sample import Behavior, Sample, Target, make_sample_id
+from streaming.sample import Behavior, Sample, Target, fragments, make_sample_id
 
 USER_STATE_VERSION = 1
 DEFAULT_HISTORY_LEN = 256
@@ -76,7 +78,18 @@ class UserState:
         }
 
     def encode(self) -> bytes:
-        return dumps(self.to_json())
+        """``dumps(self.to_json())`` without copying behaviors and counters (orjson writes the Behavior dataclasses
+        in their ``to_json`` field order); what orjson refuses goes through ``to_json``."""
+        c = self.cross
+        try:
+            return orjson.dumps({
+                "version": self.version, "user_id": self.user_id, "user": self.user, "updated_ts": self.updated_ts,
+                "history_len": self.history_len, "behaviors": fragments(self.behaviors),
+                "counters": {"ts": self.counters.ts, "base": self.counters.base},
+                "cross": {"category_key": c.category_key, "windows_s": c.windows_s, "tasks": c.tasks},
+            })
+        except TypeError:
+            return dumps(self.to_json())
 
     @staticmethod
     def from_json(d: dict[str, Any] | bytes | str) -> UserState:
