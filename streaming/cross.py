@@ -78,7 +78,7 @@ class CrossCounters:
         d = self.ts
         if ts < self.lo:
             self.lo = ts
-        for key in _keys((kind,), scenario, category):
+        for key in _keys(kind, scenario, category):
             lst = d.get(key)
             if lst is None:
                 d[key] = [ts]
@@ -133,7 +133,7 @@ class _Layout:
     denominators in C, in the order of ``names``.
     """
 
-    __slots__ = ("by_counts", "dens", "kinds", "names", "nums", "one", "wins", "zeros")
+    __slots__ = ("by_counts", "dens", "keys", "kinds", "names", "nums", "one", "wins", "zeros")
 
     def __init__(self, spec: CrossSpec) -> None:
         wins_n = [window_name(w) for w in spec.windows_s] + ["life"]
@@ -165,30 +165,49 @@ class _Layout:
         # first target is all zeros; on the synthetic bench 232 distinct in 35k queries, on MovieLens ~1 in 5
         # queries repeats one), and a hit costs a tuple and a dict copy instead of 45 divisions and a dict build
         self.by_counts: dict[tuple[int, ...], dict[str, float]] = {}
+        self.keys: dict[tuple[str, str], tuple[str, ...]] = {}  # (scenario, category) -> the query's counter keys
 
 
 _LAYOUTS: dict[CrossSpec, _Layout] = {}
+# (spec, its layout) of the last query: the core asks with one spec object, and hashing a spec is slow. One tuple,
+# read once, so threads with different specs never pair a spec with another's layout
+_LAST: tuple[CrossSpec | None, _Layout | None] = (None, None)
 _MAX_CACHED = 2048  # feature dicts cached per spec (~3 kB each)
-# (kinds, scenario, category) -> the counter keys, dims outer and kinds inner: built once per distinct triple
-_KEYS: dict[tuple[tuple[str, ...], str, str], tuple[str, ...]] = {}
+# (kind, scenario, category) -> its 3 counter keys (dims scn, cat, all): built once per distinct triple
+_KEYS: dict[tuple[str, str, str], tuple[str, str, str]] = {}
 
 
 def _layout(spec: CrossSpec) -> _Layout:
+    global _LAST
+    last_spec, lay = _LAST
+    if spec is last_spec and lay is not None:
+        return lay
     lay = _LAYOUTS.get(spec)
     if lay is None:
         lay = _LAYOUTS[spec] = _Layout(spec)
+    _LAST = (spec, lay)
     return lay
 
 
-def _keys(kinds: tuple[str, ...], scenario: str, category: str) -> tuple[str, ...]:
-    k = (kinds, scenario, category)
+def _keys(kind: str, scenario: str, category: str) -> tuple[str, str, str]:
+    k = (kind, scenario, category)
     keys = _KEYS.get(k)
     if keys is None:
         if len(_KEYS) > 100_000:  # scenarios x categories is small in practice; bound it anyway
             _KEYS.clear()
-        keys = _KEYS[k] = tuple(f"{kind}\x1f{dim}\x1f{value}"
-                                for dim, value in (("scn", scenario), ("cat", category), ("all", ""))
-                                for kind in kinds)
+        keys = _KEYS[k] = (f"{kind}\x1fscn\x1f{scenario}", f"{kind}\x1fcat\x1f{category}", f"{kind}\x1fall\x1f")
+    return keys
+
+
+def _query_keys(lay: _Layout, scenario: str, category: str) -> tuple[str, ...]:
+    # the counter keys of one query in the order of _Layout's counts: dims outer, kinds inner
+    k = (scenario, category)
+    keys = lay.keys.get(k)
+    if keys is None:
+        if len(lay.keys) > 100_000:
+            lay.keys.clear()
+        per_kind = [_keys(kind, scenario, category) for kind in lay.kinds]
+        keys = lay.keys[k] = tuple(ks[d] for d in range(len(_DIMS)) for ks in per_kind)
     return keys
 
 
@@ -206,7 +225,7 @@ def cross_features(counters: CrossCounters | None, spec: CrossSpec, scenario: st
     zeros = lay.zeros
     c: list[int] = []  # see _Layout: per (dim, kind) the recent-window counts, then the lifetime count
     app = c.append
-    for key in _keys(lay.kinds, scenario, category):
+    for key in _query_keys(lay, scenario, category):
         lst = ts_get(key)
         if lst:
             hi = bisect_left(lst, t)
