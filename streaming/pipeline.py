@@ -37,6 +37,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from streaming.config import CoreConfig
+from streaming.cross import CrossCounters
 from streaming.events import Event, Impression
 from streaming.join import JoinCounts, Tally, UserMachine
 from streaming.outputs import DeadLetter, LateLabel, Output
@@ -189,12 +190,23 @@ class StreamCore:
     def export_user_state(self, user_id: str) -> UserState | None:
         """The serving view of a user: profile, last L known behaviors and cross counters (None if unknown)."""
         m = self.users.get(user_id)
-        if m is None:
-            return None
+        return None if m is None else self._user_state(m, copy_state=True)
+
+    def encode_user_state(self, user_id: str) -> bytes | None:
+        """``export_user_state(user_id).encode()`` without copying the user's counters and profile first (the
+        state is encoded at once, before the core changes again)."""
+        m = self.users.get(user_id)
+        return None if m is None else self._user_state(m, copy_state=False).encode()
+
+    def _user_state(self, m: UserMachine, copy_state: bool) -> UserState:
         L = self.config.history_len
         behaviors = [b for _, _, b in m.behaviors[-L:]] if L else []
         latest = max(m.user_key[0], behaviors[-1].ts if behaviors else -INF)
-        return UserState(user_id, dict(m.user), behaviors, _copy_counters(m), self.config.cross, L,
+        counters, user = m.counters, m.user
+        if copy_state:
+            counters = CrossCounters({k: v[:] for k, v in counters.ts.items()}, counters.base.copy(), counters.lo)
+            user = dict(user)
+        return UserState(m.user_id, user, behaviors, counters, self.config.cross, L,
                          latest if math.isfinite(latest) else 0.0)
 
     def user_to_json(self, user_id: str) -> dict[str, Any] | None:
@@ -231,13 +243,6 @@ class StreamCore:
         self._wm = -INF
         self._advance(out)
         return out
-
-
-def _copy_counters(m: UserMachine) -> Any:
-    from streaming.cross import CrossCounters
-
-    c = m.counters
-    return CrossCounters({k: v[:] for k, v in c.ts.items()}, c.base.copy(), c.lo)
 
 
 def run_offline(events: Iterable[Event], config: CoreConfig | None = None) -> list[Sample]:

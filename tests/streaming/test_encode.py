@@ -20,6 +20,7 @@ from tests.streaming.gen import event_streams
 def test_encodings_equal_the_to_json_reference(arrival: list[Event]) -> None:
     core = StreamCore()
     samples: list[Sample] = []
+    exported: list[tuple[UserState, bytes]] = []
     for i in range(0, len(arrival) + 7, 7):  # batches as the worker feeds them, then the end-of-stream flush
         outs = core.on_events(arrival[i:i + 7]) if i < len(arrival) else core.flush_all()
         samples += [o for o in outs if isinstance(o, Sample)]
@@ -28,7 +29,11 @@ def test_encodings_equal_the_to_json_reference(arrival: list[Event]) -> None:
             assert st is not None
             for _ in range(2):  # the second encoding uses the behaviors' cached JSON
                 assert st.encode() == dumps(st.to_json())
+            assert core.encode_user_state(uid) == st.encode()  # the worker's path: no copies, same bytes
+            exported.append((st, st.encode()))
     assert samples or not any(isinstance(e, Impression) for e in arrival)  # the first impression is never late
+    for st, raw in exported:  # an exported state is a copy: later events never change it
+        assert st.encode() == raw
     for s in samples:
         for _ in range(2):
             assert s.encode() == dumps(s.to_json())
