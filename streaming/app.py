@@ -309,9 +309,9 @@ class StreamWorker:
             n_states = 0
             for p, core in self.cores.items():
                 for uid in state_users.get(p, set()) | core.take_behavior_users():  # once per user per batch
-                    st = core.export_user_state(uid)
+                    st = core.encode_user_state(uid)
                     if st is not None:
-                        futs.append(await send(state_topic, uid.encode(), st.encode()))
+                        futs.append(await send(state_topic, uid.encode(), st))
                         n_states += 1
             if n_states:
                 m.user_states.inc(n_states)
