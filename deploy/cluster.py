@@ -614,6 +614,9 @@ class _RecordingProducer:
             self.marks.append((self.n - 1, time.time()))
         return fut
 
+    def partitions_for(self, topic: str) -> Any:
+        return self.inner.partitions_for(topic)
+
     def flush(self, timeout: float | None = None) -> None:
         self.inner.flush(timeout=timeout)
         self.marks.append((self.n, time.time()))

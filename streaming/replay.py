@@ -127,7 +127,8 @@ class _KeyPartitioner:
 
         parts = self.parts.get(topic)
         if parts is None:
-            found = self.producer.partitions_for(topic)  # blocks for metadata, raises like send() would
+            partitions_for = getattr(self.producer, "partitions_for", None)  # a wrapped producer may not say
+            found = partitions_for(topic) if partitions_for is not None else None  # blocks for metadata
             parts = sorted(found) if found else []
             if parts:
                 self.parts[topic] = parts
