@@ -163,7 +163,7 @@ def build_request_sample(state: UserState | None, user_id: str, scenario: str, c
             event_id=f"req:{user_id}:{now!r}:{i}:{c.item_id}", request_id=request_id, item_id=c.item_id,
             scenario=scenario, ts=now, position=None, item=dict(c.item), context={**context, **c.context},
             dense=dict(c.dense),
-            cross=dict(feats),
+            cross=feats,  # shared by the candidates of one category (read-only; collate memoises on it)
             labels={}))
     return Sample(make_sample_id(t.event_id for t in targets), user_id, targets, user=user, history=history,
                   realtime=[], span_start=now, span_end=now, max_event_ts=now)

@@ -367,6 +367,8 @@ def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
     f_lens: list[list[int]] = [[] for _ in FLOAT_FEATURES]
     f_vals: list[list[int]] = [[] for _ in FLOAT_FEATURES]
     f_raw: list[list[float]] = [[] for _ in FLOAT_FEATURES]
+    # id(feature dict) -> (the dict, its bucket ids, its values): the dict is kept so its id stays unique in this call
+    f_memo: dict[int, tuple[dict[str, float], list[int], list[float]]] = {}
     t_users: list[str] = []
     t_scen: list[str] = []
     t_eids: list[str] = []
@@ -424,10 +426,17 @@ def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
             tgt_dense.append([float(has_pos), math.log1p(t.position) if has_pos else 0.0, squash(dt)])  # type: ignore[arg-type]
             for task in spec.tasks:
                 labels[task].append(float(t.labels.get(task, 0)))
-            for i, feats in enumerate((t.dense, t.cross)):
-                f_lens[i].append(len(feats))
-                f_vals[i].extend(map(m_float[i].__getitem__, feats))
-                f_raw[i].extend(feats.values())
+            feats = t.dense
+            f_lens[0].append(len(feats))
+            f_vals[0].extend(map(m_float[0].__getitem__, feats))
+            f_raw[0].extend(feats.values())
+            feats = t.cross
+            f_lens[1].append(len(feats))
+            memo = f_memo.get(id(feats))  # serving's candidates share one cross dict per item category
+            if memo is None or memo[0] is not feats:
+                memo = f_memo[id(feats)] = (feats, list(map(m_float[1].__getitem__, feats)), list(feats.values()))
+            f_vals[1] += memo[1]
+            f_raw[1] += memo[2]
             t_users.append(s.user_id)
             t_scen.append(t.scenario)
             t_eids.append(t.event_id)
