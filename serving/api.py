@@ -41,6 +41,7 @@ from serving.hotswap import ModelHolder
 from serving.metrics import ServingMetrics
 from serving.scoring import InputError, NonFiniteScore, ServedModel, score_request
 from serving.user_state import UserStateReplica
+from streaming.fastjson import dumps
 from streaming.user_state import Candidate
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,7 @@ def create_app(config: ServingConfig, registry: CollectorRegistry | None = None,
             "candidates": [{"item_id": c.item_id, "scores": dict(zip(tasks, vals, strict=True))}
                            for c, vals in zip(cands, zip(*cols, strict=True), strict=True)],
         }
-        return JSONResponse(body)
+        return Response(dumps(body), media_type="application/json")  # orjson: ~4x faster than JSONResponse here
 
     @app.get("/v1/model", response_model=ModelInfo, responses=no_model)
     async def model_info() -> Response:
