@@ -146,6 +146,39 @@ def _offsets(lengths: list[int]) -> torch.Tensor:
     return out
 
 
+def _assemble(samples: Sequence[Sample], sparse: KeyedJaggedTensor, float_features: KeyedJaggedTensor,
+              group_t: torch.Tensor, tts: list[float], origins: list[float], seq_lens: list[int],
+              glens: list[list[int]], tgt_lens: list[int], tgt_pos: list[int], tgt_scen: list[int],
+              tgt_dense: list[list[float]], labels: dict[str, list[float]], t_users: list[str], t_scen: list[str],
+              t_eids: list[str]) -> Batch:
+    """The :class:`Batch` from per-token/per-target lists (shared by :func:`collate` and :func:`collate_reference`)."""
+    return Batch(
+        sparse=sparse,
+        float_features=float_features,
+        seq_offsets=_offsets(seq_lens),
+        max_seq_len=max(seq_lens, default=0),
+        token_group=group_t,
+        token_ts=torch.tensor(tts, dtype=torch.float32),
+        ts_origin=torch.tensor(origins, dtype=torch.float64),
+        group_rows=tuple(torch.nonzero(group_t == g).flatten() for g in TokenGroup),  # type: ignore[arg-type]
+        group_lengths=torch.tensor(glens, dtype=torch.int64).reshape(len(samples), 4),
+        max_group_len=tuple(max((g[i] for g in glens), default=0) for i in range(4)),  # type: ignore[arg-type]
+        max_context_len=max((g[0] + g[1] + g[2] for g in glens), default=0),
+        target_offsets=_offsets(tgt_lens),
+        max_targets=max(tgt_lens, default=0),
+        target_pos=torch.tensor(tgt_pos, dtype=torch.int64),
+        target_scenario_ids=torch.tensor(tgt_scen, dtype=torch.int64),
+        target_dense=torch.tensor(tgt_dense, dtype=torch.float32).reshape(-1, len(TARGET_DENSE_COLUMNS)),
+        labels={k: torch.tensor(v, dtype=torch.float32) for k, v in labels.items()},
+        sample_ids=[s.sample_id for s in samples],
+        user_ids=[s.user_id for s in samples],
+        target_user_ids=t_users,
+        target_scenarios=t_scen,
+        target_event_ids=t_eids,
+        max_event_ts=max((s.max_event_ts for s in samples), default=0.0),
+    )
+
+
 def collate_reference(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
     """Readable per-token version of :func:`collate` (same output; the fast one is tested against it).
 
@@ -271,31 +304,8 @@ def collate_reference(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
         lengths=torch.tensor([n for ls in f_lens for n in ls], dtype=torch.int64),
         weights=torch.tensor([w for ws in f_wts for w in ws], dtype=torch.float32),
     )
-    return Batch(
-        sparse=sparse,
-        float_features=float_features,
-        seq_offsets=_offsets(seq_lens),
-        max_seq_len=max(seq_lens, default=0),
-        token_group=group_t,
-        token_ts=torch.tensor(tts, dtype=torch.float32),
-        ts_origin=torch.tensor(origins, dtype=torch.float64),
-        group_rows=tuple(torch.nonzero(group_t == g).flatten() for g in TokenGroup),  # type: ignore[arg-type]
-        group_lengths=torch.tensor(glens, dtype=torch.int64).reshape(len(samples), 4),
-        max_group_len=tuple(max((g[i] for g in glens), default=0) for i in range(4)),  # type: ignore[arg-type]
-        max_context_len=max((g[0] + g[1] + g[2] for g in glens), default=0),
-        target_offsets=_offsets(tgt_lens),
-        max_targets=max(tgt_lens, default=0),
-        target_pos=torch.tensor(tgt_pos, dtype=torch.int64),
-        target_scenario_ids=torch.tensor(tgt_scen, dtype=torch.int64),
-        target_dense=torch.tensor(tgt_dense, dtype=torch.float32).reshape(-1, len(TARGET_DENSE_COLUMNS)),
-        labels={k: torch.tensor(v, dtype=torch.float32) for k, v in labels.items()},
-        sample_ids=[s.sample_id for s in samples],
-        user_ids=[s.user_id for s in samples],
-        target_user_ids=t_users,
-        target_scenarios=t_scen,
-        target_event_ids=t_eids,
-        max_event_ts=max((s.max_event_ts for s in samples), default=0.0),
-    )
+    return _assemble(samples, sparse, float_features, group_t, tts, origins, seq_lens, glens, tgt_lens, tgt_pos,
+                     tgt_scen, tgt_dense, labels, t_users, t_scen, t_eids)
 
 
 class _Buckets(dict[str, int]):
@@ -458,28 +468,5 @@ def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
         lengths=_i64(_flat(f_lens)),
         weights=_squash_array(_flat(f_raw)),
     )
-    return Batch(
-        sparse=sparse,
-        float_features=float_features,
-        seq_offsets=_offsets(seq_lens),
-        max_seq_len=max(seq_lens, default=0),
-        token_group=group_t,
-        token_ts=torch.tensor(tts, dtype=torch.float32),
-        ts_origin=torch.tensor(origins, dtype=torch.float64),
-        group_rows=tuple(torch.nonzero(group_t == g).flatten() for g in TokenGroup),  # type: ignore[arg-type]
-        group_lengths=torch.tensor(glens, dtype=torch.int64).reshape(len(samples), 4),
-        max_group_len=tuple(max((g[i] for g in glens), default=0) for i in range(4)),  # type: ignore[arg-type]
-        max_context_len=max((g[0] + g[1] + g[2] for g in glens), default=0),
-        target_offsets=_offsets(tgt_lens),
-        max_targets=max(tgt_lens, default=0),
-        target_pos=torch.tensor(tgt_pos, dtype=torch.int64),
-        target_scenario_ids=torch.tensor(tgt_scen, dtype=torch.int64),
-        target_dense=torch.tensor(tgt_dense, dtype=torch.float32).reshape(-1, len(TARGET_DENSE_COLUMNS)),
-        labels={k: torch.tensor(v, dtype=torch.float32) for k, v in labels.items()},
-        sample_ids=[s.sample_id for s in samples],
-        user_ids=[s.user_id for s in samples],
-        target_user_ids=t_users,
-        target_scenarios=t_scen,
-        target_event_ids=t_eids,
-        max_event_ts=max((s.max_event_ts for s in samples), default=0.0),
-    )
+    return _assemble(samples, sparse, float_features, group_t, tts, origins, seq_lens, glens, tgt_lens, tgt_pos,
+                     tgt_scen, tgt_dense, labels, t_users, t_scen, t_eids)
