@@ -56,6 +56,9 @@ class CoreConfig:
     - ``late_horizon_s``: how long (event time, after an impression's window closed) released impressions and seen
       event ids are remembered, to recognise duplicates and late feedback.
     - ``action_tasks``: feedback action → task; actions not listed still become behaviors but label nothing.
+    - ``skip_action``: an impression released with no positive label (no mapped feedback in its window) becomes a
+      behavior with this action at ``ts + attribution_window_s`` — the moment "not acted on" is final, so no target
+      sees it before then (implicit negative feedback in H/R). ``None`` keeps only feedback behaviors.
 
     Example:
         >>> CoreConfig().history_len
@@ -69,6 +72,7 @@ class CoreConfig:
     span_s: float = 1800.0
     late_horizon_s: float = 3600.0
     action_tasks: Mapping[str, str] = field(default_factory=_default_action_tasks)
+    skip_action: str | None = "skip"
     cross: CrossSpec = field(default_factory=CrossSpec)
 
     def __post_init__(self) -> None:
@@ -80,6 +84,8 @@ class CoreConfig:
             raise ValueError("max_targets must be >= 1")
         if self.span_s <= 0:
             raise ValueError("span_s must be > 0")
+        if self.skip_action is not None and (not self.skip_action or self.skip_action in self.action_tasks):
+            raise ValueError(f"skip_action must be a non-empty action that labels no task, got {self.skip_action!r}")
         unknown = set(self.action_tasks.values()) - set(self.cross.tasks)
         if unknown:
             raise ValueError(f"action_tasks map to tasks {sorted(unknown)} not in cross.tasks {self.cross.tasks}")
@@ -95,4 +101,5 @@ class CoreConfig:
 
     def __hash__(self) -> int:
         return hash((self.attribution_window_s, self.allowed_lateness_s, self.history_len, self.max_targets,
-                     self.span_s, self.late_horizon_s, tuple(sorted(self.action_tasks.items())), self.cross))
+                     self.span_s, self.late_horizon_s, tuple(sorted(self.action_tasks.items())), self.skip_action,
+                     self.cross))

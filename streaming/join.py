@@ -14,7 +14,9 @@ provided no event is late (ts > W on arrival):
   and no pending impression of the user is inside the span;
 - H = the last L behaviors with ts < span_start, R = behaviors with span_start ≤ ts ≤ span_end; behaviors are kept
   (pruned only below ``min(W, pending ts, open span_start)`` beyond the last L) so newer ones never displace them;
-- cross features of a target use only counters with ts < the target's ts.
+- cross features of a target use only counters with ts < the target's ts;
+- an impression released with no positive label adds a ``skip_action`` behavior at ``ts + window`` (when its
+  negative label became final): it is released before any sample whose span reaches that ts is emitted.
 """
 
 from __future__ import annotations
@@ -264,6 +266,11 @@ class UserMachine:
         tgt = Target(imp.event_id, imp.request_id, imp.item_id, imp.scenario, imp.ts, imp.position, imp.item,
                      imp.context, imp.dense, cross, p.labels)
         self.released.setdefault(key, []).append(_Released(imp.event_id, imp.ts, None))
+        if cfg.skip_action is not None and not any(p.labels.values()):
+            t.behavior_users.add(self.user_id)
+            end = imp.ts + cfg.attribution_window_s
+            insort(self.behaviors, (end, imp.event_id, Behavior(imp.item_id, imp.scenario, cfg.skip_action, end,
+                                                                dict(imp.item))), key=lambda x: (x[0], x[1]))
         if self.open is not None and imp.ts >= self.open.targets[0].ts + cfg.span_s:
             self._emit(cfg, out, t)
         if self.open is None:

@@ -84,6 +84,12 @@ def test_no_target_sees_its_future(arrival: list[Event]) -> None:
     for fid, (f, _) in joins.items():
         behaviors_by_user.setdefault(f.user_id, []).append((f.ts, fid))
     imps = [e for e in events.values() if isinstance(e, Impression)]
+    # an impression no mapped feedback labels becomes a skip behavior once its window has closed
+    fbs = [e for e in events.values() if isinstance(e, Feedback) and CFG.task_of(e.action) is not None]
+    for i in imps:
+        if not any((f.user_id, f.request_id, f.item_id) == (i.user_id, i.request_id, i.item_id)
+                   and i.ts <= f.ts <= i.ts + CFG.attribution_window_s for f in fbs):
+            behaviors_by_user.setdefault(i.user_id, []).append((i.ts + CFG.attribution_window_s, i.event_id))
     spec = CFG.cross
     for s in run_offline(arrival, CFG):
         beh = sorted(behaviors_by_user.get(s.user_id, []))
