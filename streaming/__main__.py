@@ -47,6 +47,9 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--span-s", type=float, default=1800.0, help="max event-time span of a sample, seconds")
     p.add_argument("--late-horizon-s", type=float, default=3600.0,
                    help="event time to remember released impressions and event ids after the window")
+    p.add_argument("--skip-action", default="",
+                   help="behavior action given to an impression released with no positive label, e.g. skip "
+                        "(implicit negative feedback in H/R; '' = none, the default)")
     p.add_argument("--category-key", default="category", help="item feature used for category cross features")
     p.add_argument("--log-level", default="info", help="log level")
 
@@ -59,7 +62,7 @@ def run_worker(a: argparse.Namespace) -> int:
 
     core = CoreConfig(attribution_window_s=a.window_s, allowed_lateness_s=a.lateness_s, history_len=a.history_len,
                       max_targets=a.max_targets, span_s=a.span_s, late_horizon_s=a.late_horizon_s,
-                      cross=CrossSpec(category_key=a.category_key))
+                      skip_action=a.skip_action or None, cross=CrossSpec(category_key=a.category_key))
     cfg = WorkerConfig(bootstrap=a.bootstrap, app_id=a.app_id, impressions_topic=a.impressions_topic,
                        feedback_topic=a.feedback_topic, samples_topic=a.samples_topic,
                        deadletter_topic=a.deadletter_topic, user_state_topic=a.user_state_topic,

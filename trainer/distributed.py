@@ -35,6 +35,7 @@ from torch import nn
 from trainer.batch import Batch
 from trainer.features import FeatureSpec
 from trainer.model import Ranker
+from trainer.model.cowatch import CoWatch
 
 log = logging.getLogger(__name__)
 _FUSED = "__fused_optim__."
@@ -101,6 +102,14 @@ class ShardedRanker(nn.Module):
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         return []
+
+    def observe(self, batch: Batch) -> None:
+        """Add this rank's batch to its co-watch sketch. Ranks keep their own sketches (no collective: cosine
+        similarities are scale-free, so a sketch of some users' streams estimates the same ones); the snapshot is
+        rank 0's."""
+        for m in self.dmp.modules():
+            if isinstance(m, CoWatch):
+                m.observe(batch)
 
     def dense_parameters(self) -> list[nn.Parameter]:
         from torchrec.optim.optimizers import in_backward_optimizer_filter

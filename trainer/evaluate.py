@@ -66,6 +66,10 @@ METRICS = ("auc", "gauc", "logloss")
 # constants rather than rates measured on the evaluated stream.
 MOVIELENS_PRIORS: tuple[tuple[str, float], ...] = (("click", 0.55), ("conversion", 0.21))
 _EPS = 1e-7
+# The MovieLens adapter's feedback follows its impression by 5 s (click) and 10 s (like): a 60 s attribution window
+# labels every rating and makes its outcome (a click, or a skip behavior) visible to the user's next targets a
+# minute later instead of 30.
+MOVIELENS_WINDOW_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +101,7 @@ class EvalConfig:
     max_history: int = 64
     ranker: RankerConfig = field(default_factory=lambda: RankerConfig(
         d_model=32, num_blocks=1, target_layers=0, wide=True, linear=True, task_priors=MOVIELENS_PRIORS,
-        cross_rates=True, cross_rates_init=0.5))
+        cross_rates=True, cross_rates_init=0.5, cowatch=True))
     dlrm: DLRMConfig = field(default_factory=lambda: DLRMConfig(
         item_bias=True, linear=True, task_priors=MOVIELENS_PRIORS, cross_rates=True, cross_rates_init=0.5))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(embedding_lr=0.2))
@@ -462,10 +466,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-history", type=int, default=EvalConfig.max_history, help="H tokens kept per sample")
     p.add_argument("--category-key", help="item feature counted as the category by the core's cross features "
                                           "(default: genres for movielens, category otherwise)")
+    p.add_argument("--attribution-window-s", type=float,
+                   help="the core's attribution window (default: 60 for movielens, whose feedback comes 5-10 s after "
+                        "its impression; the core's default otherwise)")
+    p.add_argument("--skip-action", default="skip",
+                   help="behavior action of an impression released unlabeled ('' = no skip behaviors)")
     r = EvalConfig().ranker
     p.add_argument("--d-model", type=int, default=r.d_model, help="Ranker token width")
     p.add_argument("--num-blocks", type=int, default=r.num_blocks, help="Ranker HTA blocks")
     p.add_argument("--target-layers", type=int, default=r.target_layers, help="Ranker target layers per block")
+    p.add_argument("--cowatch-dim", type=int, default=r.cowatch_dim,
+                   help="Ranker co-watch sketch width (0 = no co-watch readout)")
     p.add_argument("--dlrm-dim", type=int, default=EvalConfig().dlrm.embed_dim, help="DLRM embedding width")
     p.add_argument("--cross-rates-init", type=float, default=r.cross_rates_init,
                    help="initial weight of the user's cross-counter rate term, both models (0 = no such term)")
@@ -490,17 +501,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cat = ns.category_key or ("genres" if ns.dataset == "movielens" else "category")
     optim = OptimConfig(embedding_lr=ns.embedding_lr, dense_lr=ns.dense_lr)
+    window = ns.attribution_window_s
+    if window is None:
+        window = MOVIELENS_WINDOW_S if ns.dataset == "movielens" else CoreConfig.attribution_window_s
     try:
         config = EvalConfig(
             models=tuple(m.strip() for m in ns.models.split(",") if m.strip()), batch_samples=ns.batch_samples,
             seed=ns.seed, points=ns.points, max_history=ns.max_history,
             ranker=dataclasses.replace(r, d_model=ns.d_model, num_blocks=ns.num_blocks,
                                        target_layers=ns.target_layers, cross_rates=ns.cross_rates_init != 0,
+                                       cowatch=ns.cowatch_dim > 0, cowatch_dim=max(ns.cowatch_dim, 1),
                                        cross_rates_init=ns.cross_rates_init),
             dlrm=dataclasses.replace(EvalConfig().dlrm, embed_dim=ns.dlrm_dim, cross_rates=ns.cross_rates_init != 0,
                                      cross_rates_init=ns.cross_rates_init), optim=optim,
             ranker_optim=None if ns.ranker_dense_lr is None else dataclasses.replace(optim, dense_lr=ns.ranker_dense_lr),
-            popularity_smoothing=ns.smoothing, core=CoreConfig(cross=CrossSpec(category_key=cat)))
+            popularity_smoothing=ns.smoothing, core=CoreConfig(
+                attribution_window_s=window, skip_action=ns.skip_action or None, cross=CrossSpec(category_key=cat)))
     except ValueError as e:
         p.error(str(e))
     t0 = time.perf_counter()

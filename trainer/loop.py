@@ -162,7 +162,8 @@ class Trainer:
 
     Args:
         config: the trainer configuration.
-        model: the raw model; it must have ``embedding_parameters()`` and ``dense_parameters()``.
+        model: the raw model; it must have ``embedding_parameters()`` and ``dense_parameters()``, and may have
+            ``observe(batch)`` (called after each real training step).
         spec: the feature spec used by ``collate`` (saved into every snapshot by ``trainer.snapshot``).
         registry: Prometheus registry (a private one in tests).
         collective: lockstep agreement of torchrun ranks (``trainer.distributed``); None on one process.
@@ -366,6 +367,9 @@ class Trainer:
         for opt in (self.emb_opt, self.dense_opt):
             if opt is not None:
                 opt.step()
+        observe = getattr(model, "observe", None)  # optional: model-side statistics (Ranker's co-watch sketch)
+        if weight > 0 and callable(observe):
+            observe(batch)  # after scoring and learning: no progressive score sees its own batch's statistics
         per_task["total"] = float(loss.detach())
         return per_task
 

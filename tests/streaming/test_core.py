@@ -20,7 +20,7 @@ from streaming.user_state import Candidate, UserState, build_request_sample
 from tests.streaming.gen import GenSpec, event_streams, generate
 
 CFG = CoreConfig(attribution_window_s=1800.0, allowed_lateness_s=60.0, history_len=8, max_targets=5,
-                 span_s=3000.0, late_horizon_s=3600.0)
+                 span_s=3000.0, late_horizon_s=3600.0, skip_action="skip")
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -23,6 +23,7 @@ from kernels.attention import AttentionKind, TokenGroup
 from kernels.dispatch import Kernel, get_kernel, use_triton
 from trainer.batch import Batch
 from trainer.features import FeatureSpec
+from trainer.model.cowatch import CoWatch
 from trainer.model.embedding import GROUP_FEATURES, TokenEmbedder
 from trainer.model.heads import (
     CrossRates,
@@ -64,6 +65,10 @@ class RankerConfig:
             read from the target's cross counters, as a direct logit term (:class:`trainer.model.heads.CrossRates`,
             smoothed towards ``task_priors``); ``cross_rates_init`` is the initial weight of the overall rate.
         task_priors: ``((task, p), ...)`` initial output bias = log-odds of ``p`` per task (others start at 0).
+        cowatch: a target-aware kNN read of the history keyed by a streaming item co-occurrence sketch
+            (:class:`trainer.model.cowatch.CoWatch`: ``cowatch_rows`` x ``cowatch_dim`` sketch, one softmax read of
+            the context tokens' action embeddings per temperature), added to the logits. Its sketch is model state
+            updated by :meth:`Ranker.observe` after each training step.
 
     Example:
         >>> RankerConfig.from_json(RankerConfig(d_model=32).to_json()).d_model
@@ -89,6 +94,10 @@ class RankerConfig:
     cross_rates_init: float = 1.0
     cross_rates_smoothing: float = 5.0
     task_priors: tuple[tuple[str, float], ...] = ()
+    cowatch: bool = False
+    cowatch_rows: int = 16384
+    cowatch_dim: int = 128
+    cowatch_temperatures: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0)
 
     def __post_init__(self) -> None:
         if self.q_heads % self.kv_heads:
@@ -116,6 +125,8 @@ class RankerConfig:
         d.setdefault("item_bias", False)
         d.setdefault("cross_rates", False)
         d["task_priors"] = tuple((str(t), float(p)) for t, p in d.get("task_priors", ()))
+        if "cowatch_temperatures" in d:
+            d["cowatch_temperatures"] = tuple(float(t) for t in d["cowatch_temperatures"])
         return RankerConfig(**d)
 
 
@@ -136,6 +147,8 @@ class UserCache:
     ts_origin: torch.Tensor
     user_ids: list[str]
     user_logit: torch.Tensor | None = None  # (B, tasks) per-user first-order logits (RankerConfig.user_linear)
+    cw_rows: torch.Tensor | None = None  # (N_ctx,) co-watch sketch row of each context token (RankerConfig.cowatch)
+    cw_act: torch.Tensor | None = None  # (N_ctx, a) action embedding of each context token (zeros on U tokens)
 
     @property
     def num_users(self) -> int:
@@ -147,9 +160,12 @@ class UserCache:
         def mv(t: torch.Tensor) -> torch.Tensor:
             return t.to(device=device, non_blocking=non_blocking)
 
+        def opt(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else mv(t)
+
         return UserCache([mv(k) for k in self.keys], [mv(v) for v in self.values], mv(self.offsets), mv(self.ts),
                          mv(self.group), self.max_len, mv(self.ts_origin), list(self.user_ids),
-                         None if self.user_logit is None else mv(self.user_logit))
+                         opt(self.user_logit), opt(self.cw_rows), opt(self.cw_act))
 
 
 def _user_of(offsets: torch.Tensor, n: int) -> torch.Tensor:
@@ -216,6 +232,12 @@ class Ranker(nn.Module):
         self.item_bias = item_bias_table(spec) if c.item_bias else None
         self.cross_rates = CrossRates(spec, c.task_priors, c.cross_rates_smoothing, c.cross_rates_init) \
             if c.cross_rates else None
+        feats = GROUP_FEATURES[TokenGroup.H]
+        assert GROUP_FEATURES[TokenGroup.R] == feats
+        a0 = sum(dims[f] for f in feats[:feats.index("action")])
+        self._action_cols = (a0, a0 + dims["action"])  # the action embedding's columns in raw H/R features
+        self.cowatch = CoWatch(spec, dims["action"], c.cowatch_rows, c.cowatch_dim, c.cowatch_temperatures) \
+            if c.cowatch else None
         if c.zero_init:
             for _, layer in self.layers():
                 nn.init.zeros_(layer.out_proj.weight)
@@ -251,6 +273,22 @@ class Ranker(nn.Module):
         if self.cross_rates is not None:
             out = out + self.cross_rates(batch)
         return out
+
+    def _actions(self, batch: Batch, raw: dict[TokenGroup, torch.Tensor], n: int) -> torch.Tensor:
+        """(n, a) action embedding of every token in sequence order (zeros on U and T tokens)."""
+        a0, a1 = self._action_cols
+        h, r = raw[TokenGroup.H][:, a0:a1], raw[TokenGroup.R][:, a0:a1]
+        out = h.new_zeros(n, a1 - a0)
+        return out.index_copy(0, torch.cat([batch.group_rows[TokenGroup.H], batch.group_rows[TokenGroup.R]]),
+                              torch.cat([h, r]))
+
+    def _add(self, a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+        return b if a is None else a if b is None else a + b
+
+    def observe(self, batch: Batch) -> None:
+        """Update model-side streaming statistics with a batch just trained on (the co-watch sketch)."""
+        if self.cowatch is not None:
+            self.cowatch.observe(batch)
 
     def _head(self, x: torch.Tensor, x0: torch.Tensor, raw: torch.Tensor, scen: torch.Tensor,
               user_logit: torch.Tensor | None, t_user: torch.Tensor, item_logit: torch.Tensor | None
@@ -303,8 +341,14 @@ class Ranker(nn.Module):
                 )
                 x = x.index_copy(0, t_rows, xt)
         t_user = _user_of(batch.target_offsets, batch.num_targets)
-        return self._head(x[t_rows], x0, raw[TokenGroup.T], scen, self._user_logit(batch, raw), t_user,
-                          self._item_logit(batch))
+        item_logit = self._item_logit(batch)
+        if self.cowatch is not None:
+            rows_all = self.cowatch.sketch_rows(batch)
+            tok_user = _user_of(batch.seq_offsets, N)
+            cw = self.cowatch(rows_all, self._actions(batch, raw, N), batch.token_ts, group, tok_user, rows_all[t_rows],
+                              batch.token_ts[t_rows], t_user)
+            item_logit = self._add(item_logit, cw)
+        return self._head(x[t_rows], x0, raw[TokenGroup.T], scen, self._user_logit(batch, raw), t_user, item_logit)
 
     @torch.no_grad()
     def encode_user(self, batch: Batch) -> UserCache:
@@ -330,8 +374,14 @@ class Ranker(nn.Module):
             values.append(v)
             if full:
                 x = layer.query_update(x, xn, group, k, v, kv, ctx_offsets, pos, batch.max_context_len)
+        cw_rows = cw_act = None
+        if self.cowatch is not None:
+            rows = self.cowatch.sketch_rows(batch)[ctx_rows]
+            cw_rows = rows.new_empty(n_ctx).index_copy(0, dst, rows)
+            act = self._actions(batch, raw, batch.num_tokens)
+            cw_act = act.new_empty(n_ctx, act.shape[1]).index_copy(0, dst, act[ctx_rows])
         return UserCache(keys, values, ctx_offsets, ts, group, batch.max_context_len, batch.ts_origin,
-                         list(batch.user_ids), self._user_logit(batch, raw))
+                         list(batch.user_ids), self._user_logit(batch, raw), cw_rows, cw_act)
 
     @torch.no_grad()
     def score_candidates(self, cache: UserCache, batch: Batch) -> dict[str, torch.Tensor]:
@@ -356,6 +406,13 @@ class Ranker(nn.Module):
         shift = (batch.ts_origin - cache.ts_origin).to(torch.float32)[t_user]
         t_ts = batch.token_ts[batch.group_rows[TokenGroup.T]] + shift
         t_group = batch.token_group[batch.group_rows[TokenGroup.T]]
+        item_logit = self._item_logit(batch)
+        if self.cowatch is not None:
+            if cache.cw_rows is None or cache.cw_act is None:
+                raise ValueError("score_candidates: the cache was encoded without the co-watch context")
+            t_rows = self.cowatch.sketch_rows(batch)[batch.group_rows[TokenGroup.T]]
+            cw = self.cowatch(cache.cw_rows, cache.cw_act, cache.ts, cache.group, c_user, t_rows, t_ts, t_user)
+            item_logit = self._add(item_logit, cw)
 
         def merge(ctx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
             out = ctx.new_empty((n_ctx + T, *ctx.shape[1:]))
@@ -368,7 +425,7 @@ class Ranker(nn.Module):
                 k, v = layer.kv(xn)
                 x = layer.target_update(x, xn, t_group, k, v, t_off, t_ts, batch.max_targets, ctx, cache.keys[li],
                                         cache.values[li])
-            return self._head(x, x0, raw[TokenGroup.T], scen, cache.user_logit, t_user, self._item_logit(batch))
+            return self._head(x, x0, raw[TokenGroup.T], scen, cache.user_logit, t_user, item_logit)
         kv = KVLayout(kv_offsets, merge(cache.ts, t_ts), merge(cache.group, t_group), cache.max_len + batch.max_targets)
         for li, (_, layer) in enumerate(self.layers()):
             xn = layer.norm_in(x, t_group)
@@ -377,7 +434,7 @@ class Ranker(nn.Module):
                 x, xn, t_group, merge(cache.keys[li], k), merge(cache.values[li], v), kv, t_off, q_pos,
                 batch.max_targets,
             )
-        return self._head(x, x0, raw[TokenGroup.T], scen, cache.user_logit, t_user, self._item_logit(batch))
+        return self._head(x, x0, raw[TokenGroup.T], scen, cache.user_logit, t_user, item_logit)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Embedding-table parameters (row-wise Adagrad in the trainer)."""

@@ -1,0 +1,152 @@
+"""The co-watch readout (trainer/model/cowatch.py): causal visibility, exact pair counting, serving parity,
+snapshots, and the trainer's observe-after-scoring order."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from kernels.attention import TokenGroup
+from streaming.sample import Behavior, Sample, Target
+from tests.model.helpers import make_sample, seeded, small_config, small_spec
+from trainer.batch import collate
+from trainer.features import FeatureSpec
+from trainer.loop import Trainer, TrainerConfig
+from trainer.model import Ranker
+from trainer.model.cowatch import CoWatch, token_item_rows
+
+
+def _ranker(spec: FeatureSpec, seed: int = 3) -> Ranker:
+    model = seeded(Ranker(spec, small_config(cowatch=True, cowatch_rows=64, cowatch_dim=16)), seed=seed).eval()
+    assert isinstance(model, Ranker) and model.cowatch is not None
+    with torch.no_grad():
+        model.cowatch.context.normal_(generator=torch.Generator().manual_seed(seed))  # a "trained" sketch
+    return model
+
+
+def _reference(cw: CoWatch, c_rows: list[int], c_act: torch.Tensor, c_ts: list[float], c_group: list[int],
+               c_user: list[int], t_rows: list[int], t_ts: list[float], t_user: list[int]) -> torch.Tensor:
+    """Brute force in float64, one target at a time."""
+    ctx = cw.context.double()
+    out = []
+    for tr, tt, tu in zip(t_rows, t_ts, t_user, strict=True):
+        vis = [j for j in range(len(c_rows)) if c_user[j] == tu and (
+            c_group[j] == TokenGroup.H or (c_group[j] == TokenGroup.R and c_ts[j] < tt))]
+        feats = []
+        for tau in cw.temperatures:
+            if not vis:
+                feats.append(torch.zeros(c_act.shape[1], dtype=torch.float64))
+                continue
+            sims = torch.stack([torch.nn.functional.cosine_similarity(ctx[tr], ctx[c_rows[j]], dim=0) for j in vis])
+            w = torch.softmax(sims * tau, dim=0)
+            feats.append((w.unsqueeze(1) * c_act[vis].double()).sum(0))
+        feats.append(torch.tensor([math.log1p(len(vis))], dtype=torch.float64))
+        x = torch.cat(feats)
+        out.append(x @ cw.proj.weight.double().T + cw.proj.bias.double())
+    return torch.stack(out)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_readout_matches_a_per_target_brute_force(data: st.DataObject) -> None:
+    """Only the target's own user's H tokens and strictly earlier R tokens are read; U/T tokens never."""
+    spec = small_spec()
+    cw = CoWatch(spec, action_dim=3, rows=8, dim=4, temperatures=(0.0, 5.0))
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    with torch.no_grad():
+        cw.context.normal_(generator=g)
+        cw.proj.weight.normal_(generator=g)
+        cw.proj.bias.normal_(generator=g)
+    nc = data.draw(st.integers(0, 12))
+    c_rows = data.draw(st.lists(st.integers(0, 7), min_size=nc, max_size=nc))
+    c_ts = data.draw(st.lists(st.sampled_from([-5.0, 0.0, 1.0, 2.0, 3.0]), min_size=nc, max_size=nc))
+    c_group = data.draw(st.lists(st.sampled_from(list(TokenGroup)), min_size=nc, max_size=nc))
+    c_user = data.draw(st.lists(st.integers(0, 2), min_size=nc, max_size=nc))
+    nt = data.draw(st.integers(1, 6))
+    t_rows = data.draw(st.lists(st.integers(0, 7), min_size=nt, max_size=nt))
+    t_ts = data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0]), min_size=nt, max_size=nt))
+    t_user = data.draw(st.lists(st.integers(0, 2), min_size=nt, max_size=nt))
+    c_act = torch.randn(nc, 3, generator=g)
+
+    def i64(x: list[int]) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.int64)
+
+    got = cw(i64(c_rows), c_act, torch.tensor(c_ts), i64([int(x) for x in c_group]), i64(c_user), i64(t_rows),
+             torch.tensor(t_ts), i64(t_user))
+    want = _reference(cw, c_rows, c_act, c_ts, [int(x) for x in c_group], c_user, t_rows, t_ts, t_user)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_observe_counts_each_new_co_occurrence_once() -> None:
+    """With an identity basis the sketch is the co-occurrence count matrix itself."""
+    spec = small_spec()
+    cw = CoWatch(spec, action_dim=4, rows=997, dim=997)  # rows = the item table: no folding
+    cw.basis = torch.eye(997)
+    items = ["a", "b", "c", "d"]
+    row = {i: spec.bucket("item_id", i) % 997 for i in items}
+    assert len(set(row.values())) == 4
+    hist = [Behavior("a", "home", "click", 1.0), Behavior("a", "home", "like", 2.0), Behavior("b", "home", "skip", 3.0)]
+    tgts = [Target(f"e{i}", "r", i, "home", 10.0 + k) for k, i in enumerate(("c", "d"))]
+    batch = collate([Sample("s", "u", tgts, history=hist)], spec)
+    assert sorted(token_item_rows(batch, 997)[batch.token_group != TokenGroup.U].tolist()) == sorted(
+        [row["a"], row["a"], row["b"], row["c"], row["d"]])
+    cw.observe(batch)
+    c = cw.context
+
+    def n(i: str, j: str) -> float:
+        return float(c[row[i], row[j]])
+
+    assert (n("c", "a"), n("c", "b"), n("c", "d"), n("d", "a"), n("d", "b"), n("d", "c")) == (1, 1, 1, 1, 1, 1)
+    assert (n("a", "c"), n("a", "d"), n("b", "c"), n("b", "d")) == (1, 1, 1, 1)
+    assert (n("a", "b"), n("b", "a"), n("c", "c"), n("a", "a")) == (0, 0, 0, 0)  # old history pairs: counted before
+    assert float(c.sum()) == 10
+
+
+def test_cached_scores_equal_forward_and_the_term_is_live() -> None:
+    spec = small_spec()
+    model = _ranker(spec)
+    batch = collate([make_sample(80, n_tgt=5), make_sample(81, n_hist=0, n_rt=0, n_tgt=2),
+                     make_sample(82, n_hist=3, n_rt=6, n_tgt=4)], spec)
+    with torch.no_grad():
+        full = model(batch)
+        cached = model.score_candidates(model.encode_user(batch), batch)
+        for task in spec.tasks:
+            torch.testing.assert_close(cached[task], full[task], atol=1e-5, rtol=1e-5)
+        model.cowatch.context.zero_()  # an empty sketch: every similarity 0, every softmax uniform
+        assert not torch.allclose(model(batch)["click"], full["click"])
+
+
+def test_forward_leaves_the_sketch_and_train_step_observes_after_scoring(tmp_path: Path) -> None:
+    spec = small_spec()
+    model = Ranker(spec, small_config(cowatch=True, cowatch_rows=64, cowatch_dim=16))
+    assert model.cowatch is not None
+    batch = collate([make_sample(90, n_tgt=4), make_sample(91, n_tgt=3)], spec)
+    model.train()
+    model(batch)
+    assert not model.cowatch.context.any()  # scoring (even in train mode) never updates the sketch
+    trainer = Trainer(TrainerConfig(run_dir=tmp_path, device="cpu"), model, spec, CollectorRegistry())
+    trainer.train_step(batch, weight=0.0)  # a lockstep stand-in batch teaches nothing
+    assert not model.cowatch.context.any()
+    trainer.train_step(batch)
+    assert model.cowatch.context.any()
+
+
+def test_snapshot_round_trip_keeps_the_sketch(tmp_path: Path) -> None:
+    from trainer.snapshot import SnapshotMeta, load_snapshot, save_snapshot
+
+    spec = small_spec()
+    model = _ranker(spec, seed=4)
+    batch = collate([make_sample(95, n_tgt=3), make_sample(96, n_tgt=2)], spec)
+    loaded = load_snapshot(save_snapshot(tmp_path, model, SnapshotMeta(1, 0.0, 0.0, 0))).model
+    assert isinstance(loaded, Ranker) and loaded.cowatch is not None
+    assert loaded.config == model.config
+    assert torch.equal(loaded.cowatch.context, model.cowatch.context)
+    assert torch.equal(loaded.cowatch.basis, model.cowatch.basis)  # regenerated from its seed, not stored
+    with torch.no_grad():
+        for task, z in model(batch).items():
+            assert torch.equal(loaded(batch)[task], z)

@@ -1,0 +1,125 @@
+"""Co-watch readout: a target-aware kNN over the user's history, keyed by a streaming item co-occurrence sketch.
+
+Learned item embeddings pick up item-to-item similarity slowly in one streaming pass; counting co-occurrence does
+not. Every item row ``i`` (the item-id table row, folded to ``rows`` sketch rows) has a fixed random vector
+``r_i ~ N(0, I/k)`` and a context vector ``c_i`` that accumulates ``r_j`` for every item ``j`` seen in the same
+user's stream (random indexing)::
+
+    c_i = sum_{j co-occurring with i} r_j          (k-dim sketch of row i of the co-occurrence matrix)
+    sim(i, j) = cos(c_i, c_j)                       (second-order similarity: items with similar co-watch sets)
+
+For a target ``t`` with visible context tokens ``V(t)`` (the sample's H tokens and the R tokens strictly earlier
+than ``t`` — the same causality as the attention mask), one softmax read per temperature ``tau``::
+
+    w_tau(t, j) = softmax_{j in V(t)}(tau * sim(item_t, item_j))
+    read_tau(t) = sum_j w_tau(t, j) * a_j           (a_j: token j's learned action embedding, e.g. click/like/skip)
+    logits(t)   = W [read_tau1(t), ..., log(1 + |V(t)|)]      (W zero-initialised)
+
+``tau = 0`` is the plain mean (the user's action mix); larger ``tau`` reads the actions on the most similar past
+items — with skip behaviors in the history (``CoreConfig.skip_action``) this is "did the user like or skip items
+like this one". :meth:`CoWatch.observe` adds a trained batch's co-occurrences after the optimizer step, so a
+progressive score never sees its own batch. Each new target ``t`` of a sample counts once with every distinct item
+of the sample's context and with the sample's other targets (both directions): a user's history is counted when
+it is new, not again in each later sample that repeats it.
+
+Example:
+    >>> from streaming.sample import Behavior, Sample, Target
+    >>> from trainer.batch import collate
+    >>> spec = FeatureSpec()
+    >>> cw = CoWatch(spec, action_dim=8, rows=64, dim=8)
+    >>> s = Sample("s", "u", [Target("e", "r", "i2", "home", 2.0)], history=[Behavior("i1", "home", "click", 1.0)])
+    >>> batch = collate([s], spec)
+    >>> cw.observe(batch)
+    >>> bool(cw.context.abs().sum() > 0)
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kernels.attention import TokenGroup
+from trainer.batch import Batch
+from trainer.features import FeatureSpec
+
+
+def token_item_rows(batch: Batch, table_rows: int) -> torch.Tensor:
+    """(N,) item-table row of each token in sequence order (0 on tokens without an item, i.e. U tokens)."""
+    jt = batch.sparse["item_id"]  # one bag per token: exactly one id on H/R/T tokens
+    ids = jt.values() % table_rows
+    lens = jt.lengths()
+    first = jt.offsets()[:-1]
+    has = lens > 0
+    out = torch.zeros(lens.numel(), dtype=torch.int64, device=ids.device)
+    out[has] = ids[first[has]]
+    return out
+
+
+class CoWatch(nn.Module):
+    """The co-watch sketch (buffers) and its readout head (one zero-initialised linear layer); see the module doc.
+
+    ``context`` (rows, dim) is persistent state (it is in the snapshot); ``basis`` is regenerated from ``seed``.
+    """
+
+    def __init__(self, spec: FeatureSpec, action_dim: int, rows: int = 16384, dim: int = 64,
+                 temperatures: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0), seed: int = 0x5EED) -> None:
+        super().__init__()
+        if rows < 1 or dim < 1 or not temperatures:
+            raise ValueError("CoWatch needs rows >= 1, dim >= 1 and at least one temperature")
+        self.table_rows = spec.tables["item_id"].num_embeddings
+        self.rows, self.temperatures = rows, tuple(float(t) for t in temperatures)
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("basis", torch.randn(rows, dim, generator=gen) / math.sqrt(dim), persistent=False)
+        self.register_buffer("context", torch.zeros(rows, dim))
+        self.proj = nn.Linear(action_dim * len(self.temperatures) + 1, len(spec.tasks))
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def sketch_rows(self, batch: Batch) -> torch.Tensor:
+        """(N,) sketch row of each token (item-table row folded to ``rows``)."""
+        return token_item_rows(batch, self.table_rows) % self.rows
+
+    def forward(self, c_rows: torch.Tensor, c_act: torch.Tensor, c_ts: torch.Tensor, c_group: torch.Tensor,
+                c_user: torch.Tensor, t_rows: torch.Tensor, t_ts: torch.Tensor, t_user: torch.Tensor) -> torch.Tensor:
+        """Context tokens (Nc,): sketch rows, action embeddings (Nc, a), ts, TokenGroup, owning user; targets (T,):
+        sketch rows, ts (same origin as ``c_ts``), owning user -> (T, tasks) logits. Non-H/R context is ignored."""
+        ctx = self.context
+        assert isinstance(ctx, torch.Tensor)
+        with torch.no_grad():
+            ce = nn.functional.normalize(ctx[c_rows], dim=-1)  # (Nc, k)
+            te = nn.functional.normalize(ctx[t_rows], dim=-1)  # (T, k)
+            sim = te @ ce.T  # (T, Nc)
+            is_h = (c_group == TokenGroup.H).unsqueeze(0)
+            is_r = (c_group == TokenGroup.R).unsqueeze(0)
+            vis = (c_user.unsqueeze(0) == t_user.unsqueeze(1)) & (is_h | (is_r & (c_ts.unsqueeze(0) < t_ts.unsqueeze(1))))
+            n_vis = vis.sum(1, keepdim=True)
+            any_vis = (n_vis > 0).to(sim.dtype)
+            weights = []
+            for tau in self.temperatures:
+                w = torch.softmax((sim * tau).masked_fill(~vis, -math.inf), dim=1)
+                weights.append(torch.nan_to_num(w, nan=0.0) * any_vis)  # rows without context: all -inf -> 0
+        reads = [w @ c_act for w in weights]  # (T, a) each; gradients reach the action embeddings
+        return self.proj(torch.cat([*reads, torch.log1p(n_vis.to(c_act.dtype))], dim=-1))  # type: ignore[no-any-return]
+
+    @torch.no_grad()
+    def observe(self, batch: Batch) -> None:
+        """Add ``batch``'s co-occurrences to the sketch (call after training on it)."""
+        basis, ctx = self.basis, self.context
+        assert isinstance(basis, torch.Tensor) and isinstance(ctx, torch.Tensor)
+        rows = self.sketch_rows(batch).to(ctx.device)
+        group = batch.token_group.to(ctx.device)
+        offsets = batch.seq_offsets.to(ctx.device)
+        B = offsets.numel() - 1
+        user = torch.repeat_interleave(torch.arange(B, device=ctx.device), offsets.diff(), output_size=rows.numel())
+        is_t = group == TokenGroup.T
+        is_c = (group == TokenGroup.H) | (group == TokenGroup.R)
+        key = torch.unique(user[is_c] * self.rows + rows[is_c])  # distinct (user, item) of each context
+        cu, cr = key // self.rows, key % self.rows
+        tu, tr = user[is_t], rows[is_t]
+        s_ctx = ctx.new_zeros(B, ctx.shape[1]).index_add_(0, cu, basis[cr])  # (B, k) sum over the context items
+        s_tgt = ctx.new_zeros(B, ctx.shape[1]).index_add_(0, tu, basis[tr])  # (B, k) sum over the targets
+        ctx.index_add_(0, tr, s_ctx[tu] + s_tgt[tu] - basis[tr])  # target <- context and the other targets
+        ctx.index_add_(0, cr, s_tgt[cu])  # context item <- the new targets
