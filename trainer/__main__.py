@@ -72,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--d-model", type=int, default=None, help="model width (default: the model config's)")
     t.add_argument("--num-blocks", type=int, default=None, help="ranker blocks (default: RankerConfig's)")
     t.add_argument("--target-layers", type=int, default=None, help="ranker target-only layers per block (default: RankerConfig's)")
+    t.add_argument("--cowatch", action="store_true",
+                   help="ranker co-watch readout (a kNN over the history keyed by a co-occurrence sketch; pair it with "
+                        "the worker's --skip-action skip)")
     t.add_argument("--dropout", type=float, default=None, help="residual dropout (default: the model config's)")
     t.add_argument("--max-history", type=int, default=None, help="FeatureSpec.max_history (default: FeatureSpec's)")
     t.add_argument("--max-realtime", type=int, default=None, help="FeatureSpec.max_realtime (default: FeatureSpec's)")
@@ -132,7 +135,8 @@ def _model(args: argparse.Namespace, spec: FeatureSpec) -> Any:
 
     rcfg = RankerConfig()
     rchanges = {f: v for f, v in (("d_model", args.d_model), ("num_blocks", args.num_blocks),
-                                  ("target_layers", args.target_layers), ("dropout", args.dropout)) if v is not None}
+                                  ("target_layers", args.target_layers), ("dropout", args.dropout),
+                                  ("cowatch", args.cowatch or None)) if v is not None}
     return Ranker(spec, dataclasses.replace(rcfg, **rchanges))
 
 

@@ -31,4 +31,7 @@ def test_model_flags_build_the_chosen_model() -> None:
     assert max(t.num_embeddings for t in spec.tables.values()) == 64
     m = _model(args, spec)
     assert isinstance(m, Ranker) and m.config.d_model == 16 and m.config.num_blocks == 1
+    assert m.cowatch is None
+    cw = _model(_parser().parse_args(["--max-table-rows", "64", "--cowatch"]), spec)
+    assert isinstance(cw, Ranker) and cw.cowatch is not None
     assert isinstance(_model(_parser().parse_args(["--model", "dlrm"]), spec), DLRMBaseline)
