@@ -84,12 +84,13 @@ class EvalConfig:
         max_history: H length kept by collate (FeatureSpec.max_history).
         ranker / dlrm / optim / ranker_optim: model and optimizer settings (``ranker_optim`` None = ``optim``).
             Defaults are the settings tuned on MovieLens-100K (small batches = more one-pass steps; row-wise
-            Adagrad lr 0.2; a 1-block, d=32 Ranker with H ≤ 64, its wide/first-order shortcuts on — the target's
+            Adagrad lr 0.2; H ≤ 256 (the core's L); a 1-block, d=32 Ranker with the co-watch readout and its
+            wide/first-order shortcuts on — the target's
             input token into the head, a linear term on the target's raw features, a per-item bias table, a
             per-user term, the user's smoothed cross-counter rates — and its output biases at the label priors).
             The DLRM baseline gets the same generic, non-sequence shortcuts (per-item bias table, linear term,
-            cross-counter rates, prior output biases); only the Ranker has the wide input token into its head and
-            the per-user term — see the README's evaluation section.
+            cross-counter rates, prior output biases); only the Ranker has the wide input token into its head, the
+            per-user term and the target-aware co-watch read of the history — see the README's evaluation section.
         popularity_smoothing: pseudo-count m of the popularity baseline.
         core: the streaming core's settings (join window, sample span, cross features).
     """
@@ -98,7 +99,7 @@ class EvalConfig:
     batch_samples: int = 8
     seed: int = 0
     points: int = 12
-    max_history: int = 64
+    max_history: int = 256
     ranker: RankerConfig = field(default_factory=lambda: RankerConfig(
         d_model=32, num_blocks=1, target_layers=0, wide=True, linear=True, task_priors=MOVIELENS_PRIORS,
         cross_rates=True, cross_rates_init=0.5, cowatch=True))
