@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 import urllib.request
@@ -323,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if broker is not None:
             broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # the broker's logs and Faust data: GBs per run
     return 0
 
 

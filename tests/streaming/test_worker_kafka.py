@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 PARTS = 3
 CFG = CoreConfig(attribution_window_s=1800.0, allowed_lateness_s=120.0, history_len=16, max_targets=16,
-                 span_s=3600.0, late_horizon_s=1e9)
+                 span_s=3600.0, late_horizon_s=1e9, skip_action="skip")
 END_TS = 1e10
 MALFORMED = [b"{not json", b'{"event_id":"x","ts":"soon","user_id":"u","scenario":"s","request_id":"r","item_id":"i"}',
              b'{"event_id":"x","ts":NaN,"user_id":"u","scenario":"s","request_id":"r","item_id":"i"}', b"[]",
@@ -51,7 +51,8 @@ def start_worker(bootstrap: str, prefix: str, data_dir: Path, log: Path, parts: 
            "--session-timeout-s", "8", "--snapshot-every-s", "1.5",
            "--window-s", str(CFG.attribution_window_s), "--lateness-s", str(CFG.allowed_lateness_s),
            "--history-len", str(CFG.history_len), "--max-targets", str(CFG.max_targets), "--span-s",
-           str(CFG.span_s), "--late-horizon-s", str(CFG.late_horizon_s), "--log-level", "warning"]
+           str(CFG.span_s), "--late-horizon-s", str(CFG.late_horizon_s), "--skip-action", CFG.skip_action or "",
+           "--log-level", "warning"]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2],
                             start_new_session=True)
 
