@@ -23,11 +23,11 @@ import json
 import os
 import platform
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import shutil
 import tempfile
 import time
 import urllib.request
