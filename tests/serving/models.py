@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+
 from trainer.features import FeatureSpec, TableSpec
 from trainer.model.ranker import Ranker, RankerConfig
 
@@ -14,7 +16,13 @@ def small_spec() -> FeatureSpec:
 
 
 def small_model() -> tuple[Ranker, FeatureSpec]:
+    """With the co-watch readout on (a small, seeded sketch), so serving runs its cached-context path too."""
     spec = small_spec()
     cfg = RankerConfig(d_model=32, num_blocks=1, target_layers=1, q_heads=3, kv_heads=1, head_dim=16,
-                       num_experts=2, expert_dim=32)
-    return Ranker(spec, cfg).eval(), spec
+                       num_experts=2, expert_dim=32, cowatch=True, cowatch_rows=1024, cowatch_dim=16)
+    model = Ranker(spec, cfg).eval()
+    assert model.cowatch is not None
+    with torch.no_grad():
+        model.cowatch.context.normal_(generator=torch.Generator().manual_seed(11))
+        model.cowatch.proj.weight.normal_(std=0.5, generator=torch.Generator().manual_seed(12))
+    return model, spec
