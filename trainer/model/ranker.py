@@ -282,7 +282,8 @@ class Ranker(nn.Module):
         return out.index_copy(0, torch.cat([batch.group_rows[TokenGroup.H], batch.group_rows[TokenGroup.R]]),
                               torch.cat([h, r]))
 
-    def _add(self, a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    @staticmethod
+    def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
         return b if a is None else a if b is None else a + b
 
     def observe(self, batch: Batch) -> None:
