@@ -197,11 +197,14 @@ class UserMachine:
             return  # one behavior per feedback, even if it labels several impressions
         b.matched = True
         t.joined += 1
-        t.behavior_users.add(self.user_id)
-        beh = Behavior(imp.item_id, imp.scenario, fb.action, fb.ts, dict(imp.item))
-        insort(self.behaviors, (fb.ts, fb.event_id, beh), key=lambda x: (x[0], x[1]))
+        self._add_behavior(fb.event_id, Behavior(imp.item_id, imp.scenario, fb.action, fb.ts, dict(imp.item)), t)
         if task is not None:
             self.counters.add(task, imp.scenario, p.cat, fb.ts)
+
+    def _add_behavior(self, eid: str, beh: Behavior, t: Tally) -> None:
+        """Insert ``beh`` in (ts, event_id) order; its user's published state is due."""
+        t.behavior_users.add(self.user_id)
+        insort(self.behaviors, (beh.ts, eid, beh), key=lambda x: (x[0], x[1]))
 
     # ---------------------------------------------------------------- time
     def next_due(self, cfg: CoreConfig) -> float:
@@ -267,10 +270,9 @@ class UserMachine:
                      imp.context, imp.dense, cross, p.labels)
         self.released.setdefault(key, []).append(_Released(imp.event_id, imp.ts, None))
         if cfg.skip_action is not None and not any(p.labels.values()):
-            t.behavior_users.add(self.user_id)
             end = imp.ts + cfg.attribution_window_s
-            insort(self.behaviors, (end, imp.event_id, Behavior(imp.item_id, imp.scenario, cfg.skip_action, end,
-                                                                dict(imp.item))), key=lambda x: (x[0], x[1]))
+            self._add_behavior(imp.event_id, Behavior(imp.item_id, imp.scenario, cfg.skip_action, end,
+                                                      dict(imp.item)), t)
         if self.open is not None and imp.ts >= self.open.targets[0].ts + cfg.span_s:
             self._emit(cfg, out, t)
         if self.open is None:

@@ -18,7 +18,8 @@ from trainer.batch import collate
 from trainer.features import FeatureSpec
 from trainer.loop import Trainer, TrainerConfig
 from trainer.model import Ranker
-from trainer.model.cowatch import CoWatch, token_item_rows
+from trainer.model.cowatch import CoWatch
+from trainer.model.heads import token_item_rows
 
 
 def _ranker(spec: FeatureSpec, seed: int = 3) -> Ranker:

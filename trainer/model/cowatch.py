@@ -44,18 +44,7 @@ from torch import nn
 from kernels.attention import TokenGroup
 from trainer.batch import Batch
 from trainer.features import FeatureSpec
-
-
-def token_item_rows(batch: Batch, table_rows: int) -> torch.Tensor:
-    """(N,) item-table row of each token in sequence order (0 on tokens without an item, i.e. U tokens)."""
-    jt = batch.sparse["item_id"]  # one bag per token: exactly one id on H/R/T tokens
-    ids = jt.values() % table_rows
-    lens = jt.lengths()
-    first = jt.offsets()[:-1]
-    has = lens > 0
-    out = torch.zeros(lens.numel(), dtype=torch.int64, device=ids.device)
-    out[has] = ids[first[has]]
-    return out
+from trainer.model.heads import token_item_rows
 
 
 class CoWatch(nn.Module):

@@ -64,13 +64,22 @@ class MMoE(nn.Module):
         return out
 
 
+def token_item_rows(batch: Batch, table_rows: int) -> torch.Tensor:
+    """(N,) row of each token's item id in a ``table_rows``-sized table, sequence order (raw managed-collision
+    hashes folded); 0 on tokens without an item (U tokens)."""
+    jt = batch.sparse["item_id"]  # one bag per token (stride N): exactly one id on H/R/T tokens
+    ids = jt.values() % table_rows
+    lens = jt.lengths()
+    first = jt.offsets()[:-1]
+    has = lens > 0
+    out = torch.zeros(lens.numel(), dtype=torch.int64, device=ids.device)
+    out[has] = ids[first[has]]
+    return out
+
+
 def target_item_rows(batch: Batch, spec: FeatureSpec) -> torch.Tensor:
     """(T,) row of each target's item id in an ``item_id``-sized table (raw managed-collision hashes folded)."""
-    jt = batch.sparse["item_id"]  # one bag per token (stride N): exactly one id on H/R/T tokens
-    n = spec.tables["item_id"].num_embeddings
-    ids = jt.values() % n
-    first = jt.offsets()[:-1]
-    return ids[first[batch.group_rows[TokenGroup.T]]]
+    return token_item_rows(batch, spec.tables["item_id"].num_embeddings)[batch.group_rows[TokenGroup.T]]
 
 
 def item_bias_table(spec: FeatureSpec) -> EmbeddingBagCollection:
