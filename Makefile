@@ -26,14 +26,14 @@ lint: setup ## ruff + mypy
 bench: setup ## Benchmarks (throughput, latency, ratios); results are printed and written to reports/bench/
 	@$(PY) -m deploy bench
 
-kafka-start: setup ## Start the local Kafka broker on 127.0.0.1:9092 (PORT=... to change)
-	@$(PY) -m deploy kafka start --port $${PORT:-9092}
+kafka-start: setup ## Start the local Kafka broker on 127.0.0.1:9092, keeping its data (PORT=... to change, FRESH=1 wipes)
+	@$(PY) -m deploy kafka start --port $${PORT:-9092} $${FRESH:+--fresh}
 
-kafka-stop: ## Stop the local Kafka broker
+kafka-stop: ## Stop the local Kafka broker (its data is kept)
 	@$(PY) -m deploy kafka stop
 
 kafka-status: ## Show the local Kafka broker's status
-	@$(PY) -m deploy kafka status
+	@$(PY) -m deploy kafka status || [ $$? -eq 3 ]  # 3 = not running: a status, not a failure
 
-clean: ## Remove caches and run outputs (keeps .venv and downloaded jars)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache reports runs snapshots checkpoints
+clean: ## Remove caches, run outputs and the local broker's data (keeps .venv and downloaded jars)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache reports runs snapshots checkpoints .cache/kafka-broker/data

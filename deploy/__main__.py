@@ -28,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help="data, logs and pid file")
     k.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="jar cache")
     k.add_argument("--heap", default="512m", help="JVM heap")
+    k.add_argument("--fresh", action="store_true",
+                   help="start: wipe the broker's data (topics, offsets, cluster id) first; by default data is kept")
     sub.add_parser("demo", help="the whole pipeline on MovieLens-100K with live progress (see deploy/demo.py)",
                    add_help=False)
     sub.add_parser("bench", help="run every benchmarks/bench_*.py and collect reports/bench/*.json", add_help=False)
@@ -75,13 +77,25 @@ def main(argv: list[str] | None = None) -> int:
             broker = KafkaBroker(BrokerConfig(state_dir=args.state_dir, port=args.port, cache=args.cache,
                                               heap=args.heap))
             if args.action == "start":
-                print(f"kafka {KAFKA_VERSION} ready at {broker.start()} (logs: {broker.log_file})")
+                if broker.running() and not args.fresh:
+                    print(f"kafka {KAFKA_VERSION} already running on {broker.bootstrap} (pid {broker.pid()})")
+                    return 0
+                kept = broker.formatted() and not args.fresh
+                boot = broker.start(fresh=args.fresh)
+                data = f"kept data of cluster {broker.cluster_id()}" if kept else f"new cluster {broker.cluster_id()}"
+                print(f"kafka {KAFKA_VERSION} ready at {boot} ({data} in {broker.data_dir}; logs: {broker.log_file})")
             elif args.action == "stop":
-                print("stopped" if broker.stop() else "not running")
+                print("stopped (data kept)" if broker.stop() else "not running")
             elif args.action == "status":
-                st = broker.status()
-                print(json.dumps(st, indent=2))
-                return 0 if st["running"] else 3
+                # Exit code 0 = running, 3 = not running (for scripts; `make kafka-status` accepts both).
+                if broker.running():
+                    print(f"kafka {KAFKA_VERSION} running on {broker.bootstrap} (pid {broker.pid()}), "
+                          f"cluster {broker.cluster_id()}, data in {broker.data_dir}")
+                    return 0
+                data = (f"data of cluster {broker.cluster_id()} kept in {broker.data_dir}" if broker.formatted()
+                        else "no data yet")
+                print(f"kafka {KAFKA_VERSION} not running ({data})")
+                return 3
             elif args.action == "smoke":
                 print(json.dumps(smoke(broker.bootstrap), indent=2))
         return 0

@@ -93,8 +93,8 @@ class BrokerConfig:
     """
 
     state_dir: Path = DEFAULT_STATE
-    port: int = 9092  # 0 = pick a free port
-    controller_port: int = 0  # 0 = pick a free port
+    port: int = 9092  # 0 = the port of the previous start on this state_dir if free, else a free port
+    controller_port: int = 0  # 0 = likewise
     host: str = "127.0.0.1"
     heap: str = "512m"
     num_partitions: int = 4
@@ -115,6 +115,7 @@ class KafkaBroker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
         self.state_dir = config.state_dir
+        self.data_dir = self.state_dir / "data"
         self.pid_file = self.state_dir / "broker.pid"
         self.info_file = self.state_dir / "broker.json"
         self.log_file = self.state_dir / "logs" / "broker.out"
@@ -134,6 +135,7 @@ class KafkaBroker:
             return None
 
     def pid(self) -> int | None:
+        """The broker's pid if the pid file names a live ``kafka.Kafka`` process (not a recycled pid)."""
         try:
             pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
@@ -144,15 +146,43 @@ class KafkaBroker:
             return None
         except PermissionError:
             return pid
-        return pid
+        with contextlib.suppress(ChildProcessError, OSError):  # an exited child of ours is a zombie: reap it
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:  # no /proc (macOS): trust the live pid
+            return pid
+        return pid if b"kafka.Kafka" in cmdline else None
 
     def running(self) -> bool:
         return self.pid() is not None
 
+    def formatted(self) -> bool:
+        """True once the log directory holds a formatted KRaft store (``meta.properties``)."""
+        return (self.data_dir / "meta.properties").is_file()
+
+    def cluster_id(self) -> str | None:
+        """The cluster id in ``data/meta.properties`` (None before the first start)."""
+        try:
+            text = (self.data_dir / "meta.properties").read_text()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            key, _, value = line.partition("=")
+            if key.strip() == "cluster.id":
+                return value.strip()
+        return None
+
+    def wipe(self) -> None:
+        """Delete the broker's data (every topic, offset and the cluster id); refuses while it runs."""
+        if self.running():
+            raise BrokerError(f"the broker in {self.state_dir} is running (pid {self.pid()}); stop it before wiping")
+        shutil.rmtree(self.data_dir, ignore_errors=True)
+
     def _write_configs(self, port: int, cport: int) -> Path:
         cfg_dir = self.state_dir / "config"
         cfg_dir.mkdir(parents=True, exist_ok=True)
-        data_dir = self.state_dir / "data"
         h = self.config.host
         props = {
             "process.roles": "broker,controller",
@@ -163,7 +193,7 @@ class KafkaBroker:
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "log.dirs": str(data_dir),
+            "log.dirs": str(self.data_dir),
             "num.partitions": str(self.config.num_partitions),
             "offsets.topic.replication.factor": "1",
             "offsets.topic.num.partitions": "4",
@@ -212,33 +242,55 @@ class KafkaBroker:
             f"{libs}/*",
         ]
 
-    def start(self) -> str:
-        """Start (or reuse) the broker; returns the bootstrap address once a client can connect."""
+    def _pick_ports(self) -> tuple[int, int]:
+        """(client port, controller port): the configured ones, else the previous start's when free, else free."""
+        info = self._info() or {}
+
+        def pick(configured: int, key: str) -> int:
+            if configured:
+                return configured
+            previous = int(info.get(key, 0))
+            return previous if previous and not port_in_use(previous, self.config.host) else free_port()
+
+        return pick(self.config.port, "port"), pick(self.config.controller_port, "controller_port")
+
+    def start(self, fresh: bool = False) -> str:
+        """Start the broker (or find it already running) and return its bootstrap address once a client can connect.
+
+        The data in ``state_dir/data`` is kept: storage is formatted only when it is not formatted yet.
+        ``fresh=True`` wipes it first (refused while the broker runs).
+        """
         if self.running():
+            if fresh:
+                raise BrokerError(f"the broker in {self.state_dir} is running (pid {self.pid()}); "
+                                  "stop it before starting fresh")
             info = self._info()
-            if info and port_in_use(info["port"], self.config.host):
-                return self.bootstrap
+            if not info:
+                raise BrokerError(f"a broker runs (pid {self.pid()}) but {self.info_file} is unreadable; stop it")
+            self._wait_ready(int(info["port"]), None)
+            return self.bootstrap
         libs = fetch_jars(self.config.cache)
-        port = self.config.port or free_port()
+        port, cport = self._pick_ports()
         if port_in_use(port, self.config.host):
             raise BrokerError(
                 f"port {port} on {self.config.host} is already in use; choose another with --port or --port 0 for a free one"
             )
-        cport = self.config.controller_port or free_port()
-        # A fresh log dir each start: the broker is a dev/test broker, and an old cluster id would not match.
-        shutil.rmtree(self.state_dir / "data", ignore_errors=True)
+        if fresh:
+            self.wipe()
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         server = self._write_configs(port, cport)
-        cluster_id = "-"
-        while cluster_id.startswith("-"):  # argparse4j would read a leading '-' as an option (1 start in 64)
-            cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-        fmt = subprocess.run(
-            [*self._java(libs, "256m"), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(server)],
-            capture_output=True,
-            text=True,
-        )
-        if fmt.returncode != 0:
-            raise BrokerError(f"formatting Kafka storage failed:\n{(fmt.stdout + fmt.stderr)[-2000:]}")
+        if not self.formatted():
+            shutil.rmtree(self.data_dir, ignore_errors=True)  # a half-formatted directory from an interrupted format
+            cluster_id = "-"
+            while cluster_id.startswith("-"):  # argparse4j would read a leading '-' as an option (1 start in 64)
+                cluster_id = urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            fmt = subprocess.run(
+                [*self._java(libs, "256m"), "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(server)],
+                capture_output=True,
+                text=True,
+            )
+            if fmt.returncode != 0:
+                raise BrokerError(f"formatting Kafka storage failed:\n{(fmt.stdout + fmt.stderr)[-2000:]}")
         out = self.log_file.open("ab")
         proc = subprocess.Popen(
             [*self._java(libs, self.config.heap), "kafka.Kafka", str(server)],
@@ -249,15 +301,31 @@ class KafkaBroker:
         )
         self.pid_file.write_text(str(proc.pid))
         self.info_file.write_text(json.dumps({"port": port, "controller_port": cport, "pid": proc.pid}))
+        self._wait_ready(port, proc)
+        return f"{self.config.host}:{port}"
+
+    def _wait_ready(self, port: int, proc: subprocess.Popen[bytes] | None) -> None:
+        """Wait until a metadata request on ``port`` succeeds; a broker that dies or never answers raises."""
         deadline = time.monotonic() + self.config.ready_timeout_s
         while time.monotonic() < deadline:
-            if proc.poll() is not None:
+            if proc is not None and proc.poll() is not None:
                 raise BrokerError(f"broker exited with code {proc.returncode}; see {self.log_file}\n{self._log_tail()}")
+            if proc is None and not self.running():
+                raise BrokerError(f"broker exited; see {self.log_file}\n{self._log_tail()}")
             if port_in_use(port, self.config.host) and self._metadata_ok(port):
-                return f"{self.config.host}:{port}"
+                return
             time.sleep(0.25)
-        self.stop()
+        if proc is not None:
+            self.stop()
         raise BrokerError(f"broker not ready after {self.config.ready_timeout_s:.0f}s; see {self.log_file}")
+
+    def restart(self, down_s: float = 0.0) -> str:
+        """Stop the broker cleanly (SIGTERM), stay down ``down_s`` seconds, start it again on the same port with the
+        same data; returns the bootstrap address (unchanged when the configured port is 0 or fixed)."""
+        self.stop()
+        if down_s > 0:
+            time.sleep(down_s)
+        return self.start()
 
     def _metadata_ok(self, port: int) -> bool:
         """True once the broker answers a metadata request (a listening socket is not enough in KRaft)."""
@@ -318,6 +386,8 @@ class KafkaBroker:
             "bootstrap": f"{self.config.host}:{info['port']}" if info else None,
             "pid": self.pid(),
             "state_dir": str(self.state_dir),
+            "data_dir": str(self.data_dir),
+            "cluster_id": self.cluster_id(),
             "log": str(self.log_file),
             "kafka_version": KAFKA_VERSION,
         }
