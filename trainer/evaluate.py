@@ -14,7 +14,7 @@ The neural models are trained by :meth:`trainer.loop.Trainer.train_step` — the
 baseline (:class:`trainer.baselines.PopularityBaseline`) predicts a smoothed per-item rate and counts each batch
 after scoring it.
 
-Metrics (per model × task × scenario, plus ``all`` scenarios), computed exactly from the stored progressive
+Metrics (per model × task, overall and per scenario), computed exactly from the stored progressive
 predictions with :func:`trainer.progressive.exact_auc` / :func:`trainer.progressive.grouped_auc`:
 AUC, GAUC (per-user AUC weighted by the user's impressions, users with both labels only) and log loss, over the
 whole run and over ``points`` consecutive time slices (equal target counts, by target ts).
@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypedDict, TypeVar
 
 import numpy as np
 import torch
@@ -58,7 +58,7 @@ from trainer.features import FeatureSpec
 from trainer.loop import Trainer, TrainerConfig
 from trainer.model import DLRMBaseline, DLRMConfig, Ranker, RankerConfig
 from trainer.optim import OptimConfig
-from trainer.progressive import ALL, exact_auc, grouped_auc, user_hash
+from trainer.progressive import exact_auc, grouped_auc, user_hash
 
 MODELS = ("ranker", "dlrm", "popularity")
 METRICS = ("auc", "gauc", "logloss")
@@ -66,6 +66,7 @@ METRICS = ("auc", "gauc", "logloss")
 # constants rather than rates measured on the evaluated stream.
 MOVIELENS_PRIORS: tuple[tuple[str, float], ...] = (("click", 0.55), ("conversion", 0.21))
 _EPS = 1e-7
+V = TypeVar("V")
 # The MovieLens adapter's feedback follows its impression by 5 s (click) and 10 s (like): a 60 s attribution window
 # labels every rating and makes its outcome (a click, or a skip behavior) visible to the user's next targets a
 # minute later instead of 30.
@@ -137,14 +138,27 @@ class Targets:
     item_ids: list[str]
 
 
+Scores = dict[str, float]  # auc, gauc, logloss, calibration, label_mean, count
+Series = dict[str, list[float]]  # metric -> one value per time slice
+
+
+class Split(TypedDict, Generic[V]):
+    """One model × task: ``overall`` (every target once) apart from the open-keyed ``scenarios``, so no scenario
+    name (``all`` included) can collide with the aggregate."""
+
+    overall: V
+    scenarios: dict[str, V]
+
+
 @dataclass
 class EvalResult:
-    """Everything the report shows; ``metrics[model][task][scenario] = {auc, gauc, logloss, count, ...}``."""
+    """Everything the report shows: ``metrics[model][task]["overall"] = {auc, gauc, logloss, count, ...}`` and
+    ``metrics[model][task]["scenarios"][scenario]`` the same per scenario; ``timeline`` likewise, per time slice."""
 
     config: EvalConfig
     dataset: dict[str, Any]
-    metrics: dict[str, dict[str, dict[str, dict[str, float]]]]
-    timeline: dict[str, dict[str, dict[str, dict[str, list[float]]]]]  # model/task/scenario/metric -> per slice
+    metrics: dict[str, dict[str, Split[Scores]]]
+    timeline: dict[str, dict[str, Split[Series]]]
     slice_end_ts: list[float]
     seconds: dict[str, float]
     files: list[Path] = field(default_factory=list)
@@ -236,31 +250,37 @@ def score(p: np.ndarray, y: np.ndarray, users: np.ndarray) -> dict[str, float]:
 
 
 def compute_metrics(preds: dict[str, Predictions], tg: Targets, points: int) -> tuple[
-        dict[str, dict[str, dict[str, dict[str, float]]]], dict[str, dict[str, dict[str, dict[str, list[float]]]]],
-        list[float]]:
-    """Whole-run metrics and per-time-slice metrics for every model × task × scenario."""
-    scenarios = [ALL, *sorted(set(tg.scenarios.tolist()))]
-    masks = {s: np.ones(len(tg.ts), dtype=bool) if s == ALL else tg.scenarios == s for s in scenarios}
+        dict[str, dict[str, Split[Scores]]], dict[str, dict[str, Split[Series]]], list[float]]:
+    """Whole-run metrics and per-time-slice metrics for every model × task, overall and per scenario."""
+    masks = {s: tg.scenarios == s for s in sorted(set(tg.scenarios.tolist()))}
+    every = np.ones(len(tg.ts), dtype=bool)
     n = len(tg.ts)
     order = np.argsort(tg.ts, kind="stable")
     k = max(1, min(points, n))
     bounds = [order[int(i * n / k) : int((i + 1) * n / k)] for i in range(k)] if n else []
     slice_end = [float(tg.ts[b].max()) for b in bounds if len(b)]
-    metrics: dict[str, Any] = {}
-    timeline: dict[str, Any] = {}
+
+    def whole_and_slices(p: np.ndarray, y: np.ndarray, m: np.ndarray) -> tuple[Scores, Series]:
+        series: Series = {k2: [] for k2 in (*METRICS, "count")}
+        for b in bounds:
+            idx = b[m[b]]
+            r = score(p[idx], y[idx], tg.users[idx])
+            for k2 in series:
+                series[k2].append(r[k2])
+        return score(p[m], y[m], tg.users[m]), series
+
+    metrics: dict[str, dict[str, Split[Scores]]] = {}
+    timeline: dict[str, dict[str, Split[Series]]] = {}
     for model, pr in preds.items():
         for task, p in pr.probs.items():
             y = tg.labels[task]
-            for s in scenarios:
-                m = masks[s]
-                metrics.setdefault(model, {}).setdefault(task, {})[s] = score(p[m], y[m], tg.users[m])
-                series: dict[str, list[float]] = {k2: [] for k2 in (*METRICS, "count")}
-                for b in bounds:
-                    idx = b[m[b]]
-                    r = score(p[idx], y[idx], tg.users[idx])
-                    for k2 in series:
-                        series[k2].append(r[k2])
-                timeline.setdefault(model, {}).setdefault(task, {})[s] = series
+            whole, series = whole_and_slices(p, y, every)
+            m_split: Split[Scores] = {"overall": whole, "scenarios": {}}
+            t_split: Split[Series] = {"overall": series, "scenarios": {}}
+            for s, m in masks.items():
+                m_split["scenarios"][s], t_split["scenarios"][s] = whole_and_slices(p, y, m)
+            metrics.setdefault(model, {})[task] = m_split
+            timeline.setdefault(model, {})[task] = t_split
     return metrics, timeline, slice_end
 
 
@@ -312,7 +332,7 @@ def headline_rows(res: EvalResult) -> list[list[str]]:
     rows = []
     for task in res.config.core.tasks:
         for model in res.config.models:
-            m = res.metrics[model][task][ALL]
+            m = res.metrics[model][task]["overall"]
             rows.append([model, task, _fmt(m["auc"]), _fmt(m["gauc"]), _fmt(m["logloss"], False),
                          f"{int(m['count'])}"])
     return rows
@@ -323,7 +343,7 @@ def deltas(res: EvalResult, a: str = "ranker", b: str = "dlrm") -> dict[str, dic
     out: dict[str, dict[str, float]] = {}
     if a in res.metrics and b in res.metrics:
         for task in res.config.core.tasks:
-            ma, mb = res.metrics[a][task][ALL], res.metrics[b][task][ALL]
+            ma, mb = res.metrics[a][task]["overall"], res.metrics[b][task]["overall"]
             out[task] = {k: 100 * (ma[k] - mb[k]) for k in ("auc", "gauc")}
     return out
 
@@ -340,15 +360,20 @@ def write_plots(res: EvalResult, out: Path) -> list[Path]:
     x = [datetime.fromtimestamp(t, UTC) for t in res.slice_end_ts]
     first = res.config.models[0]
     for task in res.config.core.tasks:
-        scenarios = list(res.timeline[first][task])
+        # panel 0 is the overall aggregate; every other panel is one scenario, titled "scenario: <name>"
+        scenarios: list[str | None] = [None, *res.timeline[first][task]["scenarios"]]
         for metric in METRICS:
             cols = min(3, len(scenarios))
             rows = math.ceil(len(scenarios) / cols)
             fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False, sharex=True)
             for ax, s in zip(axes.flat, scenarios, strict=False):
                 for model in res.config.models:
-                    ax.plot(x, res.timeline[model][task][s][metric], marker=".", label=model)
-                ax.set_title(f"{s} ({int(res.metrics[first][task][s]['count'])} targets)", fontsize=9)
+                    tl = res.timeline[model][task]
+                    ax.plot(x, (tl["overall"] if s is None else tl["scenarios"][s])[metric], marker=".", label=model)
+                m0 = res.metrics[first][task]
+                n = int((m0["overall"] if s is None else m0["scenarios"][s])["count"])
+                ax.set_title("all scenarios" if s is None else f"scenario: {s}", fontsize=9)
+                ax.set_title(f"{n} targets", fontsize=7, loc="right")
                 ax.grid(alpha=0.3)
                 ax.xaxis.set_major_formatter(mdates.DateFormatter("%m-%d"))
                 ax.tick_params(labelsize=7)
@@ -389,14 +414,14 @@ def write_summary(res: EvalResult, out: Path, title: str, command: str) -> Path:
             f"{t}: AUC {v['auc']:+.2f}, GAUC {v['gauc']:+.2f}" for t, v in dl.items())]
     lines += ["", "## Per scenario", ""]
     for task in res.config.core.tasks:
-        scen = list(res.metrics[res.config.models[0]][task])
+        scen = list(res.metrics[res.config.models[0]][task]["scenarios"])
         lines += [f"### {task}", "", "| scenario | targets | " + " | ".join(
             f"{m} AUC | {m} GAUC | {m} LL" for m in res.config.models) + " |",
             "|---|---|" + "---|" * (3 * len(res.config.models))]
-        for s in scen:
-            cells = [s, str(int(res.metrics[res.config.models[0]][task][s]["count"]))]
+        for s in scen:  # scenarios only: the overall numbers are the headline table's
+            cells = [_md_cell(s), str(int(res.metrics[res.config.models[0]][task]["scenarios"][s]["count"]))]
             for m in res.config.models:
-                r = res.metrics[m][task][s]
+                r = res.metrics[m][task]["scenarios"][s]
                 cells += [_fmt(r["auc"]), _fmt(r["gauc"]), _fmt(r["logloss"], False)]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -408,6 +433,11 @@ def write_summary(res: EvalResult, out: Path, title: str, command: str) -> Path:
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     return path
+
+
+def _md_cell(text: str) -> str:
+    """A scenario name as a Markdown table cell (``|`` and line breaks would end the cell or the row)."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
 def _jsonable(x: Any) -> Any:

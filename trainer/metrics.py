@@ -14,11 +14,17 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+if TYPE_CHECKING:
+    from trainer.progressive import Metrics, Quality
+
 QUALITY = ("auc", "gauc", "logloss", "calibration")
+# Quality gauges carry scope="overall" (every target once, no scenario label) or scope="scenario" with the scenario
+# name: scenario names are open strings, so no scenario value can stand for the overall aggregate.
+QUALITY_LABELS = ["scope", "scenario", "task", "window"]
 
 
 class TrainerMetrics:
@@ -41,11 +47,11 @@ class TrainerMetrics:
                                registry=registry)
         self.quality = {
             name: Gauge(p + name, f"Progressive-validation {name} (scored before training)",
-                        ["scenario", "task", "window"], registry=registry)
+                        QUALITY_LABELS, registry=registry)
             for name in QUALITY
         }
         self.eval_count = Gauge(p + "progressive_targets", "Targets in the progressive-validation window",
-                                ["scenario", "task", "window"], registry=registry)
+                                QUALITY_LABELS, registry=registry)
         self.snapshot_version = Gauge(p + "snapshot_version", "Version of the last published snapshot",
                                       registry=registry)
         self.snapshot_time = Gauge(p + "last_snapshot_timestamp_seconds", "Unix time of the last snapshot",
@@ -62,15 +68,20 @@ class TrainerMetrics:
                                registry=registry)
         self._last_snapshot: float | None = None
 
-    def set_quality(self, values: Mapping[str, Mapping[str, Mapping[str, Mapping[str, float]]]]) -> None:
+    def set_quality(self, values: Quality) -> None:
         """Export :meth:`trainer.progressive.ProgressiveValidator.compute` output."""
-        for scenario, tasks in values.items():
+        for task, windows in values["overall"].items():
+            self._set_windows("overall", "", task, windows)
+        for scenario, tasks in values["scenarios"].items():
             for task, windows in tasks.items():
-                for window, ms in windows.items():
-                    for name, gauge in self.quality.items():
-                        v = ms.get(name, math.nan)
-                        gauge.labels(scenario=scenario, task=task, window=window).set(v)
-                    self.eval_count.labels(scenario=scenario, task=task, window=window).set(ms.get("count", 0.0))
+                self._set_windows("scenario", scenario, task, windows)
+
+    def _set_windows(self, scope: str, scenario: str, task: str, windows: Metrics) -> None:
+        for window, ms in windows.items():
+            labels = {"scope": scope, "scenario": scenario, "task": task, "window": window}
+            for name, gauge in self.quality.items():
+                gauge.labels(**labels).set(ms.get(name, math.nan))
+            self.eval_count.labels(**labels).set(ms.get("count", 0.0))
 
     def snapshot_published(self, version: int, created_at: float) -> None:
         self.snapshots.inc()

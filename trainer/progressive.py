@@ -1,6 +1,6 @@
 """Progressive validation: every batch is scored *before* the trainer learns from it.
 
-For each ``(scenario, task)`` pair, plus ``scenario="all"``, :class:`ProgressiveValidator` keeps
+For each task, overall (every target once) and per ``(scenario, task)`` pair, :class:`ProgressiveValidator` keeps
 
 * a **window** — the most recent ``window`` targets (a ring buffer of prediction, label and user hash), from which
   AUC (exact, :func:`torchmetrics.functional.classification.binary_auroc`), GAUC, log loss and calibration are
@@ -12,6 +12,10 @@ For each ``(scenario, task)`` pair, plus ``scenario="all"``, :class:`Progressive
 GAUC (group AUC): the AUC of each user's targets, averaged with weights = the user's impression count, over users
 that have both a positive and a negative label (others carry no ranking signal). Ties count one half.
 
+Scenario names are open strings: the overall aggregate is kept apart from them (:meth:`ProgressiveValidator.compute`
+returns ``{"overall": ..., "scenarios": ...}``), so no scenario name — ``all``, ``*``, ``overall`` — can collide
+with it.
+
 All state is plain tensors/numbers (:meth:`ProgressiveValidator.state_dict`), so it goes into the trainer checkpoint
 and is loadable with ``torch.load(weights_only=True)``; metrics continue across restarts.
 
@@ -20,10 +24,12 @@ Example:
     >>> pv = ProgressiveValidator(ProgressiveConfig(window=100, auc_thresholds=101))
     >>> pv.update({"click": torch.tensor([0.9, 0.2, 0.7, 0.4])}, {"click": torch.tensor([1.0, 0.0, 0.0, 1.0])},
     ...           scenarios=["home", "home", "search", "search"], user_ids=["a", "a", "b", "b"])
-    >>> round(pv.compute()["all"]["click"]["window"]["auc"], 2)
+    >>> round(pv.compute()["overall"]["click"]["window"]["auc"], 2)
     0.75
-    >>> pv.compute()["all"]["click"]["window"]["gauc"]  # user a: 1.0, user b: 0.0, weighted 2:2
+    >>> pv.compute()["overall"]["click"]["window"]["gauc"]  # user a: 1.0, user b: 0.0, weighted 2:2
     0.5
+    >>> pv.compute()["scenarios"]["search"]["click"]["window"]["auc"]
+    0.0
 """
 
 from __future__ import annotations
@@ -33,14 +39,13 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 from torchmetrics.classification import BinaryAUROC
 from torchmetrics.functional.classification import binary_auroc
 
-ALL = "all"
 WINDOWS = ("window", "lifetime")
 _EPS = 1e-7
 
@@ -256,17 +261,27 @@ class _Stream:
         self.gauc_num, self.gauc_den = float(s["gauc_num"]), float(s["gauc_den"])
 
 
+Metrics = dict[str, dict[str, float]]  # window ("window" | "lifetime") -> metric -> value
+
+
+class Quality(TypedDict):
+    """:meth:`ProgressiveValidator.compute` output: the overall aggregate apart from the open-keyed scenarios."""
+
+    overall: dict[str, Metrics]  # task -> windows: every target once, whatever its scenario
+    scenarios: dict[str, dict[str, Metrics]]  # scenario -> task -> windows
+
+
 class ProgressiveValidator:
-    """Windowed and lifetime AUC / GAUC / log loss / calibration per scenario × task (and ``all`` scenarios).
+    """Windowed and lifetime AUC / GAUC / log loss / calibration per task, overall and per scenario × task.
 
     Call :meth:`update` with the model's probabilities for a batch *before* the optimizer step on that batch.
     """
 
     def __init__(self, config: ProgressiveConfig) -> None:
         self.config = config
-        self._streams: dict[tuple[str, str], _Stream] = {}
+        self._streams: dict[tuple[str | None, str], _Stream] = {}  # (scenario, task); scenario None = overall
 
-    def _stream(self, scenario: str, task: str) -> _Stream:
+    def _stream(self, scenario: str | None, task: str) -> _Stream:
         key = (scenario, task)
         s = self._streams.get(key)
         if s is None:
@@ -303,30 +318,50 @@ class ProgressiveValidator:
             keep = torch.isfinite(y) & torch.isfinite(p)
             if masks is not None and task in masks:
                 keep &= masks[task].detach().cpu().reshape(-1).bool()
-            self._stream(ALL, task).update(p[keep], y[keep], users[keep])
+            self._stream(None, task).update(p[keep], y[keep], users[keep])
             for s, idx in by_scen.items():
                 k = keep[idx]
                 sel = idx[k]
                 self._stream(s, task).update(p[sel], y[sel], users[sel])
 
-    def compute(self) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
-        """``{scenario: {task: {"window"|"lifetime": {metric: value}}}}``; NaN where undefined."""
-        out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
-        for (scenario, task), s in sorted(self._streams.items()):
-            out.setdefault(scenario, {})[task] = s.compute()
+    def compute(self) -> Quality:
+        """``{"overall": {task: windows}, "scenarios": {scenario: {task: windows}}}`` with windows =
+        ``{"window"|"lifetime": {metric: value}}``; NaN where undefined."""
+        out = Quality(overall={}, scenarios={})
+        for (scenario, task), s in sorted(self._streams.items(), key=lambda kv: (kv[0][0] is not None, kv[0])):
+            if scenario is None:
+                out["overall"][task] = s.compute()
+            else:
+                out["scenarios"].setdefault(scenario, {})[task] = s.compute()
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """Plain containers of tensors and numbers (``torch.load(weights_only=True)``-safe)."""
+        scenarios: dict[str, dict[str, Any]] = {}
+        for (sc, t), s in self._streams.items():
+            if sc is not None:
+                scenarios.setdefault(sc, {})[t] = s.state_dict()
         return {
             "window": self.config.window,
             "auc_thresholds": self.config.auc_thresholds,
-            "streams": {f"{sc}\x1f{t}": s.state_dict() for (sc, t), s in self._streams.items()},
+            "overall": {t: s.state_dict() for (sc, t), s in self._streams.items() if sc is None},
+            "scenarios": scenarios,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore from :meth:`state_dict` (same ``window`` and ``auc_thresholds`` required)."""
+        """Restore from :meth:`state_dict` (same ``window`` and ``auc_thresholds`` required).
+
+        A state written before the overall aggregate had its own key (``streams``: ``"<scenario>\x1f<task>"``,
+        overall under scenario ``all``) loads with ``all`` as the overall aggregate.
+        """
         self._streams.clear()
-        for key, s in state["streams"].items():
-            scenario, task = key.split("\x1f", 1)
-            self._stream(scenario, task).load_state_dict(s)
+        if "streams" in state:
+            for key, s in state["streams"].items():
+                scenario, task = key.rsplit("\x1f", 1)
+                self._stream(None if scenario == "all" else scenario, task).load_state_dict(s)
+            return
+        for task, s in state["overall"].items():
+            self._stream(None, task).load_state_dict(s)
+        for scenario, tasks in state["scenarios"].items():
+            for task, s in tasks.items():
+                self._stream(scenario, task).load_state_dict(s)

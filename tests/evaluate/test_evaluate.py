@@ -41,10 +41,11 @@ def test_evaluate_is_deterministic_and_writes_the_report(events, tmp_path: Path)
     assert a.dataset["targets"] == a.dataset["impression"] == 40 * 6 * 5
     for model in ("ranker", "dlrm", "popularity"):
         for task in ("click", "conversion"):
-            assert set(a.metrics[model][task]) == {"all", "home", "search", "video"}
-            m = a.metrics[model][task]["all"]
+            assert set(a.metrics[model][task]["scenarios"]) == {"home", "search", "video"}
+            m = a.metrics[model][task]["overall"]
             assert m["count"] == 1200 and 0.0 < m["auc"] < 1.0 and m["logloss"] > 0
-            assert len(a.timeline[model][task]["all"]["auc"]) == 4
+            assert sum(v["count"] for v in a.metrics[model][task]["scenarios"].values()) == 1200
+            assert len(a.timeline[model][task]["overall"]["auc"]) == 4
     c = evaluate(events, dataclasses.replace(TINY, seed=4))
     assert c.metrics["ranker"] != a.metrics["ranker"]  # the seed matters (model init)
     assert c.metrics["popularity"] == a.metrics["popularity"]
@@ -58,7 +59,8 @@ def test_evaluate_is_deterministic_and_writes_the_report(events, tmp_path: Path)
     assert "| ranker | click |" in md and "| dlrm | click |" in md and "| popularity | click |" in md
     assert "Ranker − DLRM" in md
     mj = json.loads((tmp_path / "metrics.json").read_text())
-    assert mj["metrics"]["ranker"]["click"]["all"]["auc"] == pytest.approx(a.metrics["ranker"]["click"]["all"]["auc"])
+    assert mj["metrics"]["ranker"]["click"]["overall"]["auc"] == pytest.approx(
+        a.metrics["ranker"]["click"]["overall"]["auc"])
 
 
 def test_predictions_are_made_before_learning(events) -> None:
@@ -121,3 +123,40 @@ def test_cli_synthetic_report(tmp_path: Path) -> None:
                           "--label", "click=c", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,
                          timeout=300)
     assert bad.returncode == 2 and "missing.csv: no such file" in bad.stderr
+
+
+def test_a_scenario_named_all_keeps_its_own_row_next_to_the_overall(tmp_path: Path) -> None:
+    """Scenario names are open strings: a scenario literally called ``all`` is reported as a scenario (metrics,
+    timeline, metrics.json, summary.md) and the overall numbers cover every target once."""
+    from trainer.evaluate import EvalResult, Predictions, Targets, compute_metrics
+
+    scen = np.array(["all", "all", "all", "all", "home", "home", "home", "home"], dtype=object)
+    y = np.array([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+    p = np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.6, 0.7, 0.4])  # "all" ranks perfectly, "home" inverted
+    tg = Targets({"click": y, "conversion": y}, scen, np.array([1, 1, 2, 2, 3, 3, 4, 4]),
+                 np.arange(8, dtype=np.float64), [f"i{i}" for i in range(8)])
+    metrics, timeline, ends = compute_metrics({"popularity": Predictions({"click": p, "conversion": p}, 0.0)}, tg,
+                                              points=2)
+    m = metrics["popularity"]["click"]
+    assert m["overall"]["count"] == 8
+    assert m["overall"]["auc"] == pytest.approx(score(p, y, tg.users)["auc"])
+    assert set(m["scenarios"]) == {"all", "home"}
+    assert m["scenarios"]["all"]["count"] == 4 and m["scenarios"]["all"]["auc"] == 1.0
+    assert m["scenarios"]["home"]["auc"] == 0.0
+    assert len(timeline["popularity"]["click"]["scenarios"]["all"]["auc"]) == 2
+    assert timeline["popularity"]["click"]["overall"]["count"] == [4.0, 4.0]
+
+    cfg = dataclasses.replace(EvalConfig(), models=("popularity",))
+    res = EvalResult(cfg, {"events": 16, "impression": 8, "feedback": 8, "samples": 4, "targets": 8, "users": 4,
+                           "targets_per_scenario": {"all": 4, "home": 4},
+                           "label_rate": {"click": 0.5, "conversion": 0.5}},
+                     metrics, timeline, ends, {"core": 0.0})
+    write_report(res, tmp_path, "synthetic", "pytest")
+    mj = json.loads((tmp_path / "metrics.json").read_text())
+    assert mj["metrics"]["popularity"]["click"]["scenarios"]["all"]["auc"] == 1.0
+    assert mj["metrics"]["popularity"]["click"]["overall"]["count"] == 8
+    md = (tmp_path / "summary.md").read_text()
+    per_scenario = md.split("## Per scenario", 1)[1].split("### conversion", 1)[0]
+    rows = [line for line in per_scenario.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| all", "| home"]  # header, then one row per scenario
+    assert rows[1].split(" | ")[1:3] == ["4", "100.00"]  # the scenario "all": 4 targets, AUC 100

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from trainer.progressive import ALL, ProgressiveConfig, ProgressiveValidator, exact_auc, grouped_auc
+from trainer.progressive import ProgressiveConfig, ProgressiveValidator, exact_auc, grouped_auc
 
 
 def brute_auc(p: list[float], y: list[int]) -> float:
@@ -69,7 +70,7 @@ def test_window_holds_exactly_the_last_targets_and_lifetime_all(rows: list[tuple
     for i in range(0, len(rows), chunk):  # arbitrary batch boundaries must not matter
         _feed(pv, rows[i : i + chunk])
     p, y, g = map(list, zip(*rows, strict=True))
-    out = pv.compute()[ALL]["click"]
+    out = pv.compute()["overall"]["click"]
     last = slice(max(0, len(p) - window), len(p))
     w = out["window"]
     assert w["count"] == min(window, len(p))
@@ -101,13 +102,13 @@ def test_per_scenario_split_and_known_values() -> None:
               {"click": torch.tensor([1.0, 0.0, 0.0, 1.0]), "conversion": torch.tensor([0.0, 0.0, 0.0, 1.0])},
               scenarios=["home", "home", "search", "search"], user_ids=["a", "a", "b", "b"])
     out = pv.compute()
-    assert set(out) == {ALL, "home", "search"}
-    assert out["home"]["click"]["window"]["auc"] == 1.0
-    assert out["search"]["click"]["window"]["auc"] == 0.0
-    assert out[ALL]["click"]["window"]["auc"] == 0.75
-    assert out[ALL]["conversion"]["window"]["auc"] == 0.5  # all tied
-    assert abs(out[ALL]["conversion"]["lifetime"]["calibration"] - 2.0) < 1e-9
-    assert math.isnan(out["home"]["conversion"]["window"]["auc"])  # one class only
+    assert set(out["scenarios"]) == {"home", "search"}
+    assert out["scenarios"]["home"]["click"]["window"]["auc"] == 1.0
+    assert out["scenarios"]["search"]["click"]["window"]["auc"] == 0.0
+    assert out["overall"]["click"]["window"]["auc"] == 0.75
+    assert out["overall"]["conversion"]["window"]["auc"] == 0.5  # all tied
+    assert abs(out["overall"]["conversion"]["lifetime"]["calibration"] - 2.0) < 1e-9
+    assert math.isnan(out["scenarios"]["home"]["conversion"]["window"]["auc"])  # one class only
 
 
 def test_state_round_trip_continues_identically() -> None:
@@ -146,3 +147,50 @@ def test_binned_confmat_equals_torchmetrics_update(rows: list[tuple[float, int]]
     metric = BinaryAUROC(thresholds=thresholds, validate_args=False)
     metric.update(p, y.long())
     assert torch.equal(binned_confmat(p, y, metric.thresholds), metric.confmat)
+
+
+def test_a_scenario_named_all_is_its_own_row_and_overall_counts_each_target_once() -> None:
+    """Scenario names are open strings: ``all`` (or ``*``, or the empty string) is a scenario like any other and
+    never merges into the overall aggregate, in ``compute()``, in the checkpoint state and in Prometheus."""
+    from prometheus_client import CollectorRegistry
+
+    from trainer.metrics import TrainerMetrics
+
+    pv = ProgressiveValidator(ProgressiveConfig(window=100, auc_thresholds=101))
+    scen = ["all", "all", "*", "search", "overall", ""]
+    pv.update({"click": torch.tensor([0.9, 0.2, 0.7, 0.4, 0.6, 0.3])},
+              {"click": torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 0.0])},
+              scenarios=scen, user_ids=["a", "a", "b", "b", "c", "c"])
+    out = pv.compute()
+    assert out["overall"]["click"]["lifetime"]["count"] == 6  # every target once (not 8: "all" counted twice)
+    assert out["overall"]["click"]["window"]["auc"] == pytest.approx(brute_auc([0.9, 0.2, 0.7, 0.4, 0.6, 0.3],
+                                                                               [1, 0, 0, 1, 1, 0]))
+    assert set(out["scenarios"]) == set(scen)
+    assert out["scenarios"]["all"]["click"]["lifetime"]["count"] == 2
+    assert out["scenarios"]["all"]["click"]["window"]["auc"] == 1.0
+    assert out["scenarios"]["overall"]["click"]["lifetime"]["count"] == 1
+
+    b = ProgressiveValidator(pv.config)  # the checkpoint state keeps them apart too
+    b.load_state_dict(pv.state_dict())
+    assert repr(b.compute()) == repr(out)
+
+    reg = CollectorRegistry()
+    TrainerMetrics(reg).set_quality(out)
+    count = "streamrec_trainer_progressive_targets"
+    assert reg.get_sample_value(count, {"scope": "overall", "scenario": "", "task": "click",
+                                        "window": "lifetime"}) == 6.0
+    for s, n in (("all", 2.0), ("*", 1.0), ("overall", 1.0), ("", 1.0)):
+        assert reg.get_sample_value(count, {"scope": "scenario", "scenario": s, "task": "click",
+                                            "window": "lifetime"}) == n
+
+
+def test_a_state_saved_with_the_old_all_key_loads_all_as_the_overall() -> None:
+    """Checkpoints written before the overall aggregate had its own key (``"all\x1f<task>"``) still resume."""
+    pv = ProgressiveValidator(ProgressiveConfig(window=8, auc_thresholds=101))
+    _feed(pv, [(0.9, 1, 0), (0.2, 0, 0), (0.6, 1, 1)])
+    new = pv.state_dict()
+    old = {"window": 8, "auc_thresholds": 101,
+           "streams": {"all\x1fclick": new["overall"]["click"], "home\x1fclick": new["scenarios"]["home"]["click"]}}
+    b = ProgressiveValidator(pv.config)
+    b.load_state_dict(old)
+    assert repr(b.compute()) == repr(pv.compute())

@@ -101,7 +101,7 @@ def test_trains_snapshots_announces_and_skips_bad_records(bootstrap: str, topic_
     for reason in summary.skipped:
         assert registry.get_sample_value("streamrec_trainer_skipped_total", {"reason": reason}) == 1.0
     assert registry.get_sample_value("streamrec_trainer_samples_total") == 48.0
-    assert registry.get_sample_value("streamrec_trainer_auc", {"scenario": "all", "task": "click",
+    assert registry.get_sample_value("streamrec_trainer_auc", {"scope": "overall", "scenario": "", "task": "click",
                                                                "window": "lifetime"}) is not None
     # The bad records went to the dead-letter topic with their reasons (a replay is not bad data).
     dl = [json.loads(v) for v in read_topic(bootstrap, dead, 3)]
@@ -202,5 +202,5 @@ def test_sigkill_resume_trains_every_sample_exactly_once(bootstrap: str, topic_p
     # Progressive metrics continued from the checkpoint: the lifetime count covers every target exactly once.
     final = [e for e in evs if e["event"] == "metrics"][-1]
     total_targets = sum(s.num_targets for s in everything)
-    assert final["progressive"]["all"]["click"]["lifetime"]["count"] == total_targets
-    assert 0.0 <= final["progressive"]["all"]["click"]["lifetime"]["auc"] <= 1.0
+    assert final["progressive"]["overall"]["click"]["lifetime"]["count"] == total_targets
+    assert 0.0 <= final["progressive"]["overall"]["click"]["lifetime"]["auc"] <= 1.0
