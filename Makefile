@@ -36,4 +36,4 @@ kafka-status: ## Show the local Kafka broker's status
 	@$(PY) -m deploy kafka status || [ $$? -eq 3 ]  # 3 = not running: a status, not a failure
 
 clean: ## Remove caches, run outputs and the local broker's data (keeps .venv and downloaded jars)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache reports runs snapshots checkpoints .cache/kafka-broker/data
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .hypothesis reports runs snapshots checkpoints .cache/kafka-broker/data
