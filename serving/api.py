@@ -2,7 +2,7 @@
 
 Endpoints:
     ``POST /v1/score``  score candidates for one user in one scenario (user-level: the user is encoded once).
-    ``GET /v1/model``   the served snapshot: version, created_at, max_event_ts, seconds since update, freshness.
+    ``GET /v1/model``   the served snapshot: version, its times, model age and data freshness.
     ``GET /healthz``    the process is up (always 200 while it answers).
     ``GET /readyz``     200 once a model is loaded, else 503.
     ``GET /metrics``    Prometheus text exposition of the worker's registry.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -103,15 +104,24 @@ class ScoreResponse(BaseModel):
 
 
 class ModelInfo(BaseModel):
+    """The served snapshot. Times are epoch seconds; all are wall clock except ``max_event_ts`` (event time: a
+    replayed historical log's events may be decades old however fresh the model is)."""
+
     version: int | str
     path: str
     tasks: list[str]
-    created_at: float
-    max_event_ts: float
+    created_at: float = Field(description="when the trainer wrote the snapshot (trainer's wall clock)")
+    max_event_ts: float = Field(description="largest event time in the samples trained on (event time)")
+    max_produce_ts: float | None = Field(
+        description="largest Kafka (produce-time) timestamp of the samples records trained on; null when the "
+                    "snapshot does not record it")
     samples_trained: int
-    loaded_at: float
-    seconds_since_update: float = Field(description="now − the time this snapshot was swapped in")
-    freshness_seconds: float = Field(description="now − the snapshot's max_event_ts")
+    loaded_at: float = Field(description="when this process swapped the snapshot in")
+    seconds_since_update: float = Field(description="now − loaded_at")
+    model_age_seconds: float = Field(description="now − created_at: how old the served model is")
+    data_freshness_seconds: float | None = Field(
+        description="loaded_at − max_produce_ts: wall seconds from the newest trained samples record being produced "
+                    "to this model serving; null when unknown")
 
 
 class Health(BaseModel):
@@ -231,12 +241,14 @@ class LimitAndMeasure:
 def _model_info(served: ServedModel) -> dict[str, Any]:
     now = time.time()
     meta = served.meta
+    t = served.times()
+    freshness = t.data_freshness()
     return {
         "version": meta.version, "path": served.path, "tasks": list(served.tasks),
-        "created_at": float(meta.created_at), "max_event_ts": float(meta.max_event_ts),
-        "samples_trained": int(meta.samples_trained), "loaded_at": served.loaded_at,
-        "seconds_since_update": max(0.0, now - served.loaded_at),
-        "freshness_seconds": max(0.0, now - float(meta.max_event_ts)),
+        "created_at": t.created_at, "max_event_ts": float(meta.max_event_ts), "max_produce_ts": t.max_produce_ts,
+        "samples_trained": int(meta.samples_trained), "loaded_at": t.loaded_at,
+        "seconds_since_update": t.since_update(now), "model_age_seconds": t.model_age(now),
+        "data_freshness_seconds": None if math.isnan(freshness) else freshness,
     }
 
 

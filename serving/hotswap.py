@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.follow import TopicFollower
-from serving.metrics import ServingMetrics
+from serving.metrics import ModelTimes, ServingMetrics
 from serving.scoring import ServedModel, build_batch_sample, score_sample
 from streaming.user_state import Candidate
 from trainer.snapshot import LoadedSnapshot, SnapshotError, latest_snapshot, load_snapshot
@@ -110,9 +110,9 @@ class ModelHolder:
         self._snapshot_dir: Path | None = None
         metrics.track_model(self._times)
 
-    def _times(self) -> tuple[float, float] | None:
+    def _times(self) -> ModelTimes | None:
         cur = self.current
-        return None if cur is None else (cur.loaded_at, float(cur.meta.max_event_ts))
+        return None if cur is None else cur.times()
 
     # -- sources ---------------------------------------------------------------------------------------------
     def offer(self, path: str | Path, version: Any = None) -> None:

@@ -11,8 +11,10 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -22,10 +24,42 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03
 CANDIDATE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 300, 500, 1000, 2000)
 
 
+class ModelTimes(NamedTuple):
+    """Wall-clock times (epoch s) of the served model, from which its age and its data freshness are derived.
+
+    Event time (a snapshot's ``max_event_ts``) is deliberately absent: for a replayed historical log it is decades
+    old however fresh the model is.
+
+    Example:
+        >>> t = ModelTimes(loaded_at=100.0, created_at=98.0, max_produce_ts=95.5)
+        >>> t.model_age(now=130.0), t.since_update(now=130.0), t.data_freshness()
+        (32.0, 30.0, 4.5)
+    """
+
+    loaded_at: float  # serving swapped the model in
+    created_at: float  # the trainer wrote the snapshot
+    max_produce_ts: float | None  # the newest samples record it was trained on was produced (None: unknown)
+
+    def model_age(self, now: float) -> float:
+        """Seconds since the trainer wrote the snapshot."""
+        return max(0.0, now - self.created_at)
+
+    def since_update(self, now: float) -> float:
+        """Seconds since this model was swapped in."""
+        return max(0.0, now - self.loaded_at)
+
+    def data_freshness(self) -> float:
+        """Seconds from the newest trained samples record being produced to this model serving (NaN: unknown).
+
+        Fixed once the model serves; the producer's and serving's clocks are compared, so skew clamps at 0.
+        """
+        return math.nan if self.max_produce_ts is None else max(0.0, self.loaded_at - self.max_produce_ts)
+
+
 class ServingMetrics:
     """Every metric the serving worker exports; ``registry`` is where they live (tests pass a private one).
 
-    Model-age gauges are computed at scrape time from ``model_times()`` (set with :meth:`track_model`), so they
+    Model-time gauges are computed at scrape time from ``model_times()`` (set with :meth:`track_model`), so they
     never go stale between requests.
     """
 
@@ -56,10 +90,13 @@ class ServingMetrics:
         self.since_update = Gauge(
             "streamrec_serving_since_last_update_seconds", "Seconds since the served model was last swapped in",
             registry=registry)
-        self.freshness = Gauge(
-            "streamrec_serving_model_freshness_seconds",
-            "Now minus the served snapshot's max_event_ts (how old the newest trained-on event is)",
-            registry=registry)
+        self.model_age = Gauge(
+            "streamrec_serving_model_age_seconds",
+            "Now minus the served snapshot's created_at (wall clock since the trainer wrote it)", registry=registry)
+        self.data_freshness = Gauge(
+            "streamrec_serving_data_freshness_seconds",
+            "Wall seconds from the newest samples record the served model was trained on being produced to the "
+            "model starting to serve (NaN when the snapshot does not record it)", registry=registry)
         self.swaps = Counter(
             "streamrec_serving_swaps_total", "Snapshots verified and swapped in", registry=registry)
         self.swap_failures = Counter(
@@ -79,16 +116,15 @@ class ServingMetrics:
         self.announcements = Counter(
             "streamrec_serving_snapshot_announcements_total", "Messages read from the snapshots topic, by outcome",
             ["outcome"], registry=registry)
-        self._model_times: Callable[[], tuple[float, float] | None] = lambda: None
-        self.since_update.set_function(lambda: self._age(0))
-        self.freshness.set_function(lambda: self._age(1))
+        self._model_times: Callable[[], ModelTimes | None] = lambda: None
+        self.since_update.set_function(lambda: self._read(lambda t: t.since_update(time.time())))
+        self.model_age.set_function(lambda: self._read(lambda t: t.model_age(time.time())))
+        self.data_freshness.set_function(lambda: self._read(ModelTimes.data_freshness))
 
-    def track_model(self, model_times: Callable[[], tuple[float, float] | None]) -> None:
-        """Read ``(loaded_at, max_event_ts)`` of the served model (epoch seconds) from ``model_times`` at scrape time."""
+    def track_model(self, model_times: Callable[[], ModelTimes | None]) -> None:
+        """Read the served model's :class:`ModelTimes` from ``model_times`` at scrape time (None: no model)."""
         self._model_times = model_times
 
-    def _age(self, which: int) -> float:
+    def _read(self, fn: Callable[[ModelTimes], float]) -> float:
         times = self._model_times()
-        if times is None:
-            return float("nan")
-        return max(0.0, time.time() - times[which])
+        return math.nan if times is None else fn(times)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from kernels.attention import TokenGroup
+from serving.metrics import ModelTimes
 from streaming.sample import Sample
 from streaming.user_state import Candidate, UserState, build_request_sample
 from trainer.batch import Batch, collate
@@ -57,6 +58,12 @@ class ServedModel:
     path: str
     loaded_at: float
     tasks: tuple[str, ...]
+
+    def times(self) -> ModelTimes:
+        """Its wall-clock times: swapped in, snapshot written, newest trained samples record produced."""
+        m = self.meta
+        return ModelTimes(self.loaded_at, float(m.created_at),
+                          None if m.max_produce_ts is None else float(m.max_produce_ts))
 
 
 @dataclass(frozen=True, slots=True)

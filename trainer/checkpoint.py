@@ -12,6 +12,7 @@ fsync of the directory. It is read back with ``torch.load(weights_only=True)``. 
     progressive:       ProgressiveValidator.state_dict()
     trained_ids:       [sample_id, ...] the most recent N trained ids, oldest first (dedupe after restart)
     samples_trained, targets_trained, max_event_ts, snapshot_version
+    max_produce_ts:    newest Kafka timestamp of a consumed samples record (epoch s) or None (absent before it existed)
     trained_log_bytes: size of the trained-ids log that belongs to this checkpoint (or -1 when there is none)
     feature_spec:      FeatureSpec JSON; model_config: the model config as plain data
 

@@ -193,6 +193,7 @@ class Trainer:
         self.targets_trained = 0
         self.steps = 0
         self.max_event_ts = 0.0
+        self.max_produce_ts: float | None = None  # newest samples record consumed (Kafka timestamp, wall clock)
         self.snapshot_version = 0
         self.last_snapshot_path: Path | None = None
         self.resumed_from: Path | None = None
@@ -244,6 +245,7 @@ class Trainer:
         self.targets_trained = int(ck["targets_trained"])
         self.steps = int(ck["steps"])
         self.max_event_ts = float(ck["max_event_ts"])
+        self.max_produce_ts = ck.get("max_produce_ts")
         self.snapshot_version = int(ck["snapshot_version"])
         self._samples_at_snapshot = self.samples_trained
         if self.trained_log is not None:
@@ -272,6 +274,7 @@ class Trainer:
             "targets_trained": self.targets_trained,
             "steps": self.steps,
             "max_event_ts": self.max_event_ts,
+            "max_produce_ts": self.max_produce_ts,
             "snapshot_version": self.snapshot_version,
             "trained_log_bytes": log_bytes,
             "feature_spec": self.spec.to_json(),
@@ -300,7 +303,7 @@ class Trainer:
         self.checkpoint()
         created = time.time()
         meta = SnapshotMeta(version=version, created_at=created, max_event_ts=self.max_event_ts,
-                            samples_trained=self.samples_trained)
+                            samples_trained=self.samples_trained, max_produce_ts=self.max_produce_ts)
         if isinstance(self.model, Ranker):
             model: Ranker | None = self.model
         else:
@@ -324,7 +327,8 @@ class Trainer:
         self._last_snap_t = time.monotonic()
         self.metrics.snapshot_published(version, created)
         announcement = {"version": version, "path": str(Path(path).resolve()), "created_at": created,
-                        "max_event_ts": self.max_event_ts, "samples_trained": self.samples_trained}
+                        "max_event_ts": self.max_event_ts, "samples_trained": self.samples_trained,
+                        "max_produce_ts": self.max_produce_ts}
         if self._announcer is not None:
             try:
                 self._announcer.send(self.config.snapshots_topic, key=b"trainer",
@@ -446,6 +450,8 @@ class Trainer:
                         self._dirty_ckpt = self._dirty_snap = True
                 if item is not None:
                     self.offsets.update(item.offsets)
+                    if item.max_produce_ts is not None:
+                        self.max_produce_ts = max(self.max_produce_ts or 0.0, item.max_produce_ts)
                     if item.records:
                         last_record_t = now
                         run_records += item.records

@@ -12,7 +12,6 @@ Loading rebuilds the model from the JSON (spec + config), checks the weights' SH
 
 Example:
     >>> import tempfile
-import time
     >>> from pathlib import Path
     >>> from trainer.features import FeatureSpec
     >>> from trainer.model import Ranker, RankerConfig
@@ -58,6 +57,19 @@ class SnapshotError(RuntimeError):
 class SnapshotMeta:
     """What a snapshot is: ``version`` (monotonic, names the directory), when it was made, how fresh its data is.
 
+    Two clocks: ``created_at`` and ``max_produce_ts`` are wall clock (epoch s); ``max_event_ts`` is event time, which
+    for a replayed historical log (MovieLens: 1998) says nothing about how fresh the model is.
+
+    Attributes:
+        version: monotonic snapshot number.
+        created_at: trainer wall clock when the snapshot was written (serving's model age = now − this).
+        max_event_ts: largest event time (impression or feedback) in the samples trained on.
+        samples_trained: samples trained on so far.
+        max_produce_ts: largest Kafka record timestamp (the producer's wall clock: when the streaming worker wrote
+            it) of the ``samples`` records consumed up to this snapshot; None when unknown (no record had a
+            timestamp, or a snapshot written before the field existed). Serving's data freshness = the time the
+            snapshot started serving − this.
+
     Example:
         >>> SnapshotMeta(3, created_at=1.0, max_event_ts=2.0, samples_trained=10).format_version
         1
@@ -68,6 +80,7 @@ class SnapshotMeta:
     max_event_ts: float
     samples_trained: int
     format_version: int = FORMAT_VERSION
+    max_produce_ts: float | None = None
 
 
 @dataclass

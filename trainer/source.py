@@ -170,7 +170,8 @@ class SampleBatch(Generic[B]):
 
     ``batch`` is the collated model batch (None when every record of this poll was skipped); ``offsets`` the next
     offset to read per partition *after* this batch; ``skipped`` counts by reason; ``lag`` the consumer lag (records
-    behind the log end, summed over this rank's partitions) when it was last measured.
+    behind the log end, summed over this rank's partitions) when it was last measured; ``max_produce_ts`` the largest
+    Kafka record timestamp (epoch s, the producer's wall clock) of this batch's records, None when unknown.
     """
 
     batch: B | None
@@ -180,6 +181,7 @@ class SampleBatch(Generic[B]):
     records: int = 0
     lag: int | None = None
     prepare_s: float = 0.0
+    max_produce_ts: float | None = None
 
 
 class KafkaSampleSource:
@@ -223,15 +225,19 @@ class KafkaSampleSource:
         self.positions: dict[int, int] = {tp.partition: int(self.consumer.position(tp)) for tp in self.partitions}
         self._last_lag_t = 0.0
         self.lag: int | None = None
+        self.last_poll_max_ts: float | None = None  # largest record timestamp (epoch s) of the last poll
 
     def poll(self, max_records: int, timeout_s: float) -> tuple[list[bytes | None], dict[int, int]]:
         """Up to ``max_records`` record values and the next offsets per partition after them."""
         got = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         values: list[bytes | None] = []
+        max_ts = -1  # record timestamps are ms since the epoch (produce time by default), -1 when absent
         for tp, records in got.items():
             for r in records:
                 values.append(r.value)
                 self.positions[tp.partition] = r.offset + 1
+                max_ts = max(max_ts, r.timestamp if r.timestamp is not None else -1)
+        self.last_poll_max_ts = max_ts / 1000.0 if max_ts >= 0 else None
         return values, dict(self.positions)
 
     def measure_lag(self, every_s: float = 2.0) -> int | None:
@@ -334,6 +340,7 @@ class Prefetcher(Generic[B]):
         skips: list[Skip] = []
         records = 0
         offsets: dict[int, int] = {}
+        produce_ts: float | None = None
         while not self.stop_event.is_set() and len(samples) < cfg.batch_samples:
             wait = cfg.batch_timeout_s if t_first is None else t_first + cfg.batch_timeout_s - time.monotonic()
             if t_first is not None and wait <= 0:
@@ -347,6 +354,9 @@ class Prefetcher(Generic[B]):
             t_first = t_first or time.monotonic()
             records += len(values)
             offsets = offsets_now
+            ts = getattr(self.source, "last_poll_max_ts", None)  # sources without record timestamps have none
+            if ts is not None:
+                produce_ts = ts if produce_ts is None else max(produce_ts, ts)
             got, bad = decode_records(values, self.seen, self.keep_history, self.keep_realtime)
             samples.extend(got)
             skips.extend(bad)
@@ -360,7 +370,8 @@ class Prefetcher(Generic[B]):
         if self.deadletter is not None and skips:
             self.deadletter.send(skips)
         return SampleBatch(batch=batch, samples=samples, offsets=offsets, skipped=skipped, records=records,
-                           lag=self.source.measure_lag(), prepare_s=time.perf_counter() - t0)
+                           lag=self.source.measure_lag(), prepare_s=time.perf_counter() - t0,
+                           max_produce_ts=produce_ts)
 
     def _run(self) -> None:
         try:

@@ -209,7 +209,15 @@ def pipeline() -> dict[str, Any]:
 
 def training() -> dict[str, Any]:
     t = "streamrec_trainer_"
-    sel = 'scenario=~"$scenario",task=~"$task",window="$window"'
+    # Quality series: scope="overall" (every target once; no scenario label) or scope="scenario" (one per scenario
+    # name; scenario names are open strings, so "all" is a scenario like any other).
+    overall = 'scope="overall",task=~"$task",window="$window"'
+    sel = 'scope="scenario",scenario=~"$scenario",task=~"$task",window="$window"'
+
+    def quality(name: str) -> list[Q]:
+        return [Q(f"{t}{name}{{{overall}}}", "overall · {{task}}"),
+                Q(f"{t}{name}{{{sel}}}", "scenario {{scenario}} · {{task}}")]
+
     rows = [
         Row("Throughput", [
             Panel("Samples and impressions trained (/s)", [
@@ -226,11 +234,10 @@ def training() -> dict[str, Any]:
                 unit="ops"),
         ]),
         Row("Progressive validation (scored before training)", [
-            Panel("AUC per scenario × task", [Q(f"{t}auc{{{sel}}}", "{{scenario}} {{task}}")], decimals=3),
-            Panel("GAUC per scenario × task", [Q(f"{t}gauc{{{sel}}}", "{{scenario}} {{task}}")], decimals=3),
-            Panel("Log loss per scenario × task", [Q(f"{t}logloss{{{sel}}}", "{{scenario}} {{task}}")], decimals=3),
-            Panel("Calibration (predicted / observed)", [Q(f"{t}calibration{{{sel}}}", "{{scenario}} {{task}}")],
-                  decimals=2),
+            Panel("AUC overall and per scenario × task", quality("auc"), decimals=3),
+            Panel("GAUC overall and per scenario × task", quality("gauc"), decimals=3),
+            Panel("Log loss overall and per scenario × task", quality("logloss"), decimals=3),
+            Panel("Calibration (predicted / observed)", quality("calibration"), decimals=2),
         ]),
         Row("Snapshots", [
             Panel("Snapshot version", [Q(f"{t}snapshot_version", "version")], kind="stat", w=6, h=5),
@@ -239,7 +246,10 @@ def training() -> dict[str, Any]:
             Panel("Snapshot cadence (snapshots/min)", [
                 Q(f"rate({t}snapshots_total[$__rate_interval]) * 60", "snapshots/min")], w=12, h=5),
             Panel("Event-time lag of the trained model (s)", [
-                Q(f"{t}max_event_ts_lag_seconds", "wall clock − max event ts")], unit="s"),
+                Q(f"{t}max_event_ts_lag_seconds", "wall clock − max event ts")], unit="s",
+                description="Wall clock minus the largest event time trained on: the age of the data in event time "
+                            "(a replayed historical log shows its age in years; serving's data freshness is the "
+                            "wall-clock measure)"),
             Panel("Consumer lag on samples (records)", [Q(f"{t}consumer_lag_records", "lag")]),
         ]),
     ]
@@ -274,15 +284,19 @@ def serving() -> dict[str, Any]:
         ]),
         Row("Model", [
             Panel("Model version served", [Q(f"{v}model_version", "version")], kind="stat", w=6, h=5),
-            Panel("Freshness (now − snapshot max event ts)", [Q(f"{v}model_freshness_seconds", "freshness")],
-                  kind="stat", unit="s", w=6, h=5),
-            Panel("Seconds since last model update", [Q(f"{v}since_last_update_seconds", "since update")],
-                  kind="stat", unit="s", w=6, h=5),
+            Panel("Data freshness (newest sample produced → served)", [
+                Q(f"{v}data_freshness_seconds", "data freshness")], kind="stat", unit="s", w=6, h=5,
+                description="Wall seconds from the newest samples record the served model was trained on being "
+                            "produced to that model starting to serve (fixed per served model)"),
+            Panel("Model age (now − snapshot written)", [Q(f"{v}model_age_seconds", "model age")],
+                  kind="stat", unit="s", w=6, h=5,
+                  description="Wall seconds since the trainer wrote the served snapshot (grows until the next swap)"),
             Panel("Swaps and rejected snapshots", [
                 Q(f"increase({v}swaps_total[$__rate_interval])", "swapped"),
                 Q(f"sum(increase({v}swap_failures_total[$__rate_interval])) or vector(0)", "rejected")], w=6, h=5),
-            Panel("Model age over time", [
-                Q(f"{v}model_freshness_seconds", "freshness"),
+            Panel("Model age and data freshness over time", [
+                Q(f"{v}model_age_seconds", "model age"),
+                Q(f"{v}data_freshness_seconds", "data freshness"),
                 Q(f"{v}since_last_update_seconds", "since update"),
                 Q("streamrec_trainer_seconds_since_last_snapshot", "trainer: since snapshot")], unit="s", w=24),
         ]),

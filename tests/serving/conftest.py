@@ -114,8 +114,10 @@ class Snapshots:
         self.model, self.spec = small_model()
         self._producer: KafkaProducer | None = None
 
-    def write(self, perturb: float = 0.0, max_event_ts: float | None = None) -> tuple[Path, SnapshotMeta]:
-        """Save the next version (weights perturbed by ``perturb`` × N(0,1) first) and return (path, meta)."""
+    def write(self, perturb: float = 0.0, max_event_ts: float | None = None,
+              max_produce_ts: float | None = None) -> tuple[Path, SnapshotMeta]:
+        """Save the next version (weights perturbed by ``perturb`` × N(0,1) first) and return (path, meta);
+        ``max_produce_ts`` defaults to now (as if the newest trained sample had just been produced)."""
         if perturb:
             with torch.no_grad():
                 for p in self.model.parameters():
@@ -123,7 +125,8 @@ class Snapshots:
         self.version += 1
         meta = SnapshotMeta(version=self.version, created_at=time.time(),
                             max_event_ts=time.time() if max_event_ts is None else max_event_ts,
-                            samples_trained=100 * self.version)
+                            samples_trained=100 * self.version,
+                            max_produce_ts=time.time() if max_produce_ts is None else max_produce_ts)
         path = save_snapshot(self.root, self.model, meta)
         return Path(path), meta
 
@@ -132,7 +135,8 @@ class Snapshots:
         if self._producer is None:
             self._producer = KafkaProducer(bootstrap_servers=self.bootstrap)
         msg = {"version": meta.version, "path": str(path), "created_at": meta.created_at,
-               "max_event_ts": meta.max_event_ts, "samples_trained": meta.samples_trained}
+               "max_event_ts": meta.max_event_ts, "samples_trained": meta.samples_trained,
+               "max_produce_ts": meta.max_produce_ts}
         self._producer.send(self.topic, json.dumps(msg).encode())
         self._producer.flush(30)
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 import math
 import socket
+import time
 
 import httpx
 import pytest
 
-from tests.serving.conftest import Stack
+from tests.serving.conftest import Stack, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -35,7 +36,8 @@ def test_score_cold_start_user(stack: Stack) -> None:
 def test_model_health_ready_metrics(stack: Stack) -> None:
     url = stack.server.url
     info = httpx.get(url + "/v1/model", timeout=10).json()
-    assert info["version"] >= 1 and info["seconds_since_update"] >= 0 and info["freshness_seconds"] >= 0
+    assert info["version"] >= 1 and info["seconds_since_update"] >= 0 and info["model_age_seconds"] >= 0
+    assert info["data_freshness_seconds"] >= 0
     assert set(info["tasks"]) == set(stack.snaps.spec.tasks)
     assert httpx.get(url + "/healthz", timeout=10).json()["status"] == "ok"
     ready = httpx.get(url + "/readyz", timeout=10)
@@ -45,8 +47,27 @@ def test_model_health_ready_metrics(stack: Stack) -> None:
             or 0) >= 1
     assert (stack.server.metric("streamrec_serving_candidates_per_request_count") or 0) >= 1
     assert stack.server.metric("streamrec_serving_model_version") == float(info["version"])
-    assert (stack.server.metric("streamrec_serving_model_freshness_seconds") or -1) >= 0
+    assert (stack.server.metric("streamrec_serving_model_age_seconds") or -1) >= 0
+    assert (stack.server.metric("streamrec_serving_data_freshness_seconds") or -1) >= 0
     assert (stack.server.metric("streamrec_serving_since_last_update_seconds") or -1) >= 0
+
+
+def test_model_of_1998_events_reports_small_model_age_and_data_freshness(stack: Stack) -> None:
+    """MovieLens events are from 1998: /v1/model and /metrics report the model's wall-clock age and data freshness
+    (seconds), not now − event time (decades)."""
+    produced = time.time()
+    path, meta = stack.snaps.write(perturb=0.01, max_event_ts=893_286_638.0, max_produce_ts=produced)
+    stack.snaps.announce(path, meta)
+    wait_for(lambda: stack.server.version() == meta.version, 30, f"version {meta.version} on /v1/model")
+    info = httpx.get(stack.server.url + "/v1/model", timeout=10).json()
+    assert info["max_event_ts"] == 893_286_638.0 and info["max_produce_ts"] == produced
+    assert 0.0 <= info["model_age_seconds"] < 60.0
+    assert 0.0 <= info["data_freshness_seconds"] < 60.0
+    assert info["data_freshness_seconds"] == pytest.approx(info["loaded_at"] - produced)
+    assert "freshness_seconds" not in info
+    assert 0.0 <= (stack.server.metric("streamrec_serving_model_age_seconds") or -1) < 60.0
+    assert stack.server.metric("streamrec_serving_data_freshness_seconds") == pytest.approx(
+        info["data_freshness_seconds"])
 
 
 def _raw(url: str, body: bytes, headers: dict[str, str] | None = None) -> httpx.Response:

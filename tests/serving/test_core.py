@@ -51,7 +51,7 @@ def test_verified_swap_and_every_rejection_reason(tmp_path: Path, holder: tuple[
     first = h.current
     assert reg.get_sample_value("streamrec_serving_model_version") == 1.0
     assert reg.get_sample_value("streamrec_serving_swaps_total") == 1.0
-    assert 0 <= (reg.get_sample_value("streamrec_serving_model_freshness_seconds") or -1) < 60
+    assert 0 <= (reg.get_sample_value("streamrec_serving_model_age_seconds") or -1) < 60
 
     # Stale: an older version is never swapped in (and is not a failure).
     p0 = save_snapshot(tmp_path / "old", model, meta(0))

@@ -25,7 +25,7 @@ from trainer.checkpoint import latest_checkpoint
 from trainer.features import FeatureSpec, TableSpec
 from trainer.loop import Trainer, TrainerConfig
 from trainer.model import Ranker, RankerConfig
-from trainer.snapshot import latest_snapshot
+from trainer.snapshot import latest_snapshot, load_snapshot
 from trainer.source import SourceConfig
 
 pytestmark = pytest.mark.kafka
@@ -82,7 +82,9 @@ def test_trains_snapshots_announces_and_skips_bad_records(bootstrap: str, topic_
     bad = [b"{not json", json.dumps(future).encode(),
            Sample("empty", "u0", []).encode(), samples[0].encode()]  # malformed, unseen schema, no targets, replay
     values = [s.encode() for s in samples[:24]] + bad + [s.encode() for s in samples[24:]]
+    before_produce = time.time()
     produce(bootstrap, topic, values)
+    after_produce = time.time()
 
     spec = small_spec()
     torch.manual_seed(0)
@@ -116,6 +118,10 @@ def test_trains_snapshots_announces_and_skips_bad_records(bootstrap: str, topic_
     assert Path(last["path"]) == snap.resolve()
     assert last["samples_trained"] == 48
     assert last["max_event_ts"] == max(s.max_event_ts for s in samples)
+    # The produce time (Kafka record timestamps, wall clock) of the newest samples record, for serving's data
+    # freshness: the records were produced in [before_produce, after_produce] (ms resolution).
+    assert before_produce - 0.001 <= last["max_produce_ts"] <= after_produce + 0.001
+    assert load_snapshot(snap).meta.max_produce_ts == last["max_produce_ts"]
     assert [a["version"] for a in announced] == list(range(1, trainer.snapshot_version + 1))
 
     # A fresh process loads the snapshot and scores exactly like the trainer's model.

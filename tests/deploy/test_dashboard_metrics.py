@@ -1,0 +1,86 @@
+"""The committed dashboards and alert rules query metrics the services really export, with the right meaning:
+serving's freshness panel and the stale-model alert use wall-clock quantities (not event time), and the training
+quality panels keep the overall aggregate (scope="overall") apart from the open-keyed scenarios."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from prometheus_client import CollectorRegistry
+
+from serving.metrics import ServingMetrics
+from trainer.metrics import TrainerMetrics
+
+REPO = Path(__file__).resolve().parents[2]
+DASHBOARDS = REPO / "deploy" / "grafana" / "dashboards"
+ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
+NAME = re.compile(r"streamrec_(?:serving|trainer)_\w+")
+
+
+def panels(name: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+
+    def walk(ps: list[dict[str, Any]]) -> None:
+        for p in ps:
+            if p.get("type") == "row":
+                walk(p.get("panels") or [])
+            else:
+                out.append(p)
+
+    walk(json.loads((DASHBOARDS / f"{name}.json").read_text())["panels"])
+    return out
+
+
+def exprs(*names: str) -> list[str]:
+    return [t["expr"] for n in names for p in panels(n) for t in p["targets"]]
+
+
+def exported() -> set[str]:
+    """Every sample name the trainer's and serving's metric classes can export."""
+    reg = CollectorRegistry()
+    TrainerMetrics(reg)
+    ServingMetrics(reg)
+    names: set[str] = set()
+    for fam in reg.collect():
+        names |= {fam.name, *(fam.name + s for s in ("_total", "_bucket", "_sum", "_count"))}
+    return names
+
+
+def alert(name: str) -> dict[str, Any]:
+    rules = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]]
+    return next(r for r in rules if r["alert"] == name)
+
+
+def test_every_trainer_and_serving_metric_in_dashboards_and_alerts_is_exported() -> None:
+    known = exported()
+    used = {n for e in [*exprs("training", "serving", "pipeline"), ALERTS.read_text()] for n in NAME.findall(e)}
+    assert used and not used - known, sorted(used - known)
+
+
+def test_serving_freshness_panel_uses_data_freshness_and_model_age_is_wall_clock() -> None:
+    serving = panels("serving")
+    fresh = [p for p in serving if "freshness" in p["title"].lower() and p["type"] == "stat"]
+    assert len(fresh) == 1
+    assert [t["expr"] for t in fresh[0]["targets"]] == ["streamrec_serving_data_freshness_seconds"]
+    age = [p for p in serving if p["title"].lower().startswith("model age") and p["type"] == "stat"]
+    assert [t["expr"] for t in age[0]["targets"]] == ["streamrec_serving_model_age_seconds"]
+    assert not any("event" in e or "model_freshness" in e for e in exprs("serving"))
+
+
+def test_stale_model_alert_uses_model_age() -> None:
+    expr = alert("StreamrecModelStale")["expr"]
+    assert "streamrec_serving_model_age_seconds" in expr
+    assert "since_last_update" not in expr and "event" not in expr
+
+
+def test_training_quality_queries_keep_overall_apart_from_scenarios() -> None:
+    quality = [e for e in exprs("training") if re.match(r"streamrec_trainer_(auc|gauc|logloss|calibration)\{", e)]
+    assert len(quality) == 8  # four panels, each an overall and a per-scenario query
+    for e in quality:
+        assert ('scope="overall"' in e) != ('scope="scenario"' in e), e
+        assert ("scenario=~" in e) == ('scope="scenario"' in e), e
+    assert "scope" in alert("StreamrecAUCDrop")["annotations"]["summary"]
