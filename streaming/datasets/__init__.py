@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from streaming.events import Event, Feedback, Impression
 
-__all__ = ["DatasetError", "event_order", "sort_events", "summarize"]
+__all__ = ["DatasetError", "category_note", "event_order", "sort_events", "summarize"]
 
 
 class DatasetError(ValueError):
@@ -50,3 +50,22 @@ def summarize(events: Iterable[Event]) -> dict[str, int]:
         else:
             out["impression"] += 1
     return out
+
+
+def category_note(events: Iterable[Event], key: str) -> str | None:
+    """One line when no impression's item has the feature ``key``: the ``cat_*`` cross features would all count
+    under the empty category, i.e. say nothing. None when some item has it.
+
+    Example:
+        >>> category_note([Impression("e", 1.0, "u", "s", "r", "i", item={"brand": "b"})], "category")[:40]
+        "note: no item has the feature 'category'"
+    """
+    seen: set[str] = set()
+    for ev in events:
+        if isinstance(ev, Impression):
+            if key in ev.item:
+                return None
+            seen.update(ev.item)
+    have = f"the items have {', '.join(sorted(seen))}" if seen else "the items have no features"
+    return (f"note: no item has the feature {key!r} (the category key), so the category cross features (cat_*) "
+            f"will be empty; {have}: set category_key in the mapping to one of them")

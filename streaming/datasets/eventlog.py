@@ -12,8 +12,13 @@ Two row shapes are supported:
 
 Ids: ``event_id`` from ``--event-id-col`` or ``<prefix>-<row>`` (feedback: ``-<action>`` appended); ``request_id``
 from ``--request-col`` or ``<prefix>-<row>`` (wide) / ``<prefix>-<user>-<item>`` (long, so feedback finds its
-impression). Timestamps: epoch seconds, epoch milliseconds (``--ts-unit ms``; ``auto`` picks ms for values ≥ 1e11)
-or ISO-8601 strings (naive ones are read as UTC).
+impression). Timestamps (``ts_unit``): ``s``, ``ms`` or ``us`` since the epoch, ``iso`` (ISO-8601 strings; naive
+ones are read as UTC) or ``auto`` (the default: numbers by magnitude, < 1e11 seconds, < 1e14 ms, < 1e17 µs, one unit
+per column; otherwise ISO-8601). An explicit unit that does not fit the values (ms in a seconds column, seconds in an
+ms column) is an error that names the value, its row and the unit to use.
+
+Category: ``category_key`` (default ``category``) names the item feature the worker's ``cat_*`` cross features count
+by (the worker's ``--category-key``); when the file has that column it is an item feature even if not listed.
 
 The whole file is read and validated before any event is returned: a missing column, an unparsable timestamp or
 label, an empty file or an empty id raises :class:`~streaming.datasets.DatasetError` naming the file, column and row.
@@ -50,6 +55,13 @@ _LABEL_RE = re.compile(r"^\s*([^<>=!]+?)\s*(>=|<=|==|!=|>|<)\s*(-?[0-9.eE+-]+)\s
 _TRUE = {"1", "true", "yes", "y", "t"}
 _FALSE = {"0", "false", "no", "n", "f", ""}
 DEFAULT_IMPRESSION_ACTIONS = ("impression", "view", "expose", "exposure", "show")
+TS_UNITS = ("auto", "s", "ms", "us", "iso")
+# Epoch magnitudes: |v| < 1e11 reads as seconds (up to the year 5138), < 1e14 as ms, < 1e17 as µs.
+_UNIT_DIV = {"s": 1.0, "ms": 1e3, "us": 1e6}  # raw value / this = epoch seconds
+_UNIT_LIMIT = {"s": 1e11, "ms": 1e14, "us": 1e17}
+_UNIT_NAME = {"s": "epoch seconds", "ms": "epoch milliseconds", "us": "epoch microseconds"}
+# Epoch seconds of 2000-01-01 and 2100-01-01: a column of these read as ms or µs lands in January 1970.
+_RECENT_S = (946_684_800.0, 4_102_444_800.0)
 
 
 @dataclass(frozen=True)
@@ -79,10 +91,13 @@ class LogMapping:
     ts_unit: str = "auto"
     feedback_delay_s: float = 1.0
     id_prefix: str = "log"
+    category_key: str = "category"
 
     def __post_init__(self) -> None:
-        if self.ts_unit not in ("auto", "s", "ms", "iso"):
-            raise DatasetError(f"ts_unit must be auto, s, ms or iso, got {self.ts_unit!r}")
+        if self.ts_unit not in TS_UNITS:
+            raise DatasetError(f"ts_unit must be one of {', '.join(TS_UNITS)}; got {self.ts_unit!r}")
+        if not self.category_key.strip():
+            raise DatasetError("category_key must name an item feature")
         if self.action is None and not self.labels:
             raise DatasetError("mapping needs label columns (--label ACTION=COLUMN) or an action column (--action-col)")
         if self.action is not None and self.labels:
@@ -164,7 +179,7 @@ def read_table(path: Path) -> pd.DataFrame:
         elif suffix in (".parquet", ".pq"):
             df = pd.read_parquet(path)
         elif suffix in (".jsonl", ".ndjson", ".json"):
-            df = pd.read_json(path, lines=True, dtype=False)
+            df = pd.read_json(path, lines=True, dtype=False, convert_dates=False)
         else:
             raise DatasetError(f"{path}: unknown format {suffix!r} (use .csv, .tsv, .parquet or .jsonl)")
     except DatasetError:
@@ -176,28 +191,71 @@ def read_table(path: Path) -> pd.DataFrame:
     return df
 
 
-def _fail(path: Path, col: str, series: pd.Series, bad: np.ndarray, what: str) -> DatasetError:
+def _fail(path: Path, col: str, series: pd.Series, bad: np.ndarray, what: str, hint: str = "") -> DatasetError:
     i = int(np.flatnonzero(bad)[0])
     return DatasetError(f"{path}: column {col!r}: {what} {series.iloc[i]!r} at data row {i + 1} "
-                        f"({int(bad.sum())} bad row(s))")
+                        f"({int(bad.sum())} bad row(s))" + (f": {hint}" if hint else ""))
+
+
+def _magnitude_unit(v: float) -> str | None:
+    a = abs(v)
+    return next((u for u in ("s", "ms", "us") if a < _UNIT_LIMIT[u]), None)
 
 
 def _parse_ts(path: Path, col: str, s: pd.Series, unit: str) -> np.ndarray:
-    if unit in ("auto", "s", "ms"):
-        num = pd.to_numeric(s, errors="coerce")
-        if unit != "auto" or num.notna().all():
-            bad = num.isna().to_numpy() | ~np.isfinite(num.to_numpy(dtype=float, na_value=np.nan))
-            if bad.any():
-                raise _fail(path, col, s, bad, "unparsable timestamp")
-            out = num.to_numpy(dtype=float)
-            if unit == "ms" or (unit == "auto" and np.nanmax(np.abs(out)) >= 1e11):
-                out = out / 1000.0
-            return out
-    parsed = pd.to_datetime(s.astype(str), errors="coerce", utc=True, format="ISO8601")
-    bad = parsed.isna().to_numpy()
-    if bad.any():
-        raise _fail(path, col, s, bad, "unparsable timestamp (not epoch seconds/ms or ISO-8601)")
-    return ((parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
+    """Epoch seconds of every row; an error names the first offending value, its data row and the likely fix."""
+    if unit in ("auto", "iso") and pd.api.types.is_datetime64_any_dtype(s):  # e.g. a Parquet timestamp column
+        t = pd.to_datetime(s, utc=True)
+        bad = t.isna().to_numpy()
+        if bad.any():
+            raise _fail(path, col, s, bad, "missing timestamp")
+        return ((t - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
+    num = pd.to_numeric(s, errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+    is_num = np.isfinite(num)
+    if unit == "auto":
+        # The column's majority decides epoch numbers vs ISO-8601; the first row of the minority is the bad one.
+        unit = "epoch" if is_num.sum() * 2 >= len(num) else "iso"
+        if unit == "epoch" and not is_num.all():
+            raise _fail(path, col, s, ~is_num, "unparsable timestamp", "the column's other values are epoch numbers")
+    if unit == "iso":
+        parsed = pd.to_datetime(s.astype(str), errors="coerce", utc=True, format="ISO8601")
+        bad = parsed.isna().to_numpy()
+        if bad.any():
+            hint = "these are epoch numbers: use --ts-unit auto, s, ms or us" if is_num.all() else \
+                "not ISO-8601 (e.g. 2024-03-01T10:00:00Z)"
+            raise _fail(path, col, s, bad, "unparsable timestamp", hint)
+        return ((parsed - pd.Timestamp(0, tz="UTC")) / pd.Timedelta(seconds=1)).to_numpy(dtype=float)
+    if not is_num.all():
+        raise _fail(path, col, s, ~is_num, "unparsable timestamp", f"not a number ({_UNIT_NAME.get(unit, unit)})")
+    units = [_magnitude_unit(float(v)) for v in num]
+    if unit == "epoch":  # auto: every value's magnitude must name the same unit
+        too_big = np.array([u is None for u in units])
+        if too_big.any():
+            raise _fail(path, col, s, too_big, "timestamp", "too large for epoch seconds, ms or µs")
+        counts = {u: units.count(u) for u in set(units)}
+        unit = str(max(counts, key=lambda u: (counts[u], u == "s")))
+        odd = np.array([u != unit for u in units])
+        if odd.any():
+            other = str(units[int(np.flatnonzero(odd)[0])])
+            raise _fail(path, col, s, odd, "timestamp",
+                        f"looks like {_UNIT_NAME[other]} while most rows look like {_UNIT_NAME[unit]}; "
+                        "a column must use one unit")
+        return num / _UNIT_DIV[unit]
+    too_big = np.abs(num) >= _UNIT_LIMIT[unit]
+    if too_big.any():
+        bigger = units[int(np.flatnonzero(too_big)[0])]
+        raise _fail(path, col, s, too_big, "timestamp", f"too large for {_UNIT_NAME[unit]}" + (
+            f"; it looks like {_UNIT_NAME[bigger]}: use --ts-unit {bigger} (or auto)" if bigger else ""))
+    for smaller in ("s", "ms"):
+        if _UNIT_DIV[smaller] >= _UNIT_DIV[unit]:
+            break
+        lo, hi = (x * _UNIT_DIV[smaller] for x in _RECENT_S)  # the raw values such epochs would have
+        looks_smaller = (np.abs(num) >= lo) & (np.abs(num) < hi)
+        if looks_smaller.all():
+            raise _fail(path, col, s, looks_smaller, f"timestamp in {_UNIT_NAME[unit]}",
+                        f"falls in January 1970; every value looks like {_UNIT_NAME[smaller]} of 2000-2100: "
+                        f"use --ts-unit {smaller} (or auto)")
+    return num / _UNIT_DIV[unit]
 
 
 def _truthy(path: Path, col: str, s: pd.Series, pred: Callable[[pd.Series], pd.Series] | None) -> np.ndarray:
@@ -255,8 +313,11 @@ def load_log(path: Path, mapping: LogMapping) -> list[Event]:
         if bad.any():
             raise _fail(path, c, df[c], bad, "non-numeric dense feature")
         dense[c] = arr
+    item_features = mapping.item_features
+    if mapping.category_key in df.columns and mapping.category_key not in item_features:
+        item_features = (*item_features, mapping.category_key)
     feats = {c: _text(path, c, df[c], False)
-             for c in (*mapping.user_features, *mapping.item_features, *mapping.context_features)}
+             for c in (*mapping.user_features, *item_features, *mapping.context_features)}
     labels: list[tuple[str, np.ndarray]] = []
     for action, expr in mapping.labels:
         col, pred, _ = _parse_label(expr)
@@ -282,7 +343,7 @@ def load_log(path: Path, mapping: LogMapping) -> list[Event]:
             req = reqs[r] if reqs else f"{pre}-{r}"
         events.append(Impression(
             event_id=eid, ts=t, user_id=u, scenario=s, request_id=req, item_id=i, position=pos[r],
-            item=sub(mapping.item_features, r), context=sub(mapping.context_features, r),
+            item=sub(item_features, r), context=sub(mapping.context_features, r),
             user=sub(mapping.user_features, r), dense={c: float(dense[c][r]) for c in mapping.dense_features},
         ))
         for action, hit in labels:
@@ -292,23 +353,47 @@ def load_log(path: Path, mapping: LogMapping) -> list[Event]:
 
 
 def add_mapping_args(p: argparse.ArgumentParser) -> None:
-    """The ``--dataset log`` flags shared by ``streaming.replay`` and ``trainer.evaluate``."""
-    g = p.add_argument_group("event log (--dataset log)")
+    """The ``--dataset log`` flags shared by ``streaming.replay`` and ``trainer.evaluate``: one per mapping key."""
+    g = p.add_argument_group("event log (--dataset log); each flag overrides the same key of --mapping")
     g.add_argument("--path", type=Path, help="log file (.csv, .tsv, .parquet, .jsonl); for movielens: data folder")
-    g.add_argument("--mapping", type=Path, help="TOML/JSON mapping file (keys as LogMapping); flags below override")
-    g.add_argument("--user-col", help="column with the user id")
-    g.add_argument("--item-col", help="column with the item id")
-    g.add_argument("--ts-col", help="column with the event time (epoch s/ms or ISO-8601)")
-    g.add_argument("--ts-unit", choices=["auto", "s", "ms", "iso"], help="timestamp unit (default auto)")
-    g.add_argument("--scenario-col", help="column with the scenario (default: one scenario 'default')")
-    g.add_argument("--request-col", help="column with the request id (default: derived per row / user+item)")
-    g.add_argument("--event-id-col", help="column with a unique event id (default: derived from the row number)")
-    g.add_argument("--action-col", help="long logs: column with the action (impression rows: view/impression/...)")
+    g.add_argument("--mapping", type=Path, help="TOML/JSON mapping file with the keys of examples/mapping.toml")
+    g.add_argument("--user-col", help="column with the user id (mapping key: user)")
+    g.add_argument("--item-col", help="column with the item id (item)")
+    g.add_argument("--ts-col", help="column with the event time (timestamp)")
+    g.add_argument("--ts-unit", choices=TS_UNITS,
+                   help="timestamp unit (ts_unit): epoch s, ms or us, iso (ISO-8601) or auto (by magnitude, else "
+                        "ISO-8601; the default)")
+    g.add_argument("--scenario-col", help="column with the scenario (scenario; default: every row in "
+                                          "--default-scenario)")
+    g.add_argument("--default-scenario", help="scenario of every row when there is no scenario column "
+                                              "(default_scenario; default 'default')")
+    g.add_argument("--request-col", help="column with the request id (request; default: derived per row / "
+                                         "user+item)")
+    g.add_argument("--event-id-col", help="column with a unique event id (event_id; default: derived from the row "
+                                          "number)")
+    g.add_argument("--position-col", help="column with the impression's integer slot/rank (position)")
+    g.add_argument("--action-col", help="long logs: column with the action (action); rows with an impression "
+                                        "action are impressions, the rest feedback")
+    g.add_argument("--impression-actions", help="long logs: comma-separated actions that mark impression rows "
+                                                f"(impression_actions; default {','.join(DEFAULT_IMPRESSION_ACTIONS)})")
     g.add_argument("--label", action="append", default=[], metavar="ACTION=EXPR",
-                   help="wide logs: feedback ACTION when EXPR holds, e.g. click=is_click or like=rating>=5")
+                   help="wide logs (labels): feedback ACTION when EXPR holds, e.g. click=is_click or like=rating>=5; "
+                        "repeat per action")
     for kind in ("user", "item", "context", "dense"):
-        g.add_argument(f"--{kind}-features", default="", help=f"comma-separated {kind} feature columns")
-    g.add_argument("--feedback-delay", type=float, help="wide logs: seconds between impression and its feedback")
+        g.add_argument(f"--{kind}-features", default="",
+                       help=f"comma-separated {kind} feature columns ({kind}_features)")
+    g.add_argument("--category-col", help="item feature the category cross features count by (category_key; "
+                                          "default 'category'); pass the same to the worker's --category-key")
+    g.add_argument("--feedback-delay", type=float, help="wide logs: seconds between an impression and its feedback "
+                                                        "(feedback_delay_s; default 1)")
+    g.add_argument("--id-prefix", help="prefix of derived event/request ids (id_prefix; default 'log')")
+
+
+# mapping key -> the add_mapping_args flag's argparse dest (labels and the *_features lists are parsed separately)
+FLAG_OF_KEY = {"user": "user_col", "item": "item_col", "timestamp": "ts_col", "ts_unit": "ts_unit",
+               "scenario": "scenario_col", "default_scenario": "default_scenario", "request": "request_col",
+               "event_id": "event_id_col", "position": "position_col", "action": "action_col",
+               "feedback_delay_s": "feedback_delay", "id_prefix": "id_prefix", "category_key": "category_col"}
 
 
 def mapping_from_args(ns: argparse.Namespace) -> LogMapping:
@@ -317,10 +402,9 @@ def mapping_from_args(ns: argparse.Namespace) -> LogMapping:
     if ns.mapping is not None:
         m = LogMapping.from_file(ns.mapping)
         base = {f.name: getattr(m, f.name) for f in fields(LogMapping)}
-    flags = {"user": ns.user_col, "item": ns.item_col, "timestamp": ns.ts_col, "ts_unit": ns.ts_unit,
-             "scenario": ns.scenario_col, "request": ns.request_col, "event_id": ns.event_id_col,
-             "action": ns.action_col, "feedback_delay_s": ns.feedback_delay}
-    base.update({k: v for k, v in flags.items() if v is not None})
+    base.update({k: getattr(ns, dest) for k, dest in FLAG_OF_KEY.items() if getattr(ns, dest) is not None})
+    if ns.impression_actions is not None:
+        base["impression_actions"] = tuple(a.strip() for a in ns.impression_actions.split(",") if a.strip())
     if ns.label:
         base["labels"] = tuple(_split_label(x) for x in ns.label)
     for kind in ("user", "item", "context", "dense"):

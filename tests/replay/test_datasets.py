@@ -232,3 +232,160 @@ def test_eventlog_bad_mapping() -> None:
         LogMapping(user="u", item="i", timestamp="t")
     with pytest.raises(DatasetError, match="label expression"):
         LogMapping(user="u", item="i", timestamp="t", labels=(("click", "stars=>4"),))
+
+
+# ---------------------------------------------------------------- timestamps, flags, category key, examples/
+
+def _ts_log(tmp_path: Path, values: list[str]) -> Path:
+    f = tmp_path / "ts.csv"
+    f.write_text("u,i,t,c\n" + "".join(f"u{n},i{n},{v},1\n" for n, v in enumerate(values)))
+    return f
+
+
+def _ts_load(f: Path, unit: str = "auto") -> list[float]:
+    events = load_log(f, LogMapping(user="u", item="i", timestamp="t", labels=(("click", "c"),), ts_unit=unit))
+    return sorted(e.ts for e in events if isinstance(e, Impression))
+
+
+@pytest.mark.parametrize(
+    ("values", "unit", "pattern"),
+    [
+        # auto: the row that holds the bad value is blamed, not the first (good) numeric row
+        (["1700000000", "notatime", "1700000060"], "auto",
+         r"column 't': unparsable timestamp 'notatime' at data row 2 \(1 bad row\(s\)\): the column's other values "
+         r"are epoch numbers"),
+        (["2024-03-01T10:00:00Z", "2024-03-01T10:00:05Z", "1700000000"], "auto",
+         r"unparsable timestamp '1700000000' at data row 3"),
+        # ms in a seconds column
+        (["1700000000", "1700000060123"], "s",
+         r"timestamp '1700000060123' at data row 2 .*too large for epoch seconds; it looks like epoch milliseconds: "
+         r"use --ts-unit ms"),
+        # seconds in an ms column (all of them epoch seconds of 2000-2100)
+        (["1700000000", "1700000060"], "ms",
+         r"timestamp in epoch milliseconds '1700000000' at data row 1 .*falls in January 1970; every value looks "
+         r"like epoch seconds of 2000-2100: use --ts-unit s"),
+        (["1700000000000", "1700000060000"], "us", r"every value looks like epoch milliseconds .*use --ts-unit ms"),
+        (["1700000000", "1700000060000"], "auto",
+         r"timestamp '1700000060000' at data row 2 .*looks like epoch milliseconds while most rows look like epoch "
+         r"seconds"),
+        (["1700000000", "1700000060"], "iso", r"unparsable timestamp '1700000000' at data row 1 .*epoch numbers: "
+                                              r"use --ts-unit auto, s, ms or us"),
+        (["1e20", "1e20"], "auto", r"too large for epoch seconds, ms or µs"),
+    ],
+)
+def test_eventlog_timestamp_errors_name_the_bad_value_row_and_fix(tmp_path: Path, values: list[str], unit: str,
+                                                                  pattern: str) -> None:
+    with pytest.raises(DatasetError, match=pattern):
+        _ts_load(_ts_log(tmp_path, values), unit)
+
+
+def test_eventlog_timestamp_units(tmp_path: Path) -> None:
+    assert _ts_load(_ts_log(tmp_path, ["1700000000", "1700000001.5"])) == [1_700_000_000.0, 1_700_000_001.5]
+    assert _ts_load(_ts_log(tmp_path, ["1700000000000", "1700000001500"])) == [1_700_000_000.0, 1_700_000_001.5]
+    assert _ts_load(_ts_log(tmp_path, ["1700000000000000", "1700000001500000"])) == [1_700_000_000.0,
+                                                                                     1_700_000_001.5]
+    assert _ts_load(_ts_log(tmp_path, ["1700000000000"]), "ms") == [1_700_000_000.0]
+    assert _ts_load(_ts_log(tmp_path, ["1700000000000000"]), "us") == [1_700_000_000.0]
+    assert _ts_load(_ts_log(tmp_path, ["10", "20"]), "s") == [10.0, 20.0]  # relative seconds are fine
+    assert _ts_load(_ts_log(tmp_path, ["2024-03-01T10:00:00Z", "2024-03-01 10:00:05"])) == [1709287200.0,
+                                                                                            1709287205.0]
+    # Parquet datetime columns (naive = UTC) and JSONL numbers under a date-like column name stay what they are
+    pq = tmp_path / "ts.parquet"
+    pd.DataFrame({"u": ["a", "b"], "i": ["x", "y"], "c": [1, 0],
+                  "t": pd.to_datetime(["2024-03-01T10:00:00", "2024-03-01T10:00:05"])}).to_parquet(pq)
+    assert _ts_load(pq) == [1709287200.0, 1709287205.0]
+    js = tmp_path / "ts.jsonl"
+    js.write_text('{"u": "a", "i": "x", "c": 1, "timestamp": 1700000000123}\n')
+    m = LogMapping(user="u", item="i", timestamp="timestamp", labels=(("click", "c"),))
+    assert load_log(js, m)[0].ts == 1_700_000_000.123
+
+
+def _mapping_flags() -> tuple[list[str], dict[str, object]]:
+    """Every LogMapping key as a command-line flag, and the same as mapping-file keys."""
+    argv = ["--user-col", "u", "--item-col", "i", "--ts-col", "t", "--ts-unit", "ms", "--scenario-col", "s",
+            "--default-scenario", "d", "--request-col", "r", "--event-id-col", "e", "--position-col", "p",
+            "--impression-actions", "seen,shown", "--label", "click=c", "--label", "like=stars>=4",
+            "--user-features", "uf1,uf2", "--item-features", "if1", "--context-features", "cf",
+            "--dense-features", "df", "--category-col", "if1", "--feedback-delay", "3.5", "--id-prefix", "x"]
+    keys: dict[str, object] = {
+        "user": "u", "item": "i", "timestamp": "t", "ts_unit": "ms", "scenario": "s", "default_scenario": "d",
+        "request": "r", "event_id": "e", "position": "p", "impression_actions": ["seen", "shown"],
+        "labels": {"click": "c", "like": "stars>=4"}, "user_features": ["uf1", "uf2"], "item_features": ["if1"],
+        "context_features": ["cf"], "dense_features": ["df"], "category_key": "if1", "feedback_delay_s": 3.5,
+        "id_prefix": "x"}
+    return argv, keys
+
+
+def test_every_mapping_key_has_a_flag_and_both_give_the_same_mapping(tmp_path: Path) -> None:
+    import argparse
+    from dataclasses import fields
+
+    from streaming.datasets.eventlog import add_mapping_args, mapping_from_args
+
+    argv, keys = _mapping_flags()
+    mf = tmp_path / "m.json"
+    mf.write_text(json.dumps(keys))
+    p = argparse.ArgumentParser()
+    add_mapping_args(p)
+    from_flags = mapping_from_args(p.parse_args(argv))
+    from_file = mapping_from_args(p.parse_args(["--mapping", str(mf)]))
+    assert from_flags == from_file == LogMapping.from_file(mf)
+    # every field but `action` (exclusive with labels; covered below) is set away from its default above
+    default = LogMapping(user="u", item="i", timestamp="t", labels=(("click", "c"),))
+    unset = {f.name for f in fields(LogMapping) if getattr(from_flags, f.name) == getattr(default, f.name)}
+    assert unset <= {"user", "item", "timestamp", "action"}, unset
+    long = mapping_from_args(p.parse_args(["--user-col", "u", "--item-col", "i", "--ts-col", "t",
+                                           "--action-col", "type"]))
+    assert long.action == "type" and long.is_long
+    # a flag overrides the file's key
+    assert mapping_from_args(p.parse_args(["--mapping", str(mf), "--position-col", "rank"])).position == "rank"
+
+
+def test_category_key_column_is_an_item_feature_and_a_missing_one_is_announced(tmp_path: Path) -> None:
+    from streaming.datasets import category_note
+
+    f = tmp_path / "c.csv"
+    f.write_text("u,i,t,c,genre,brand\nu1,i1,10,1,drama,b1\nu1,i2,20,0,comedy,b2\n")
+    m = LogMapping(user="u", item="i", timestamp="t", labels=(("click", "c"),), item_features=("brand",),
+                   category_key="genre")
+    events = load_log(f, m)
+    imps = [e for e in events if isinstance(e, Impression)]
+    assert [e.item for e in imps] == [{"brand": "b1", "genre": "drama"}, {"brand": "b2", "genre": "comedy"}]
+    assert category_note(events, "genre") is None
+    plain = load_log(f, LogMapping(user="u", item="i", timestamp="t", labels=(("click", "c"),),
+                                   item_features=("brand",)))
+    note = category_note(plain, "category")
+    assert note is not None and note.startswith("note: no item has the feature 'category'")
+    assert "the items have brand" in note and "set category_key in the mapping" in note and "\n" not in note
+    with pytest.raises(DatasetError, match="category_key"):
+        LogMapping(user="u", item="i", timestamp="t", labels=(("click", "c"),), category_key=" ")
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_example_mapping_documents_every_key_and_reads_the_example_log() -> None:
+    import re
+    from dataclasses import fields
+
+    text = (EXAMPLES / "mapping.toml").read_text()
+    documented = set(re.findall(r"^#? ?([a-z_]+) = ", text, flags=re.M))
+    assert {f.name for f in fields(LogMapping)} <= documented
+    m = LogMapping.from_file(EXAMPLES / "mapping.toml")
+    events = load_log(EXAMPLES / "events.csv", m)
+    counts = summarize(events)
+    assert 2000 <= counts["impression"] <= 5000 and counts["click"] > 0 and counts["order"] > 0
+    imps = [e for e in events if isinstance(e, Impression)]
+    assert all(e.position is not None and m.category_key in e.item and e.dense for e in imps)
+    assert len({e.scenario for e in imps}) == 3
+
+
+def test_example_log_is_what_its_generator_writes(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "events.csv"
+    r = subprocess.run([sys.executable, str(EXAMPLES / "make_events.py"), "--out", str(out)], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert out.read_bytes() == (EXAMPLES / "events.csv").read_bytes()
