@@ -11,8 +11,11 @@ from streaming.config import CoreConfig, CrossSpec
 
 def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("worker", help="run the Faust join/aggregation worker",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Consume impressions+feedback, produce user-level samples, dead letters and "
-                                   "per-user state; metrics on --metrics-host:--metrics-port.")
+                                   "per-user state; metrics on --metrics-host:--metrics-port. At start it creates "
+                                   "its topics with --partitions partitions (or adopts existing ones with that "
+                                   "count; another count is an error, exit code 2).")
     p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap host:port")
     p.add_argument("--app-id", default="streamrec-stream", help="Faust app id (consumer group, table topic prefix)")
     p.add_argument("--impressions-topic", default="impressions", help="input topic of impressions")
@@ -20,7 +23,10 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--samples-topic", default="samples", help="output topic of user-level samples")
     p.add_argument("--deadletter-topic", default="deadletter", help="output topic of bad input and corrections")
     p.add_argument("--user-state-topic", default="user_state", help="compacted output topic of per-user state")
-    p.add_argument("--partitions", type=int, default=8, help="partition count of the input topics (and tables)")
+    p.add_argument("--partitions", type=int, default=8,
+                   help="partition count of every topic of the worker: inputs, outputs and table changelogs")
+    p.add_argument("--connect-timeout-s", type=float, default=60.0,
+                   help="at start, how long to wait for the broker to create/check the topics before exiting")
     p.add_argument("--store", default="memory://", help="Faust table store: memory:// or rocksdb:// (needs rocksdict)")
     p.add_argument("--data-dir", default="runs/stream", help="Faust data directory")
     p.add_argument("--batch-max", type=int, default=2000, help="max events per processed batch")
@@ -47,9 +53,9 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
     p.add_argument("--span-s", type=float, default=1800.0, help="max event-time span of a sample, seconds")
     p.add_argument("--late-horizon-s", type=float, default=3600.0,
                    help="event time to remember released impressions and event ids after the window")
-    p.add_argument("--skip-action", default="",
+    p.add_argument("--skip-action", default=None,
                    help="behavior action given to an impression released with no positive label, e.g. skip "
-                        "(implicit negative feedback in H/R; '' = none, the default)")
+                        "(implicit negative feedback in H/R; None or '': no such behaviors)")
     p.add_argument("--category-key", default="category", help="item feature used for category cross features")
     p.add_argument("--log-level", default="info", help="log level")
 
@@ -58,7 +64,7 @@ def run_worker(a: argparse.Namespace) -> int:
     import faust
     from prometheus_client import REGISTRY, start_http_server
 
-    from streaming.app import StreamWorker, WorkerConfig
+    from streaming.app import BrokerUnavailable, StreamWorker, TopicConflict, WorkerConfig, ensure_topics
 
     core = CoreConfig(attribution_window_s=a.window_s, allowed_lateness_s=a.lateness_s, history_len=a.history_len,
                       max_targets=a.max_targets, span_s=a.span_s, late_horizon_s=a.late_horizon_s,
@@ -71,12 +77,19 @@ def run_worker(a: argparse.Namespace) -> int:
                        session_timeout_s=a.session_timeout_s,
                        metrics_host=a.metrics_host, metrics_port=a.metrics_port,
                        publish_user_state=not a.no_user_state, snapshot_every_s=a.snapshot_every_s,
-                       batch_drain=not a.agent_delivery)
+                       batch_drain=not a.agent_delivery, connect_timeout_s=a.connect_timeout_s)
     if a.gc_gen0 > 0:
         import gc
 
         gc.set_threshold(a.gc_gen0, 20, 100)
     w = StreamWorker(cfg, core, REGISTRY)
+    try:
+        created = ensure_topics(cfg.bootstrap, w.topic_specs(), cfg.connect_timeout_s)
+    except (TopicConflict, BrokerUnavailable) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if created:
+        logging.getLogger("streaming").info("created topics %s", ", ".join(created))
     if cfg.metrics_port:
         start_http_server(cfg.metrics_port, addr=cfg.metrics_host)
 

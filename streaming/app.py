@@ -1,5 +1,11 @@
 """The Faust worker: a thin loop around :class:`streaming.pipeline.StreamCore`, one core per input partition.
 
+Topics: at start (:func:`ensure_topics`, before Faust runs) the worker creates its input, output and table changelog
+topics with ``--partitions`` partitions (``user_state`` and the changelogs compacted), adopts existing ones with that
+count, and refuses to start (:class:`TopicConflict`) when an existing one has another count. So it consumes from the
+first event on instead of waiting for Faust's metadata refresh (its assignor ignores topics missing at start), and no
+topic is auto-created by the broker with the broker's default partition count.
+
 Topology: ONE agent (``concurrency=1``: faust-streaming #606 loses messages with more) subscribes to both input
 topics (``impressions`` and ``feedback``, both keyed by user_id with the same partition count), so partition p of
 both topics reaches the same core, whose watermark takes the minimum over the two streams. Events are taken in
@@ -9,10 +15,11 @@ batches (``Stream.take_events``); per batch:
 2. feed each partition's core (``StreamCore.on_events``: one watermark advance per batch);
 3. produce samples (key user_id), corrections/dead letters and changed users' ``UserState``, and WAIT for the
    broker's acks;
-4. append the batch's accepted events (one record per partition, chunked) to the changelog-backed ``stream-log``
-   table and wait for the acks;
+4. append the batch's accepted events (one record per partition, chunked, with the partition's last processed input
+   offsets) to the changelog-backed ``stream-log`` table and wait for the acks;
 5. every ``snapshot_every_s``: write each user changed since the last snapshot (one JSON blob per user) to the
-   ``stream-users`` table, then the partition meta (watermark inputs + the last logged batch seq) to ``stream-meta``,
+   ``stream-users`` table, then the partition meta (watermark inputs, the last logged batch seq, the last processed
+   input offsets) to ``stream-meta``,
    then delete the log records the snapshot covers;
 6. return, so Faust acks the batch's offsets (committed every ``broker_commit_interval``).
 
@@ -22,10 +29,11 @@ record per event when users are many (measured ~0.9k events/s); logging the batc
 Recovery (at-least-once, idempotent): a restarted worker restores the tables from their changelogs, loads the
 snapshot, replays the logged batches after it through the same core (batch by batch, so the watermark sequence and
 hence every decision is identical; replay outputs are dropped because they were durable before their batch was
-logged), and resumes at the last committed offset. Events already in the state are dropped as duplicates (the
-``seen`` set); events after the last logged batch are processed anew and re-emit the same samples with the same
-``sample_id`` (the core is deterministic). The dedup memory must cover the replayed event-time range
-(``late_horizon_s``).
+logged), and resumes at the last committed offset. Records Kafka delivers again at offsets the restored state
+already holds are skipped and counted ``redelivered`` (not ``duplicates``, which counts event_ids seen again at a new
+offset: sent twice by a producer); records after the last logged batch are processed anew and re-emit the same
+samples with the same ``sample_id`` (the core is deterministic). The dedup memory must cover the duplicates'
+event-time distance (``late_horizon_s``).
 """
 
 from __future__ import annotations
@@ -36,8 +44,8 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -81,6 +89,81 @@ class WorkerConfig:
     snapshot_every_s: float = 30.0
     log_chunk_bytes: int = 512 * 1024
     batch_drain: bool = True
+    connect_timeout_s: float = 60.0  # at start: how long to wait for the broker to create/check the topics
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A topic the worker needs: name, partition count and topic configs (e.g. ``cleanup.policy``)."""
+
+    name: str
+    partitions: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+class TopicConflict(Exception):
+    """An existing topic has another partition count than the worker is configured for."""
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not answer within ``connect_timeout_s`` at start."""
+
+
+def ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float = 60.0) -> list[str]:
+    """Create the missing ``specs`` and check the existing ones; returns the names created.
+
+    Every existing topic is checked before anything is created, so a conflict creates nothing. A topic created
+    concurrently by another worker is checked like an existing one.
+
+    Raises:
+        TopicConflict: ``topic X has N partitions, --partitions is M`` (the first conflicting topic).
+        BrokerUnavailable: no broker answered within ``timeout_s``.
+    """
+    quiet = logging.getLogger("kafka")  # kafka-python logs every failed bootstrap attempt: the caller reports
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        return _ensure_topics(bootstrap, specs, timeout_s)
+    finally:
+        quiet.setLevel(level)
+
+
+def _ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float) -> list[str]:
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="streamrec-worker-topics",
+                                 bootstrap_timeout_ms=int(timeout_s * 1000))
+    except KafkaError as e:
+        raise BrokerUnavailable(f"no Kafka broker answered at {bootstrap} within {timeout_s:g}s") from e
+
+    def check(names: list[str]) -> None:
+        by_name = {t["name"]: t for t in admin.describe_topics(names)}
+        for spec in specs:
+            t = by_name.get(spec.name)
+            if t is not None and spec.name in names and not t.get("error_code"):
+                n = len(t["partitions"])
+                if n != spec.partitions:
+                    raise TopicConflict(f"topic {spec.name} has {n} partitions, --partitions is {spec.partitions}")
+
+    try:
+        existing = set(admin.list_topics())
+        check([s.name for s in specs if s.name in existing])
+        missing = [s for s in specs if s.name not in existing]
+        created: list[str] = []
+        for spec in missing:
+            try:
+                admin.create_topics({spec.name: {"num_partitions": spec.partitions, "replication_factor": -1,
+                                                 "configs": dict(spec.config)}})
+                created.append(spec.name)
+            except TopicAlreadyExistsError:  # another worker of the group was faster
+                check([spec.name])
+        if created:
+            admin.wait_for_topics(created, timeout_ms=int(timeout_s * 1000))
+        return created
+    finally:
+        admin.close()
 
 
 def _dead_raw(reason: str, detail: str, topic: str, partition: int, offset: int, key: bytes | None,
@@ -138,6 +221,8 @@ class StreamWorker:
         # "<p>:<seq>:<part>" -> the accepted events of one processed batch: JSON list of kind letter + event JSON
         self.log = self.app.Table("stream-log", partitions=cfg.partitions, schema=schema)
         self._seq: dict[int, int] = {}
+        # input partition -> {input topic: last offset whose record is in the partition's state (logged/snapshotted)}
+        self._offsets: dict[int, dict[str, int]] = {}
         self._snap_dirty: dict[int, set[str]] = {}
         self._last_snap = time.time()
         self.cores: dict[int, StreamCore] = {}
@@ -155,10 +240,23 @@ class StreamWorker:
             async with self._busy:
                 self._reset()
 
+    def topic_specs(self) -> list[TopicSpec]:
+        """Every topic the worker reads or writes, all with ``partitions`` partitions (see :func:`ensure_topics`):
+        the inputs, the outputs (``user_state`` compacted) and the tables' changelogs (compacted, as Faust makes
+        them)."""
+        n = self.cfg.partitions
+        compact = {"cleanup.policy": "compact"}
+        specs = [TopicSpec(t, n) for t in (self.cfg.impressions_topic, self.cfg.feedback_topic)]
+        specs += [TopicSpec(self.samples_out.get_topic_name(), n), TopicSpec(self.dead_out.get_topic_name(), n),
+                  TopicSpec(self.state_out.get_topic_name(), n, compact)]
+        specs += [TopicSpec(t.changelog_topic.get_topic_name(), n, compact) for t in (self.users, self.meta, self.log)]
+        return specs
+
     def _reset(self) -> None:
         self.cores.clear()
         self._counts.clear()
         self._seq.clear()
+        self._offsets.clear()
         self._snap_dirty.clear()
         self._loaded = False
 
@@ -209,9 +307,16 @@ class StreamWorker:
             meta = metas.get(p)
             core.restore(None if meta is None else meta["core"], by_p.get(p, []))
             snap_seq = -1 if meta is None else int(meta["snap_seq"])
+            offsets = self._offsets[p] = {} if meta is None else {str(t): int(o) for t, o in
+                                                                 meta.get("offsets", {}).items()}
             seqs = sorted(q for q in logs[p] if q > snap_seq)
             for q in seqs:
-                evs = [e for _, v in sorted(logs[p][q], key=lambda x: x[0]) for e in _decode_log(v)]
+                evs: list[Event] = []
+                for _, v in sorted(logs[p][q], key=lambda x: x[0]):
+                    batch_evs, batch_offsets = _decode_log(v)
+                    evs += batch_evs
+                    for t, o in batch_offsets.items():
+                        offsets[t] = max(o, offsets.get(t, -1))
                 core.on_events(evs)
                 n_replayed += len(evs)
             self._seq[p] = max([snap_seq, *logs[p]]) + 1
@@ -230,6 +335,20 @@ class StreamWorker:
             return None
         owned = {tp.partition for tp in tps if tp.topic in self.inputs.topics}
         return owned or None
+
+    def _recreated(self, topic: str, partition: int, last: int) -> bool:
+        """True if the topic's partition now ends at or below ``last`` (deleted and created again: its offsets
+        restarted), so ``last`` is forgotten; False when the high watermark is unknown (no consumer)."""
+        try:
+            hw = self.app.consumer.highwater(TP(topic, partition))
+        except Exception:  # no consumer (test_context) / partition not assigned
+            return False
+        if hw is None or hw > last:
+            return False
+        log.warning("%s[%d] ends at offset %d, below the %d already processed: the topic was recreated; "
+                    "processing its records as new", topic, partition, hw, last)
+        self._offsets[partition].pop(topic, None)
+        return True
 
     async def _send(self, topic: str, key: bytes | None, value: bytes | None,
                     partition: int | None = None) -> Awaitable[Any]:
@@ -260,8 +379,20 @@ class StreamWorker:
         dead_topic = self.dead_out.get_topic_name()
         counts: dict[tuple[str, str], int] = defaultdict(int)
         dead_counts: dict[str, int] = defaultdict(int)
+        done = self._offsets
+        fresh: set[int] = set()  # partitions with records not yet in their state
+        redelivered = 0
         # 1. parse (nanoGPT style: this loop runs once per input event)
         for msg in messages:
+            p_done = done.get(msg.partition)
+            if p_done is None:
+                p_done = done[msg.partition] = {}
+            last = p_done.get(msg.topic, -1)
+            if msg.offset <= last and not self._recreated(msg.topic, msg.partition, last):
+                redelivered += 1  # already in the partition's state: Kafka delivered it again
+                continue
+            p_done[msg.topic] = msg.offset
+            fresh.add(msg.partition)
             kind: EventKind = "impression" if msg.topic == imp_topic else "feedback"
             value = msg.value
             try:
@@ -278,14 +409,16 @@ class StreamWorker:
             raw_p[msg.partition].append(("i" if kind == "impression" else "f") + value.decode())
         for (typ, scenario), n in counts.items():
             m.event_counter(typ, scenario).inc(n)
-        # 2. the cores
-        outputs: list[tuple[int, Output]] = []
-        for p, evs in by_p.items():
-            core = self.cores.get(p)
-            if core is None:
+        if redelivered:
+            m.redelivered.inc(redelivered)
+        # 2. the cores (one for every partition with new records, so its offsets reach the snapshot meta)
+        for p in fresh:
+            if p not in self.cores:
                 core = self.cores[p] = StreamCore(self.core_cfg)
                 self._counts[p] = core.counters
-            outputs += [(p, o) for o in core.on_events(evs)]
+        outputs: list[tuple[int, Output]] = []
+        for p, evs in by_p.items():
+            outputs += [(p, o) for o in self.cores[p].on_events(evs)]
         # 3. produce outputs without waiting per record, then wait for all acks once
         samples_topic = self.samples_out.get_topic_name()
         state_users: dict[int, set[str]] = defaultdict(set)
@@ -317,14 +450,15 @@ class StreamWorker:
                 m.user_states.inc(n_states)
         if futs:
             await asyncio.gather(*futs)
-        # 4. log the batch's accepted events per partition (after the outputs are durable)
+        # 4. log the batch's accepted events and last offsets per partition (after the outputs are durable); a
+        #    partition whose new records were all bad input logs its offsets alone
         futs = []
-        for p, lines in raw_p.items():
+        for p in fresh:
             seq = self._seq.get(p, 0)
             self._seq[p] = seq + 1
-            for part, chunk in enumerate(_chunks(lines, self.cfg.log_chunk_bytes)):
+            for part, chunk in enumerate(_chunks(raw_p.get(p, []), self.cfg.log_chunk_bytes)):
                 lkey = f"{p}:{seq}:{part}"
-                blob = dumps(chunk)  # a JSON list of strings: Faust's recovery decodes it
+                blob = dumps({"o": done[p], "e": chunk})  # JSON: Faust's recovery decodes it
                 self.log.data[lkey] = blob
                 futs.append(self.log.send_changelog(p, lkey, blob))
         for p, core in self.cores.items():
@@ -375,7 +509,7 @@ class StreamWorker:
         futs = []
         for p, core in self.cores.items():
             snap_seq = self._seq.get(p, 0) - 1
-            mb = dumps({"core": core.meta_to_json(), "snap_seq": snap_seq})
+            mb = dumps({"core": core.meta_to_json(), "snap_seq": snap_seq, "offsets": self._offsets.get(p, {})})
             self.meta.data[f"p{p}"] = mb
             futs.append(self.meta.send_changelog(p, f"p{p}", mb))
         if futs:
@@ -402,6 +536,12 @@ def _chunks(lines: list[str], max_bytes: int) -> list[list[str]]:
     return out
 
 
-def _decode_log(v: Any) -> list[Event]:
-    lines = _json(v)  # a JSON list of "i{...}" / "f{...}" strings
-    return [parse_event(line[1:], "impression" if line[0] == "i" else "feedback") for line in lines]
+def _decode_log(v: Any) -> tuple[list[Event], dict[str, int]]:
+    """A ``stream-log`` record → (events, {input topic: last processed offset}).
+
+    Format ``{"o": offsets, "e": ["i{...}" | "f{...}", ...]}``; a bare list of lines (no offsets) is read too.
+    """
+    d = _json(v)
+    lines, offsets = (d, {}) if isinstance(d, list) else (d["e"], d["o"])
+    evs = [parse_event(line[1:], "impression" if line[0] == "i" else "feedback") for line in lines]
+    return evs, {str(t): int(o) for t, o in offsets.items()}

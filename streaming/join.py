@@ -17,6 +17,10 @@ provided no event is late (ts > W on arrival):
 - cross features of a target use only counters with ts < the target's ts;
 - an impression released with no positive label adds a ``skip_action`` behavior at ``ts + window`` (when its
   negative label became final): it is released before any sample whose span reaches that ts is emitted.
+
+Late feedback (ts ≤ W on arrival) that joins an impression already released still becomes a behavior (inserted by
+its ts, whatever its action): samples emitted from then on see it in H/R, samples already emitted are never changed;
+a mapped action also yields a :class:`streaming.outputs.LateLabel` (see the late policy in ``streaming/pipeline.py``).
 """
 
 from __future__ import annotations
@@ -40,10 +44,13 @@ Key = tuple[str, str]  # (request_id, item_id)
 class JoinCounts:
     """The join's outcome counts (shared by the machines' :class:`Tally` and the core's ``CoreCounters``)."""
 
-    duplicates: int = 0
-    late_impressions: int = 0
-    late_feedback: int = 0
-    late_positives: int = 0
+    duplicates: int = 0  # events whose event_id was already seen (dropped)
+    late_impressions: int = 0  # impressions at or below the watermark (dead letter late_impression)
+    # every late feedback (ts at or below the watermark on arrival, not a duplicate) is counted in exactly one of:
+    late_feedback: int = 0  # joined a still-pending impression (a normal join)
+    late_behaviors: int = 0  # joined an already released impression: a history behavior from now on
+    late_orphans: int = 0  # joined nothing (dead letter orphan_feedback; also in ``orphans``)
+    late_positives: int = 0  # LateLabel corrections (one per released impression a late mapped feedback labels)
     orphans: int = 0
     joined: int = 0
     positives: dict[str, int] = field(default_factory=dict)
@@ -80,6 +87,8 @@ class _Released:
     event_id: str
     ts: float
     sample_id: str | None
+    scenario: str | None  # the impression's (None in states persisted before it was kept: the feedback's is used)
+    item: dict[str, str]  # the impression's item features (shared with its target, never mutated)
 
 
 @dataclass
@@ -169,21 +178,33 @@ class UserMachine:
         if fb.ts > wm:
             self.buffered.setdefault(key, []).append(b)  # impressions may still arrive (until W >= fb.ts)
             return
-        t.late_feedback += 1
         if b.matched:
-            return  # late, but its impression was still pending: joined normally
+            t.late_feedback += 1  # late, but its impression was still pending: joined normally
+            return
         task = cfg.task_of(fb.action)
+        first: _Released | None = None
         for r in self.released.get(key, ()):
             if r.ts <= fb.ts <= r.ts + cfg.attribution_window_s:
-                b.matched = True
+                if first is None:
+                    first = r
                 if task is not None:
                     t.late_positives += 1
                     out.append(LateLabel(self.user_id, r.event_id, r.ts, r.sample_id, task, fb.action,
                                          fb.event_id, fb.ts))
-        if not b.matched:
-            t.orphans += 1
-            out.append(DeadLetter("orphan_feedback", self.user_id, "feedback", fb.to_json(),
-                                  f"late (ts {fb.ts} <= watermark {wm}) and no impression to join"))
+        if first is not None:
+            # its impression was released: a behavior like any joined feedback (H/R of samples emitted from now on,
+            # the published state, cross counters); samples already emitted stay as they were
+            t.late_behaviors += 1
+            b.matched = True
+            scenario = fb.scenario if first.scenario is None else first.scenario
+            self._add_behavior(fb.event_id, Behavior(fb.item_id, scenario, fb.action, fb.ts, dict(first.item)), t)
+            if task is not None:
+                self.counters.add(task, scenario, first.item.get(cfg.cross.category_key, ""), fb.ts)
+            return
+        t.late_orphans += 1
+        t.orphans += 1
+        out.append(DeadLetter("orphan_feedback", self.user_id, "feedback", fb.to_json(),
+                              f"late (ts {fb.ts} <= watermark {wm}) and no impression to join"))
 
     def _join(self, p: _Pending, b: _Buffered, cfg: CoreConfig, t: Tally) -> None:
         imp, fb = p.imp, b.fb
@@ -268,7 +289,7 @@ class UserMachine:
         # the pending impression is gone after this: its dicts move into the target instead of being copied
         tgt = Target(imp.event_id, imp.request_id, imp.item_id, imp.scenario, imp.ts, imp.position, imp.item,
                      imp.context, imp.dense, cross, p.labels)
-        self.released.setdefault(key, []).append(_Released(imp.event_id, imp.ts, None))
+        self.released.setdefault(key, []).append(_Released(imp.event_id, imp.ts, None, imp.scenario, imp.item))
         if cfg.skip_action is not None and not any(p.labels.values()):
             end = imp.ts + cfg.attribution_window_s
             self._add_behavior(imp.event_id, Behavior(imp.item_id, imp.scenario, cfg.skip_action, end,
@@ -354,7 +375,8 @@ class UserMachine:
             "user_id": self.user_id,
             "pending": [[p.imp.to_json(), p.labels, fin(p.label_ts)] for p in self.pending.values()],
             "buffered": [[b.fb.to_json(), b.matched] for lst in self.buffered.values() for b in lst],
-            "released": [[k[0], k[1], r.event_id, r.ts, r.sample_id] for k, lst in self.released.items() for r in lst],
+            "released": [[k[0], k[1], r.event_id, r.ts, r.sample_id, r.scenario, r.item]
+                         for k, lst in self.released.items() for r in lst],
             "seen": self.seen,
             "behaviors": [[ts, eid, b.to_json()] for ts, eid, b in self.behaviors],
             "counters": self.counters.to_json(),
@@ -382,8 +404,9 @@ class UserMachine:
             fb = event_from_dict(fb_d, "feedback")
             assert isinstance(fb, Feedback)
             m.buffered.setdefault((fb.request_id, fb.item_id), []).append(_Buffered(fb, bool(matched)))
-        for req, item, eid, ts, sid in d["released"]:
-            m.released.setdefault((req, item), []).append(_Released(eid, float(ts), sid))
+        for req, item, eid, ts, sid, *rest in d["released"]:  # [scenario, item features] since late behaviors
+            scenario, feats = rest if rest else (None, {})
+            m.released.setdefault((req, item), []).append(_Released(eid, float(ts), sid, scenario, dict(feats)))
         m.seen = {str(k): float(v) for k, v in d["seen"].items()}
         m.seen_min = min(m.seen.values(), default=INF)
         m.behaviors = [(float(ts), str(eid), Behavior.from_json(b)) for ts, eid, b in d["behaviors"]]

@@ -24,15 +24,23 @@ class StreamMetrics:
                               "scenario", ["type", "scenario"], registry=registry)
         self.labels = Counter("streamrec_stream_labels_released_total", "Labeled impressions released, by task and "
                               "label (positive/negative)", ["task", "label"], registry=registry)
-        self.duplicates = Counter("streamrec_stream_duplicates_total", "Events dropped as duplicate event_id",
+        self.duplicates = Counter("streamrec_stream_duplicates_total", "Events dropped because their event_id was "
+                                  "already seen: sent more than once by producers (each copy at its own offset)",
                                   registry=registry)
+        self.redelivered = Counter("streamrec_stream_redelivered_total", "Input records skipped because Kafka "
+                                   "delivered them again (offset at or below the last one this partition's state "
+                                   "already holds: re-read after a crash or rebalance)", registry=registry)
         self.late = Counter("streamrec_stream_late_total", "Late events (ts at or below the watermark on arrival), by "
-                            "kind: impression, feedback, positive (a late feedback that would have been positive)",
-                            ["kind"], registry=registry)
-        self.orphans = Counter("streamrec_stream_orphans_total", "Feedback that never joined an impression",
-                               registry=registry)
-        self.joined = Counter("streamrec_stream_joined_feedback_total", "Feedback joined to an impression "
-                              "(behaviors)", registry=registry)
+                            "kind. impression: dead-lettered late_impression. Each late feedback is exactly one of "
+                            "feedback (joined a still-pending impression), behavior (joined an already released "
+                            "impression: a history behavior from then on), orphan (joined nothing: dead-lettered "
+                            "orphan_feedback). positive: late_positive corrections emitted (one per released "
+                            "impression a late feedback with a mapped action labels)", ["kind"], registry=registry)
+        self.orphans = Counter("streamrec_stream_orphans_total", "Feedback that never joined an impression "
+                               "(dead-lettered orphan_feedback; late or not)", registry=registry)
+        self.joined = Counter("streamrec_stream_joined_feedback_total", "Feedback joined to a pending impression "
+                              "(behaviors; late ones that joined a released impression: late_total{kind=\"behavior\"})",
+                              registry=registry)
         self.deadletter = Counter("streamrec_stream_deadletter_total", "Records written to the dead-letter topic, by "
                                   "reason", ["reason"], registry=registry)
         self.samples = Counter("streamrec_stream_samples_total", "User-level samples emitted", registry=registry)
@@ -78,6 +86,8 @@ class StreamMetrics:
         self.duplicates.inc(after.duplicates - before.duplicates)
         self.late.labels(kind="impression").inc(after.late_impressions - before.late_impressions)
         self.late.labels(kind="feedback").inc(after.late_feedback - before.late_feedback)
+        self.late.labels(kind="behavior").inc(after.late_behaviors - before.late_behaviors)
+        self.late.labels(kind="orphan").inc(after.late_orphans - before.late_orphans)
         self.late.labels(kind="positive").inc(after.late_positives - before.late_positives)
         self.orphans.inc(after.orphans - before.orphans)
         self.joined.inc(after.joined - before.joined)

@@ -4,7 +4,9 @@ Late-positive policy (no silent loss): a feedback that arrives after its impress
 watermark already passed the impression's attribution window) cannot change the emitted sample. If it would have
 made the impression positive for a task, the core emits a :class:`LateLabel` correction (and counts it in
 ``late_positives``); the worker writes it to the ``deadletter`` topic with reason ``late_positive`` so a consumer
-may apply it (e.g. a delayed-label correction) or audit it. Impressions that arrive at or below the watermark
+may apply it (e.g. a delayed-label correction) or audit it. Like any late feedback that joins a released
+impression (mapped action or not), it also becomes a history behavior of the user (``late_behaviors``), seen by
+the samples emitted after it. Impressions that arrive at or below the watermark
 (``late_impression``) and feedback that never matched an impression (``orphan_feedback``) become
 :class:`DeadLetter` records. Everything is counted in :class:`streaming.pipeline.CoreCounters`.
 

@@ -8,15 +8,22 @@ largest value given to :meth:`StreamCore.on_watermark` (e.g. by a driver that kn
 minimum over the two input streams keeps the worker correct when it reads one topic ahead of the other. Nothing is
 released before both streams have been seen (or a watermark is forced, or :meth:`StreamCore.flush_all`).
 
-Late policy (no silent loss, all counted in :class:`CoreCounters` and surfaced as outputs):
+Late policy (no silent loss, all counted in :class:`CoreCounters` and surfaced as outputs or state):
 
 - impression with ts ≤ W on arrival → :class:`streaming.outputs.DeadLetter` ``late_impression`` (its window and
   its user's sample grouping may already be closed; admitting it could leak the future into H);
-- feedback with ts ≤ W on arrival: joins a still-pending impression normally (counted ``late_feedback``); if its
-  impression was already released and the action maps to a task → :class:`streaming.outputs.LateLabel`
-  correction (``late_positives``); otherwise → DeadLetter ``orphan_feedback``;
+- feedback with ts ≤ W on arrival (each counted in exactly one of ``late_feedback``, ``late_behaviors``,
+  ``late_orphans``):
+
+  - joins a still-pending impression → a normal join (``late_feedback``);
+  - else joins an already released impression (same request_id and item_id, ts in its window) → a history
+    behavior of the user like any joined feedback, whatever its action (``late_behaviors``): in the published
+    user state and in H/R of samples emitted from then on; samples already emitted are never changed. A mapped
+    action also gives one :class:`streaming.outputs.LateLabel` correction per such impression (``late_positives``);
+  - else → DeadLetter ``orphan_feedback`` (``late_orphans``, and ``orphans``);
 - feedback never joined by the time W passes its ts → DeadLetter ``orphan_feedback`` (``orphans``);
-- duplicate event_id (remembered for attribution window + ``late_horizon_s`` of event time) → dropped, counted.
+- duplicate event_id (remembered for attribution window + ``late_horizon_s`` of event time) → dropped, counted
+  (``duplicates``).
 
 Example:
     >>> from streaming.events import Feedback, Impression

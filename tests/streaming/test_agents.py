@@ -64,11 +64,13 @@ def make_worker(monkeypatch: pytest.MonkeyPatch, snapshot_every_s: float = 0.0,
     return w, rec, reg
 
 
-async def feed(w: StreamWorker, agent: Any, msgs: list[tuple[str, int, bytes, bytes]]) -> None:
-    """Put (topic, partition, key, value) messages into the agent and wait until all were processed."""
+async def feed(w: StreamWorker, agent: Any, msgs: list[tuple[str, int, bytes, bytes]],
+               offsets: list[int] | None = None) -> None:
+    """Put (topic, partition, key, value) messages into the agent at ``offsets`` (default 0, 1, ...) and wait until
+    all were processed."""
     channel = agent.stream().channel
     for i, (topic, partition, key, value) in enumerate(msgs):
-        m = agent.to_message(key, value, partition=partition, offset=i)
+        m = agent.to_message(key, value, partition=partition, offset=i if offsets is None else offsets[i])
         m.topic = topic
         await channel.put(await channel.decode(m))
     deadline = time.time() + 10
@@ -105,7 +107,7 @@ async def test_agent_joins_dead_letters_persists_and_counts(monkeypatch: pytest.
     assert states[b"u1"].behaviors[0].item_id == "a"
     if snapshot_every_s == 0:
         assert {k for k, _ in rec["users"].sent} >= {(0, "u1"), (0, "u2")}
-        assert {k for k, _ in rec["meta"].sent} == {(0, "p0")}
+        assert {k for k, _ in rec["meta"].sent} == {(0, "p0"), (1, "p1")}  # p1: only bad input, its offset
         assert any(v is not None for _, v in rec["log"].sent) and not w.log.data  # logged, then snapshotted
     else:
         assert not rec["users"].sent and not rec["meta"].sent and w.log.data  # only the batch log so far
@@ -119,17 +121,41 @@ async def test_agent_joins_dead_letters_persists_and_counts(monkeypatch: pytest.
     assert g("streamrec_stream_targets_per_sample_count") == 1
     assert g("streamrec_stream_batch_processing_seconds_count") >= 1
 
-    # A new worker whose tables hold what the first one persisted resumes where it left off.
+    # A new worker whose tables hold what the first one persisted resumes where it left off: records Kafka delivers
+    # again (offsets already in the state) are skipped as redelivered, a producer's second copy is a duplicate.
     w2, rec2, reg2 = make_worker(monkeypatch, snapshot_every_s)
     for src, dst in ((w.users, w2.users), (w.meta, w2.meta), (w.log, w2.log)):
         for k, v in src.data.items():
             dst.data[k] = v
+    i2 = encode_event(Impression("i2", 500.0, "u2", "feed", "r2", "b"))
     async with w2.agent.test_context() as agent2:
         await feed(w2, agent2, [
-            (imp, 0, b"u2", encode_event(Impression("i2", 500.0, "u2", "feed", "r2", "b"))),  # replayed: dup
+            (imp, 1, b"u1", b"{bad json"),  # redelivered at its offset: not dead-lettered again
+            (imp, 0, b"u2", i2),  # redelivered at its offset
+            (imp, 0, b"u2", i2),  # sent again by the producer: a new offset, a duplicate
             (imp, 0, b"u3", encode_event(Impression("i3", 900.0, "u3", "feed", "r3", "c"))),
             (fb, 0, b"u3", encode_event(Feedback("f3", 900.0, "u3", "feed", "r3", "c", "order"))),
-        ])
+        ], offsets=[2, 4, 6, 7, 8])
     samples2 = [Sample.decode(v) for _, v in rec2["samples"].sent]
     assert [(s.user_id, [t.event_id for t in s.targets]) for s in samples2] == [("u2", ["i2"])]
-    assert reg2.get_sample_value("streamrec_stream_duplicates_total") == 1  # the replayed i2 (metrics: new only)
+    assert not rec2["dead"].sent
+    g2 = reg2.get_sample_value
+    assert (g2("streamrec_stream_redelivered_total"), g2("streamrec_stream_duplicates_total")) == (2, 1)
+    assert g2("streamrec_stream_events_total", {"type": "impression", "scenario": "feed"}) == 2  # i2 copy, i3
+
+
+def test_core_counters_map_to_metrics() -> None:
+    """Each late feedback outcome has its own late_total kind; redelivered and duplicates are separate counters."""
+    from streaming.metrics import StreamMetrics
+    from streaming.pipeline import CoreCounters
+
+    reg = CollectorRegistry()
+    m = StreamMetrics(reg)
+    m.observe_core(CoreCounters(), CoreCounters(duplicates=1, late_impressions=2, late_feedback=3, late_behaviors=4,
+                                                late_orphans=5, late_positives=6, orphans=7, joined=8))
+    g = reg.get_sample_value
+    kinds = {k: g("streamrec_stream_late_total", {"kind": k})
+             for k in ("impression", "feedback", "behavior", "orphan", "positive")}
+    assert kinds == {"impression": 2, "feedback": 3, "behavior": 4, "orphan": 5, "positive": 6}
+    assert (g("streamrec_stream_duplicates_total"), g("streamrec_stream_orphans_total"),
+            g("streamrec_stream_joined_feedback_total"), g("streamrec_stream_redelivered_total")) == (1, 7, 8, 0)

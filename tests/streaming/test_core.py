@@ -190,7 +190,60 @@ def test_late_positive_becomes_a_correction_and_duplicates_are_counted() -> None
     [s] = [o for o in outs2 if isinstance(o, Sample) and o.user_id == "u"]
     assert s.targets[0].labels == {"click": 0, "conversion": 0}
     c = core.counters
-    assert (c.duplicates, c.late_feedback, c.late_positives) == (1, 1, 1)
+    assert (c.duplicates, c.late_feedback, c.late_behaviors, c.late_positives) == (1, 0, 1, 1)
+
+
+@pytest.mark.parametrize("action", ["share", "click"])
+def test_late_feedback_on_a_released_impression_becomes_a_behavior(action: str) -> None:
+    """Late feedback that joins an already released impression is a history behavior whatever its action (samples
+    emitted afterwards see it, the emitted one does not change); a mapped action also yields a LateLabel."""
+    cfg = CoreConfig(attribution_window_s=10.0, allowed_lateness_s=0.0, span_s=5.0, history_len=8)
+    core = StreamCore(cfg)
+    item = {"category": "c1"}
+    outs = core.on_event(Impression("i1", 0.0, "u", "home", "r", "a", item=item))
+    outs += core.on_event(Impression("tick-i", 50.0, "x", "home", "q", "z"))
+    outs += core.on_event(Feedback("tick-f", 50.0, "x", "home", "q", "z", "share"))  # W = 50: u's i1 sample out
+    [s1] = [o for o in outs if isinstance(o, Sample) and o.user_id == "u"]
+    before = sample_key(s1)
+    late = core.on_event(Feedback("f1", 5.0, "u", "home", "r", "a", action))  # ts 5 <= W: late, i1 released
+    assert [type(o).__name__ for o in late] == (["LateLabel"] if action == "click" else [])
+    state = core.export_user_state("u")
+    assert state is not None
+    assert [(b.item_id, b.action, b.ts, b.item) for b in state.behaviors] == [("a", action, 5.0, item)]
+    outs = core.on_event(Impression("i2", 60.0, "u", "home", "r2", "b", item=item))
+    outs += core.on_event(Impression("tick-i2", 100.0, "x", "home", "q3", "z"))
+    outs += core.on_event(Feedback("tick-f2", 100.0, "x", "home", "q3", "z", "share"))  # W = 100: i2's sample out
+    [s2] = [o for o in outs if isinstance(o, Sample) and o.user_id == "u"]
+    assert [(b.action, b.ts) for b in s2.history] == [(action, 5.0)] and s2.realtime == []
+    assert s2.targets[0].cross["scn_click_life"] == (1.0 if action == "click" else 0.0)
+    assert sample_key(s1) == before and s1.history == [] and s1.realtime == []
+    c = core.counters
+    assert (c.late_feedback, c.late_behaviors, c.late_orphans, c.orphans) == (0, 1, 0, 0)
+    assert c.late_positives == (action == "click")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_every_feedback_is_joined_a_late_behavior_or_an_orphan(seed: int) -> None:
+    """No silent loss under heavy disorder: each unique feedback is joined (on time or late to a pending
+    impression), a late behavior, or an orphan dead letter; each late one is counted in exactly one late kind."""
+    _, arrival = generate(seed, GenSpec(impressions=50, jitter=5000.0, fb_rate=0.6))
+    core = StreamCore(CFG)
+    seen: set[str] = set()
+    n_late = n_fb = 0
+    outs = []
+    for e in arrival:
+        if isinstance(e, Feedback) and e.event_id not in seen:
+            n_fb += 1
+            n_late += e.ts <= core.watermark
+        seen.add(e.event_id)
+        outs += core.on_event(e)
+    outs += core.flush_all()
+    c = core.counters
+    orphan_dl = sum(isinstance(o, DeadLetter) and o.reason == "orphan_feedback" for o in outs)
+    assert c.joined + c.late_behaviors + orphan_dl == n_fb
+    assert c.late_feedback + c.late_behaviors + c.late_orphans == n_late
+    assert c.late_orphans <= c.orphans == orphan_dl
 
 
 def test_user_state_serving_matches_stream_cross_features() -> None:

@@ -1,5 +1,6 @@
 """The Faust worker on the real broker: samples topic == run_offline on the same events, across a SIGKILL and
-across a second worker joining the consumer group mid-stream (a rebalance)."""
+across a second worker joining the consumer group mid-stream (a rebalance); producer duplicates and Kafka
+redeliveries counted apart across a SIGKILL."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def sentinels(parts: int = PARTS) -> list[tuple[int, Event]]:
 
 
 def start_worker(bootstrap: str, prefix: str, data_dir: Path, log: Path, parts: int = PARTS,
-                 metrics_port: int = 0) -> subprocess.Popen[bytes]:
+                 metrics_port: int = 0, extra: tuple[str, ...] = ()) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-m", "streaming", "worker", "--bootstrap", bootstrap, "--app-id", f"{prefix}app",
            "--impressions-topic", f"{prefix}impressions", "--feedback-topic", f"{prefix}feedback",
            "--samples-topic", f"{prefix}samples", "--deadletter-topic", f"{prefix}deadletter",
@@ -52,7 +53,7 @@ def start_worker(bootstrap: str, prefix: str, data_dir: Path, log: Path, parts: 
            "--window-s", str(CFG.attribution_window_s), "--lateness-s", str(CFG.allowed_lateness_s),
            "--history-len", str(CFG.history_len), "--max-targets", str(CFG.max_targets), "--span-s",
            str(CFG.span_s), "--late-horizon-s", str(CFG.late_horizon_s), "--skip-action", CFG.skip_action or "",
-           "--log-level", "warning"]
+           "--log-level", "warning", *extra]
     return subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=Path(__file__).parents[2],
                             start_new_session=True)
 
@@ -82,7 +83,9 @@ def test_worker_matches_offline_and_survives_sigkill(bootstrap: str, topic_prefi
                 if not s.user_id.startswith("~end")}
     assert len(expected) > 100
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(f"{topic_prefix}{t}", PARTS, 1) for t in ("impressions", "feedback")])
+    # the worker adopts them (same count); samples exists before the test's consumer asks for it (else the
+    # broker would auto-create it with its default partition count, and the worker refuse to start)
+    admin.create_topics([NewTopic(f"{topic_prefix}{t}", PARTS, 1) for t in ("impressions", "feedback", "samples")])
     admin.close()
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
 
@@ -154,8 +157,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _events_in(port: int) -> float:
-    """The worker's streamrec_stream_events_total summed over labels (0 while its endpoint is not up)."""
+def _metric(port: int, name: str) -> float:
+    """The worker's metric ``name`` summed over labels (0 while its endpoint is not up or the metric has no sample)."""
     import urllib.request
 
     try:
@@ -163,7 +166,83 @@ def _events_in(port: int) -> float:
     except OSError:
         return 0.0
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("streamrec_stream_events_total{"))
+               if line.startswith((f"{name}{{", f"{name} ")))
+
+
+def _events_in(port: int) -> float:
+    """The worker's streamrec_stream_events_total summed over labels (0 while its endpoint is not up)."""
+    return _metric(port, "streamrec_stream_events_total")
+
+
+def _fresh_done(port: int) -> float:
+    """Input records whose batch is fully processed (outputs and log durable), redeliveries excluded: never more
+    than the true count, even while a batch is in flight (its redeliveries are counted before the batch is)."""
+    return _metric(port, "streamrec_stream_batch_events_sum") - _metric(port, "streamrec_stream_redelivered_total")
+
+
+def test_duplicates_and_redeliveries_are_counted_apart_across_sigkill(bootstrap: str, topic_prefix: str,
+                                                                      tmp_path: Path) -> None:
+    """duplicates_total = copies the producer sent again (new offsets); redelivered_total = records Kafka hands the
+    restarted worker again (offsets already in its restored state, not committed: commits are held back here)."""
+    _, arrival = generate(13, GenSpec(users=20, scenarios=3, items=30, impressions=500, horizon=30_000.0,
+                                      jitter=100.0, dup_rate=0.08, fb_rate=0.5))
+    sent_twice = len(arrival) - len({e.event_id for e in arrival})
+    assert sent_twice > 10
+    expected = {s.sample_id: s for s in run_offline(arrival + [e for _, e in sentinels()], CFG)
+                if not s.user_id.startswith("~end")}
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    # the worker adopts them (same count); samples exists before the test's consumer asks for it (else the
+    # broker would auto-create it with its default partition count, and the worker refuse to start)
+    admin.create_topics([NewTopic(f"{topic_prefix}{t}", PARTS, 1) for t in ("impressions", "feedback", "samples")])
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+
+    def send(evs: list[tuple[int | None, Event]]) -> None:
+        for p, e in evs:
+            topic = f"{topic_prefix}{'impressions' if isinstance(e, Impression) else 'feedback'}"
+            producer.send(topic, key=e.user_id.encode(), value=encode_event(e), partition=p)
+        producer.flush()
+
+    def wait_done(port: int, n: int, log: Path) -> None:
+        deadline = time.time() + 120
+        while _fresh_done(port) < n:
+            assert time.time() < deadline, f"{_fresh_done(port)} of {n} records processed; log:\n" \
+                                           f"{log.read_text()[-3000:]}"
+            time.sleep(0.2)
+
+    samples = KafkaConsumer(f"{topic_prefix}samples", bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                            enable_auto_commit=False)
+    ports = (_free_port(), _free_port())
+    log = tmp_path / "worker.log"
+    cut = len(arrival) // 2
+    hold_commits = ("--commit-interval-s", "600")
+    worker = start_worker(bootstrap, topic_prefix, tmp_path / "w1", log, metrics_port=ports[0], extra=hold_commits)
+    try:
+        send([(None, e) for e in arrival[:cut]])
+        wait_done(ports[0], cut, log)  # all of the first part is in the logged state
+        dup1 = _metric(ports[0], "streamrec_stream_duplicates_total")
+        assert _metric(ports[0], "streamrec_stream_redelivered_total") == 0
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        rest = [(None, e) for e in arrival[cut:]] + [(p, e) for p, e in sentinels()]
+        send(rest)
+        worker = start_worker(bootstrap, topic_prefix, tmp_path / "w2", log, metrics_port=ports[1])
+        wait_done(ports[1], len(rest), log)
+        got: list[bytes] = []
+        deadline = time.time() + 60
+        while time.time() < deadline and not {Sample.decode(v).sample_id for v in got} >= set(expected):
+            read_all(samples, got, time.time() + 2)
+        assert {Sample.decode(v).sample_id for v in got} == set(expected)
+        dup2 = _metric(ports[1], "streamrec_stream_duplicates_total")
+        redelivered = _metric(ports[1], "streamrec_stream_redelivered_total")
+        print(f"sent twice {sent_twice}: duplicates {dup1:.0f} + {dup2:.0f}; redelivered {redelivered:.0f} of {cut}")
+        assert dup1 + dup2 == sent_twice
+        assert 0 < redelivered <= cut
+        assert _events_in(ports[1]) == len(rest)  # the redelivered records were not processed again
+    finally:
+        stop_worker(worker)
+        samples.close()
+        producer.close()
 
 
 def test_second_worker_joins_mid_stream_and_nothing_is_lost(bootstrap: str, topic_prefix: str,
@@ -176,7 +255,7 @@ def test_second_worker_joins_mid_stream_and_nothing_is_lost(bootstrap: str, topi
     expected = {s.sample_id: s for s in run_offline(arrival + [e for _, e in sentinels(parts)], CFG)
                 if not s.user_id.startswith("~end")}
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    admin.create_topics([NewTopic(f"{topic_prefix}{t}", parts, 1) for t in ("impressions", "feedback")])
+    admin.create_topics([NewTopic(f"{topic_prefix}{t}", parts, 1) for t in ("impressions", "feedback", "samples")])
     admin.close()
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
 
