@@ -268,3 +268,21 @@ def test_user_state_serving_matches_stream_cross_features() -> None:
 def test_user_state_rejects_bad_records(bad: bytes) -> None:
     with pytest.raises(ValueError):
         UserState.from_json(bad)
+
+
+def test_state_saved_without_released_item_features_still_loads() -> None:
+    """A user state persisted before released impressions kept their scenario and item features loads; a late
+    feedback on such an impression becomes a behavior with the feedback's scenario and no item features."""
+    cfg = CoreConfig(attribution_window_s=10.0, allowed_lateness_s=0.0)
+    core = StreamCore(cfg)
+    core.on_event(Impression("i1", 0.0, "u", "home", "r", "a", item={"category": "c"}))
+    core.on_event(Impression("tick", 50.0, "x", "home", "q", "z"))
+    core.on_event(Feedback("tick-f", 50.0, "x", "home", "q", "z", "share"))
+    d = json.loads(json.dumps(core.user_to_json("u")))
+    d["released"] = [r[:5] for r in d["released"]]
+    again = StreamCore(cfg)
+    again.restore(core.meta_to_json(), [d, core.user_to_json("x")])
+    again.on_event(Feedback("f1", 5.0, "u", "feed", "r", "a", "like"))
+    state = again.export_user_state("u")
+    assert state is not None
+    assert [(b.scenario, b.action, b.item) for b in state.behaviors] == [("feed", "like", {})]
