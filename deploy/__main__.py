@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="the whole pipeline on MovieLens-100K with live progress (see deploy/demo.py)",
                    add_help=False)
     sub.add_parser("bench", help="run every benchmarks/bench_*.py and collect reports/bench/*.json", add_help=False)
+    sub.add_parser("dashboards", help="render the Grafana dashboards' panels from a live Prometheus into PNGs "
+                   "(--png DIR; see deploy/dashboards.py)", add_help=False)
     return p
 
 
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from deploy import bench
 
         return bench.main(argv[1:])
+    if argv[:1] == ["dashboards"]:
+        from deploy import dashboards
+
+        return dashboards.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "kafka":

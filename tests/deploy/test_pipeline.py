@@ -8,8 +8,6 @@ with the trainer's newest snapshot, and that every Grafana panel query returns d
 from __future__ import annotations
 
 import json
-import math
-import re
 import time
 import uuid
 from collections import Counter
@@ -21,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from deploy import dashboards
 from deploy.cluster import (
     Completion,
     FreshnessProbe,
@@ -228,65 +227,54 @@ def test_freshness_is_measured(run: Run) -> None:
 # Every dashboard panel query returns data
 
 
-def _walk(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-    for p in panels:
-        if p.get("type") == "row":
-            yield from _walk(p.get("panels") or [])
-        else:
-            yield p
-
-
-def _variable_values(prom: str, dash: dict[str, Any]) -> dict[str, str]:
-    """A real value for each template variable: its current value, or the first value Prometheus knows."""
-    out: dict[str, str] = {}
-    for var in dash.get("templating", {}).get("list", []):
-        cur = var.get("current", {}).get("value")
-        if isinstance(cur, str) and cur and not cur.startswith("$"):
-            out[var["name"]] = cur
-            continue
-        m = re.fullmatch(r"label_values\((\w+),\s*(\w+)\)", var["definition"])
-        assert m, var["definition"]
-        r = httpx.get(f"{prom}/api/v1/label/{m.group(2)}/values", params={"match[]": m.group(1)}, timeout=10)
-        values = r.json()["data"]
-        assert values, f"variable {var['name']}: no values for {var['definition']}"
-        out[var["name"]] = values[0]
-    return out
-
-
-def _substitute(expr: str, values: dict[str, str]) -> str:
-    builtins = {"__rate_interval": "20s", "__interval": "4s", "__range": "5m", "__range_s": "300"}
-    for name, v in {**builtins, **values}.items():
-        expr = expr.replace(f"${{{name}}}", v).replace(f"${name}", v)
-    assert "$" not in expr, f"unsubstituted variable in {expr}"
-    return expr
-
-
 def test_every_dashboard_panel_query_returns_data(run: Run) -> None:
+    """Each target's PromQL, with the variables and built-ins ``python -m deploy dashboards`` gives it."""
     prom = run.pipe.prometheus_url
     assert prom
     end = time.time()
     start = run.started_wall
     problems: list[str] = []
     checked = 0
-    for path in sorted(DASHBOARDS.glob("*.json")):
-        dash = json.loads(path.read_text())
-        values = _variable_values(prom, dash)
-        for panel in _walk(dash["panels"]):
-            for target in panel["targets"]:
-                expr = _substitute(target["expr"], values)
-                r = httpx.get(f"{prom}/api/v1/query_range", timeout=30,
-                              params={"query": expr, "start": start, "end": end, "step": "2s"})
-                body = r.json()
-                checked += 1
-                if r.status_code != 200 or body.get("status") != "success":
-                    problems.append(f"{path.name} / {panel['title']}: {expr} -> {r.status_code} {body.get('error')}")
-                    continue
-                finite = [float(v) for series in body["data"]["result"] for _, v in series["values"]
-                          if math.isfinite(float(v))]
-                if not finite:
-                    problems.append(f"{path.name} / {panel['title']}: {expr} -> no data")
+    with httpx.Client(base_url=prom, timeout=30) as client:
+        builtins = dashboards.grafana_builtins(end - start, 2.0, dashboards.scrape_interval(client))
+        for path in sorted(DASHBOARDS.glob("*.json")):
+            dash = json.loads(path.read_text())
+            values = dashboards.variable_values(client, dash)
+            for panel in dashboards.walk_panels(dash["panels"]):
+                for target in dashboards.query_panel(client, panel, {**builtins, **values}, start, end, 2.0):
+                    checked += 1
+                    if target.error:
+                        problems.append(f"{path.name} / {panel['title']}: {target.expr} -> {target.error}")
+                    elif not any(s.finite for s in target.series):
+                        problems.append(f"{path.name} / {panel['title']}: {target.expr} -> no data")
     assert checked >= 30
     assert not problems, "\n".join(problems)
+
+
+def test_dashboards_render_every_panel_with_its_lines(run: Run, tmp_path: Path) -> None:
+    """``python -m deploy dashboards --png``: one decodable PNG per panel, each drawing the series it got."""
+    from PIL import Image
+
+    from tests.deploy.test_prometheus import green_pixels
+
+    prom = run.pipe.prometheus_url
+    assert prom
+    out = tmp_path / "png"
+    assert dashboards.main(["--png", str(out), "--prometheus", prom, "--range",
+                            f"{int(time.time() - run.started_wall) + 5}s", "--step", "2s"]) == 0
+    panels = {(path.stem, p["id"]): p for path in DASHBOARDS.glob("*.json")
+              for p in dashboards.walk_panels(json.loads(path.read_text())["panels"])}
+    pngs = {(d.name, int(f.name.split("-", 1)[0])): f for d in out.iterdir() if d.is_dir() for f in d.glob("*.png")}
+    assert set(pngs) == set(panels)
+    for key, png in pngs.items():
+        with Image.open(png) as img:
+            img.load()
+            assert img.width >= 200 and img.height >= 100, key
+        assert green_pixels(png) > 0, f"{key} {panels[key]['title']}: no line (or stat value) drawn"
+    for name in {d for d, _ in panels}:
+        with Image.open(out / f"{name}.png") as img:
+            img.load()
+    assert (out / "index.html").is_file()
 
 
 def test_prometheus_scrapes_every_service(run: Run) -> None:
