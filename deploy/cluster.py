@@ -368,11 +368,12 @@ class Progress:
     trainer_snapshot_version: float = 0.0
     trainer_last_snapshot_ts: float = 0.0
     trainer_lag: float = float("nan")
-    auc: dict[tuple[str, str], float] = field(default_factory=dict)  # (scenario, task) -> windowed AUC
-    gauc: dict[tuple[str, str], float] = field(default_factory=dict)
+    # (scenario, task) -> windowed AUC; scenario None = overall (every scenario name, "all" included, is a scenario)
+    auc: dict[tuple[str | None, str], float] = field(default_factory=dict)
+    gauc: dict[tuple[str | None, str], float] = field(default_factory=dict)
     serving_version: float = 0.0
     serving_samples_trained: float = 0.0  # of the served snapshot (GET /v1/model)
-    serving_freshness_s: float = float("nan")
+    serving_model_age_s: float = float("nan")
     serving_since_update_s: float = float("nan")
 
 
@@ -522,28 +523,20 @@ class Pipeline:
             "--feedback-topic", c.topic("feedback"), "--no-progress", *dataset_args)))
 
     def end_of_stream(self, after_ts: float, margin_s: float = 30 * 86400.0) -> int:
-        """Punctuate a finite replay: on every input partition, one impression and one feedback at
-        ``after_ts + margin_s`` (user ``_eos-p<N>``, scenario ``_eos``) move each partition's event-time watermark
-        past every real impression's attribution window, so the worker releases them all (a live stream does this
-        by itself as time goes on). The markers themselves stay pending. Returns how many events were sent."""
-        from kafka import KafkaProducer
+        """Send the end-of-stream markers of :func:`streaming.replay.end_of_stream_events` (one impression and one
+        feedback per input partition, ``after_ts + margin_s``) for a replay that did not send them itself. Their ids
+        are deterministic, so markers a replay already sent come back as duplicates. Returns how many were sent."""
+        from streaming.replay import ReplayConfig, close_producer, make_producer, send_end_of_stream
 
-        from streaming.events import Feedback, Impression, encode_event
-
-        ts = after_ts + margin_s
-        prod = KafkaProducer(bootstrap_servers=self.bootstrap)
-        n = 0
+        c = self.config
+        rc = ReplayConfig(bootstrap=self.bootstrap, impressions_topic=c.topic("impressions"),
+                          feedback_topic=c.topic("feedback"), eos_margin_s=margin_s)
+        prod = make_producer(rc)
         try:
-            for p in range(self.config.partitions):
-                uid = f"_eos-p{p}"
-                imp = Impression(f"{uid}-imp-{ts:.0f}", ts, uid, "_eos", f"{uid}-req", "_eos")
-                fb = Feedback(f"{uid}-fb-{ts:.0f}", ts, uid, "_eos", f"{uid}-req", "_eos", "view")
-                prod.send(self.config.topic("impressions"), key=uid.encode(), value=encode_event(imp), partition=p)
-                prod.send(self.config.topic("feedback"), key=uid.encode(), value=encode_event(fb), partition=p)
-                n += 2
+            n = send_end_of_stream(prod, rc, after_ts, partitions=c.partitions)
             prod.flush(30)
         finally:
-            prod.close()
+            close_producer(prod, 10.0)
         return n
 
     # -- observation
@@ -564,7 +557,7 @@ class Pipeline:
             trainer_last_snapshot_ts=metric_sum(t, "streamrec_trainer_last_snapshot_timestamp_seconds"),
             trainer_lag=metric_sum(t, "streamrec_trainer_consumer_lag_records") if t else float("nan"),
             serving_version=metric_sum(v, "streamrec_serving_model_version"),
-            serving_freshness_s=metric_sum(v, "streamrec_serving_model_freshness_seconds") if v else float("nan"),
+            serving_model_age_s=metric_sum(v, "streamrec_serving_model_age_seconds") if v else float("nan"),
             serving_since_update_s=metric_sum(v, "streamrec_serving_since_last_update_seconds") if v else float("nan"),
         )
         status, body = http_get(f"{self.serving_url}/v1/model")
@@ -574,8 +567,8 @@ class Pipeline:
         for (name, lbls), val in t.items():
             d = dict(lbls)
             if d.get("window") == "window" and name in ("streamrec_trainer_auc", "streamrec_trainer_gauc"):
-                (p.auc if name.endswith("_auc") and not name.endswith("gauc") else p.gauc)[
-                    (d.get("scenario", ""), d.get("task", ""))] = val
+                scen = None if d.get("scope") == "overall" else d.get("scenario", "")
+                (p.auc if name.endswith("_auc") and not name.endswith("gauc") else p.gauc)[(scen, d.get("task", ""))] = val
         return p
 
     def topic_end_offsets(self, *names: str) -> int:
@@ -644,21 +637,36 @@ class ReplayThread(threading.Thread):
         self.error: BaseException | None = None
         self.started_wall: float = 0.0
         self.producer: _RecordingProducer | None = None
+        self._stop_event = threading.Event()
 
     @property
     def sent(self) -> int:
+        """Records handed to the producer so far: events, then the end-of-stream markers."""
         return self.producer.n if self.producer else 0
 
+    @property
+    def events_sent(self) -> int:
+        """Dataset events handed to the producer so far (markers excluded)."""
+        return min(self.sent, len(self.events))
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """End the replay early and wait until its producer is closed (call it before stopping the broker: a
+        producer left open would try to flush from an ``atexit`` handler, against a broker that is gone)."""
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout_s)
+
     def run(self) -> None:
-        from streaming.replay import make_producer, replay
+        from streaming.replay import close_producer, make_producer, replay
 
         try:
             self.producer = _RecordingProducer(make_producer(self.config))
             self.started_wall = time.time()
             try:
-                self.summary = replay(self.events, self.config, producer=self.producer, progress=False)
+                self.summary = replay(self.events, self.config, producer=self.producer, progress=False,
+                                      stop=self._stop_event)
             finally:
-                self.producer.close(timeout=10)
+                close_producer(self.producer, 2.0 if self._stop_event.is_set() else 10.0)
         except BaseException as e:  # reported by the caller
             self.error = e
 

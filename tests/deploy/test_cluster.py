@@ -115,3 +115,26 @@ def test_completion_waits_for_consumed_stable_trained_and_served() -> None:
     p.trainer_snapshot_version, p.serving_version, p.serving_samples_trained = 5, 5, 12
     assert done.update(p, 10.0, settle_s=2)
     assert done.served_version == 5
+
+
+@pytest.mark.kafka
+def test_replay_thread_stop_ends_the_replay_and_closes_its_producer(bootstrap: str, topic_prefix: str) -> None:
+    """What the demo does on Ctrl-C before it stops the broker: an unclosed producer would flush from its atexit
+    handler at interpreter exit against a stopped broker and print a KafkaTimeoutError traceback."""
+    from deploy.cluster import ReplayThread
+    from streaming.datasets.synthetic import SyntheticConfig, generate
+    from streaming.replay import ReplayConfig
+
+    events = generate(SyntheticConfig(num_users=20, num_items=50, requests_per_user=20, seed=3))
+    span = events[-1].ts - events[0].ts
+    rt = ReplayThread(events, ReplayConfig(bootstrap=bootstrap, impressions_topic=topic_prefix + "imp",
+                                           feedback_topic=topic_prefix + "fb", speedup=span / 600))  # ~10 min
+    rt.start()
+    wait_until(lambda: rt.sent > 0, 30, 0.05, "the first send")
+    rt.stop()
+    assert not rt.is_alive() and rt.error is None
+    assert rt.summary is not None and rt.summary.interrupted and rt.summary.markers == 0
+    assert 0 < rt.summary.events < len(events)
+    assert rt.producer is not None
+    inner = rt.producer.inner
+    assert inner._closed and inner._cleanup is None  # closed: no atexit handler left

@@ -389,3 +389,23 @@ def test_example_log_is_what_its_generator_writes(tmp_path: Path) -> None:
                        text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert out.read_bytes() == (EXAMPLES / "events.csv").read_bytes()
+
+
+def test_replay_check_reads_a_log_without_a_broker_and_announces_a_missing_category(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from streaming.replay import main
+
+    args = ["--dataset", "log", "--path", str(EXAMPLES / "events.csv"), "--mapping", str(EXAMPLES / "mapping.toml"),
+            "--bootstrap", "127.0.0.1:1", "--check"]
+    assert main(args) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("3762 events: 2400 impressions, 1362 feedback (click 809, long_view 389, order 164)")
+    assert "scenarios: cart, home, search" in out and err == ""
+    assert main([*args, "--category-col", "category"]) == 0  # a category key no item has: one line at start
+    out, err = capsys.readouterr()
+    assert err.startswith("note: no item has the feature 'category'") and err.count("\n") == 1
+    bad = tmp_path / "bad.csv"
+    bad.write_text("u,i,t,c\nu1,i1,1700000000,1\nu1,i2,notatime,0\n")
+    assert main(["--dataset", "log", "--path", str(bad), "--user-col", "u", "--item-col", "i", "--ts-col", "t",
+                 "--label", "click=c", "--check"]) == 2
+    assert "unparsable timestamp 'notatime' at data row 2" in capsys.readouterr().err
