@@ -13,8 +13,8 @@ help: ## List the targets
 setup: ## Create .venv, install pinned packages (CPU or GPU torch/fbgemm variant) and the Kafka jars
 	@bash deploy/setup.sh
 
-demo: setup ## Run the whole pipeline locally on MovieLens-100K (Kafka, worker, trainer, serving) with live progress
-	@$(PY) -m deploy demo
+demo: setup ## Run the whole pipeline locally (Kafka, worker, trainer, serving) with live progress: MovieLens-100K, or DATA=log.csv MAP=mapping.toml
+	@$(PY) -m deploy demo $(if $(DATA),--data "$(DATA)") $(if $(MAP),--map "$(MAP)")
 
 test: setup ## Run the whole CPU test suite (real Kafka broker included)
 	@$(PY) -m pytest $(PYTEST_ARGS)

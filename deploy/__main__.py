@@ -1,4 +1,4 @@
-"""``python -m deploy``: manage the local Kafka broker (and, later, the demo cluster)."""
+"""python -m deploy: the local Kafka broker, the demo (the whole pipeline on this machine) and the benchmarks."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--heap", default="512m", help="JVM heap")
     k.add_argument("--fresh", action="store_true",
                    help="start: wipe the broker's data (topics, offsets, cluster id) first; by default data is kept")
-    sub.add_parser("demo", help="the whole pipeline on MovieLens-100K with live progress (see deploy/demo.py)",
-                   add_help=False)
+    sub.add_parser("demo", help="the whole pipeline with live progress on MovieLens-100K or your own log "
+                   "(--data FILE --map MAPPING); python -m deploy demo --help lists its options", add_help=False)
     sub.add_parser("bench", help="run every benchmarks/bench_*.py and collect reports/bench/*.json", add_help=False)
     sub.add_parser("dashboards", help="render the Grafana dashboards' panels from a live Prometheus into PNGs "
                    "(--png DIR; see deploy/dashboards.py)", add_help=False)
