@@ -94,11 +94,17 @@ class WorkerConfig:
 
 @dataclass(frozen=True)
 class TopicSpec:
-    """A topic the worker needs: name, partition count and topic configs (e.g. ``cleanup.policy``)."""
+    """A topic the worker needs: name, partition count and topic configs (e.g. ``cleanup.policy``).
+
+    ``strict``: an existing topic must have exactly ``partitions`` (inputs and changelogs, whose partitions are the
+    state's shards). An output topic (samples, dead letters, user states: keyed by user, read whole by consumers)
+    is adopted with any partition count, e.g. one the broker auto-created when a consumer asked for it first.
+    """
 
     name: str
     partitions: int
     config: Mapping[str, str] = field(default_factory=dict)
+    strict: bool = True
 
 
 class TopicConflict(Exception):
@@ -144,7 +150,10 @@ def _ensure_topics(bootstrap: str, specs: Sequence[TopicSpec], timeout_s: float)
             t = by_name.get(spec.name)
             if t is not None and spec.name in names and not t.get("error_code"):
                 n = len(t["partitions"])
-                if n != spec.partitions:
+                if n != spec.partitions and not spec.strict:
+                    log.warning("output topic %s has %d partitions (--partitions is %d): adopted as is",
+                                spec.name, n, spec.partitions)
+                elif n != spec.partitions:
                     raise TopicConflict(f"topic {spec.name} has {n} partitions, --partitions is {spec.partitions}")
 
     try:
@@ -247,8 +256,9 @@ class StreamWorker:
         n = self.cfg.partitions
         compact = {"cleanup.policy": "compact"}
         specs = [TopicSpec(t, n) for t in (self.cfg.impressions_topic, self.cfg.feedback_topic)]
-        specs += [TopicSpec(self.samples_out.get_topic_name(), n), TopicSpec(self.dead_out.get_topic_name(), n),
-                  TopicSpec(self.state_out.get_topic_name(), n, compact)]
+        specs += [TopicSpec(self.samples_out.get_topic_name(), n, strict=False),
+                  TopicSpec(self.dead_out.get_topic_name(), n, strict=False),
+                  TopicSpec(self.state_out.get_topic_name(), n, compact, strict=False)]
         specs += [TopicSpec(t.changelog_topic.get_topic_name(), n, compact) for t in (self.users, self.meta, self.log)]
         return specs
 

@@ -119,3 +119,19 @@ def test_no_broker_is_a_one_line_error(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=60, cwd=Path(__file__).parents[2])
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.splitlines()[-1].startswith(f"error: no Kafka broker answered at 127.0.0.1:{port}")
+
+
+@pytest.mark.kafka
+def test_output_topics_are_adopted_whatever_their_partition_count(bootstrap: str, topic_prefix: str) -> None:
+    from streaming.app import TopicConflict, TopicSpec, ensure_topics
+
+    samples, inputs = f"{topic_prefix}samples", f"{topic_prefix}impressions"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:  # as the broker would auto-create it for a consumer that asked before the worker started
+        admin.create_topics({samples: {"num_partitions": PARTS + 1, "replication_factor": 1}})
+    finally:
+        admin.close()
+    created = ensure_topics(bootstrap, [TopicSpec(samples, PARTS, strict=False), TopicSpec(inputs, PARTS)])
+    assert created == [inputs]
+    with pytest.raises(TopicConflict, match=f"topic {samples} has {PARTS + 1} partitions"):
+        ensure_topics(bootstrap, [TopicSpec(samples, PARTS)])
