@@ -18,6 +18,7 @@ import torch
 from kafka import KafkaConsumer
 from prometheus_client import CollectorRegistry
 
+from streaming import schemas
 from streaming.sample import Sample
 from tests.trainer.conftest import make_samples, produce
 from trainer.batch import collate
@@ -108,12 +109,17 @@ def test_trains_snapshots_announces_and_skips_bad_records(bootstrap: str, topic_
     # The bad records went to the dead-letter topic with their reasons (a replay is not bad data).
     dl = [json.loads(v) for v in read_topic(bootstrap, dead, 3)]
     assert sorted(d["reason"] for d in dl) == ["invalid_json", "no_targets", "schema_version"]
+    for d in dl:  # each fits its published schema (streaming/schemas/deadletter.trainer.<reason>.schema.json)
+        assert schemas.deadletter_schema(d) == f"deadletter.trainer.{d['reason']}"
+        schemas.validate(schemas.deadletter_schema(d), d)
 
     # The final snapshot exists, was announced, and carries the training state.
     snap = latest_snapshot(tmp_path / "snapshots")
     assert snap is not None and trainer.last_snapshot_path == snap
     announced = [json.loads(v) for v in read_topic(bootstrap, snaps, trainer.snapshot_version)]
     last = announced[-1]
+    for a in announced:
+        schemas.validate("snapshot_announcement", a)
     assert last["version"] == trainer.snapshot_version >= 1
     assert Path(last["path"]) == snap.resolve()
     assert last["samples_trained"] == 48
