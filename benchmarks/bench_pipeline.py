@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             if rt.error is not None:
                 raise RuntimeError(f"replay failed: {rt.error}")
             if done.replayed is None and not rt.is_alive() and rt.summary is not None:
-                done.replayed = rt.summary.events + pipe.end_of_stream(max(rt.ts, default=0.0))
+                done.replayed = rt.summary.produced  # events + the replay's end-of-stream markers
             state["p"] = pipe.progress()
             return done.update(state["p"], time.time(), settle_s=5.0)
 
@@ -162,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         rt2.join()
         if rt2.error is not None or rt2.summary is None:
             raise RuntimeError(f"paced replay failed: {rt2.error}")
-        done2 = Completion(replayed=int(done.replayed or 0) + rt2.summary.events
-                           + pipe.end_of_stream(max(rt2.ts)))
+        done2 = Completion(replayed=int(done.replayed or 0) + rt2.summary.produced)
 
         def finished2() -> bool:
             state["p2"] = pipe.progress()

@@ -224,7 +224,7 @@ def summary_text(pipe: Pipeline, p: Progress, broker: str, cfg: DemoConfig, elap
                  fresh: tuple[float, float, int]) -> str:
     body = example_body(rt.events)
     curl = example_request(pipe, body)
-    report = (cfg.run_dir / "eval" if cfg.evaluate else REPO_ROOT / "reports" / "eval") / "summary.md"
+    report = (cfg.run_dir / "eval" if cfg.evaluate else REPO_ROOT / "docs" / "results" / "eval") / "summary.md"
     limit = " ".join(["", *dataset_args(cfg)])
     lines = [
         "",

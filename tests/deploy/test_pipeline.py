@@ -91,7 +91,8 @@ def run(bootstrap: str, tmp_path_factory: pytest.TempPathFactory, prometheus_bin
         # Paced over ~REPLAY_S seconds of wall time so the dashboards' rate() windows see the stream flowing.
         speedup = (events[-1].ts - events[0].ts) / REPLAY_S
         rt = ReplayThread(events, ReplayConfig(bootstrap=bootstrap, impressions_topic=cfg.topic("impressions"),
-                                               feedback_topic=cfg.topic("feedback"), speedup=speedup))
+                                               feedback_topic=cfg.topic("feedback"), speedup=speedup,
+                                               eos_markers=False))  # sent below, after the odd events
         rt.start()
         rt.join(timeout=REPLAY_S + 120)
         assert rt.error is None and rt.summary is not None and rt.summary.errors == 0, rt.error or rt.summary
