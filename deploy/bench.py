@@ -15,7 +15,7 @@ from deploy.kafka import REPO_ROOT
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m deploy bench", description=(__doc__ or "").replace("``", ""))
     parser.add_argument("names", nargs="*", help="only these areas (e.g. streaming model); default: all")
     args = parser.parse_args(argv)
     bench_dir = REPO_ROOT / "benchmarks"

@@ -9,11 +9,11 @@ import sys
 def main(argv: list[str] | None = None) -> int:
     import kernels
 
-    parser = argparse.ArgumentParser(prog="python -m kernels", description=kernels.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m kernels", description=(kernels.__doc__ or "").replace("``", ""))
     parser.parse_args(argv)
     import torch
 
-    from kernels.attention import _hta_fwd_kernel
+    from kernels.attention.triton_kernels import _hta_fwd_kernel
     from kernels.dispatch import HAS_TRITON, is_interpreted, triton_interpret, use_triton
 
     cuda = torch.cuda.is_available()

@@ -26,7 +26,7 @@ from trainer.source import SourceConfig
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m trainer", description=(__doc__ or "").replace("``", "").replace("::\n", ":\n"),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     d, s, o, pr = TrainerConfig(), SourceConfig(), OptimConfig(), ProgressiveConfig()
     k = ap.add_argument_group("Kafka source and batching")

@@ -484,7 +484,7 @@ def print_headline(res: EvalResult) -> None:
 
 # ---------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(p, default="movielens")
     p.add_argument("--out", type=Path, default=Path("reports/eval"), help="report directory")
