@@ -90,7 +90,7 @@ def make_inputs(cfg: BenchConfig, layer: str, device: str) -> HTAInputs:
 
 def visible_pairs(x: HTAInputs) -> int:
     """Number of visible (query, key) pairs P (per head)."""
-    vis = visibility_mask(x.q_offsets, x.kv_offsets, x.q_pos, x.kv_ts, x.kv_group, x.max_q_len, x.max_kv_len)
+    vis = visibility_mask(x.layout())
     return int(vis.sum())
 
 

@@ -1,7 +1,8 @@
 """Fused ops for the ranker: jagged Hybrid-Target attention with the dynamic mask, and Group LayerNorm.
 
-Each op lives in one file: math docstring, ``<op>_reference`` in plain PyTorch, Triton kernels, launcher,
+Each op has, in order: math docstring, ``<op>_reference`` in plain PyTorch, Triton kernels, launcher,
 ``autograd.Function`` and a dispatcher with the reference's signature (``Kernel.AUTO`` picks Triton on CUDA).
+``group_norm.py`` holds them in one file; ``attention/`` is a package with one module per part.
 """
 
 from kernels.attention import AttentionKind, TokenGroup, hta_attention, hta_attention_reference

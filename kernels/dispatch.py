@@ -33,6 +33,7 @@ __all__ = [
     "Kernel",
     "get_kernel",
     "is_interpreted",
+    "needs_grad",
     "set_kernel",
     "tl",
     "triton",
@@ -77,6 +78,11 @@ def triton_interpret() -> bool:
 def is_interpreted(kernel: Any) -> bool:
     """True when ``kernel`` (a ``@triton.jit`` object) was decorated under ``TRITON_INTERPRET=1``."""
     return HAS_TRITON and type(kernel).__name__ == "InterpretedFunction"
+
+
+def needs_grad(*ts: torch.Tensor) -> bool:
+    """True when autograd is on and any of ``ts`` requires a gradient (the CPU fast paths are inference-only)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
 
 
 def use_triton(t: torch.Tensor) -> bool:

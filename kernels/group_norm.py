@@ -29,11 +29,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from kernels.dispatch import Kernel, check_triton_device, get_kernel, tl, triton, use_triton
-
-
-def _needs_grad(*ts: torch.Tensor) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in ts)
+from kernels.dispatch import Kernel, check_triton_device, get_kernel, needs_grad, tl, triton, use_triton
 
 
 def group_layer_norm_reference(
@@ -266,7 +262,7 @@ def group_layer_norm(
         lo, hi = int(g_lo), int(g_hi)
         if lo < 0 or hi >= weight.shape[0]:
             raise ValueError(f"group ids must lie in [0, {weight.shape[0]}), got [{lo}, {hi}]")
-        if not use_triton(x) and lo == hi and get_kernel() is Kernel.AUTO and not _needs_grad(x, weight, bias):
+        if not use_triton(x) and lo == hi and get_kernel() is Kernel.AUTO and not needs_grad(x, weight, bias):
             # CPU inference, one group (e.g. only targets): one fused layer_norm with that group's affine
             return F.layer_norm(x, (x.shape[-1],), weight[lo].to(x.dtype), bias[lo].to(x.dtype), eps)
     if not use_triton(x):

@@ -13,26 +13,19 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.attention import TokenGroup
+from kernels.attention import AttentionKind, JaggedHTA, TokenGroup
 
 
-@dataclass(frozen=True)
-class HTAInputs:
-    """Arguments of ``hta_attention`` for one jagged batch (see ``kernels.attention`` for the shapes)."""
+@dataclass(frozen=True, kw_only=True)
+class HTAInputs(JaggedHTA):
+    """Arguments of ``hta_attention`` for one jagged batch: q, k, v and their layout (``kind``/``scale`` default)."""
 
     q: torch.Tensor
     k: torch.Tensor
     v: torch.Tensor
-    q_offsets: torch.Tensor
-    kv_offsets: torch.Tensor
-    q_pos: torch.Tensor
-    kv_ts: torch.Tensor
-    kv_group: torch.Tensor
-    max_q_len: int
-    max_kv_len: int
 
     def meta(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int, int]:
-        """The arguments after q, k, v."""
+        """The arguments after q, k, v (up to ``kind``)."""
         return (
             self.q_offsets,
             self.kv_offsets,
@@ -42,6 +35,10 @@ class HTAInputs:
             self.max_q_len,
             self.max_kv_len,
         )
+
+    def layout(self, kind: AttentionKind = AttentionKind.SOFTMAX, scale: float | None = None) -> JaggedHTA:
+        """The arguments after q, k, v as a plain :class:`~kernels.attention.JaggedHTA` (no q, k, v inside)."""
+        return JaggedHTA(*self.meta(), kind, scale)
 
 
 def make_hta_inputs(

@@ -22,7 +22,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from kernels.attention import _hta_bwd_dkdv_kernel, _hta_bwd_dq_kernel, _hta_fwd_kernel
+from kernels.attention.triton_kernels import _hta_bwd_dkdv_kernel, _hta_bwd_dq_kernel, _hta_fwd_kernel
 from kernels.group_norm import _gln_bwd_kernel, _gln_fwd_kernel, _tile
 
 PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")

@@ -32,18 +32,18 @@ if not HAS_CUDA and "triton" not in sys.modules:
         # Triton reads the variable again later (lazy imports such as gluon's assert it); pin its own knob so that
         # restoring the environment below changes only kernels.dispatch's Kernel.AUTO choice.
         triton.knobs.runtime.interpret = True
-        import kernels.attention
-        import kernels.group_norm
+        import kernels.attention  # decorates the kernels for the interpreter
+        import kernels.group_norm  # noqa: F401
     finally:
         if _previous is None:
             del os.environ["TRITON_INTERPRET"]
         else:
             os.environ["TRITON_INTERPRET"] = _previous
 
-import kernels.attention  # noqa: E402
+from kernels.attention.triton_kernels import _hta_fwd_kernel  # noqa: E402
 from kernels.dispatch import HAS_TRITON, Kernel, get_kernel, is_interpreted, set_kernel  # noqa: E402
 
-INTERPRETED = is_interpreted(kernels.attention._hta_fwd_kernel)
+INTERPRETED = is_interpreted(_hta_fwd_kernel)
 TRITON_DEVICE: str | None = "cuda" if HAS_CUDA and HAS_TRITON else ("cpu" if INTERPRETED else None)
 SKIP_REASON = (
     "triton is not installed"

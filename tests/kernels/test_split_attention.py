@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
 from kernels import AttentionKind, Kernel, hta_attention, hta_attention_reference, set_kernel
 from kernels.attention import hta_attention_split_cpu
 from kernels.testing import HTAInputs, make_hta_inputs
+
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (q, k, v) -> out
 
 # (tokens per user, targets per user, q heads, kv heads): empty users, a user of targets only, one token, GQA 3:1
 CASES = {
@@ -24,9 +28,9 @@ def _inputs(case: str, target_only: bool, shuffle: bool) -> HTAInputs:
                            dtype=torch.float64, seed=len(case), shuffle=shuffle, uh_ts_neg_inf=shuffle)
 
 
-def _out_and_grads(fn, x: HTAInputs, kind: AttentionKind, grad_out: torch.Tensor) -> list[torch.Tensor]:  # type: ignore[no-untyped-def]
+def _out_and_grads(fn: Attention, x: HTAInputs, grad_out: torch.Tensor) -> list[torch.Tensor]:
     leaves = [t.detach().clone().requires_grad_(True) for t in (x.q, x.k, x.v)]
-    out = fn(*leaves, *x.meta(), kind)
+    out = fn(*leaves)
     out.backward(grad_out)
     return [out.detach(), *(t.grad if t.grad is not None else torch.zeros_like(t) for t in leaves)]
 
@@ -38,8 +42,8 @@ def _out_and_grads(fn, x: HTAInputs, kind: AttentionKind, grad_out: torch.Tensor
 def test_split_equals_reference_with_grads(case: str, layer: str, shuffle: bool, kind: AttentionKind) -> None:
     x = _inputs(case, layer == "target", shuffle)
     grad_out = torch.randn(x.q.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    want = _out_and_grads(hta_attention_reference, x, kind, grad_out)
-    got = _out_and_grads(hta_attention_split_cpu, x, kind, grad_out)
+    want = _out_and_grads(lambda q, k, v: hta_attention_reference(q, k, v, *x.meta(), kind), x, grad_out)
+    got = _out_and_grads(lambda q, k, v: hta_attention_split_cpu(q, k, v, x.layout(kind)), x, grad_out)
     for name, g, w in zip(("out", "dq", "dk", "dv"), got, want, strict=True):
         assert g.shape == w.shape, name
         assert torch.isfinite(g).all(), name
