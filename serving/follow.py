@@ -26,6 +26,10 @@ from kafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
+# kafka-python's reconnect (and metadata refresh) backoff grows to 30 s by default: after a broker outage of ~20 s
+# a follower could sit out another half minute. Capped at 1 s it is back within about a second of the broker.
+RECONNECT_BACKOFF_MAX_MS = 1000
+
 StartAt = Literal["beginning", "last"]
 
 
@@ -75,7 +79,8 @@ class TopicFollower:
     def _follow(self) -> None:
         consumer = KafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False, group_id=None,
                                  allow_auto_create_topics=False, auto_offset_reset="earliest",
-                                 client_id=f"streamrec-serving-{self.topic}")
+                                 client_id=f"streamrec-serving-{self.topic}",
+                                 reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
         try:
             partitions = self._wait_for_partitions(consumer)
             if partitions is None:

@@ -53,7 +53,15 @@ from trainer.progressive import ProgressiveConfig, ProgressiveValidator
 
 if TYPE_CHECKING:
     from trainer.distributed import Collective
-from trainer.source import DeadLetter, KafkaSampleSource, Prefetcher, RecentIds, SampleBatch, SourceConfig
+from trainer.source import (
+    RECONNECT_BACKOFF_MAX_MS,
+    DeadLetter,
+    KafkaSampleSource,
+    Prefetcher,
+    RecentIds,
+    SampleBatch,
+    SourceConfig,
+)
 
 log = logging.getLogger(__name__)
 _PAD_SAMPLE = Sample("__pad__", "__pad__", [Target("__pad__", "__pad__", "__pad__", "__pad__", 0.0)])
@@ -402,7 +410,8 @@ class Trainer:
             from kafka import KafkaProducer
 
             if cfg.snapshots_topic:
-                self._announcer = KafkaProducer(bootstrap_servers=cfg.source.bootstrap, linger_ms=0)
+                self._announcer = KafkaProducer(bootstrap_servers=cfg.source.bootstrap, linger_ms=0,
+                                                reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
         deadletter = (DeadLetter(cfg.source.bootstrap, cfg.source.deadletter_topic, cfg.source.topic)
                       if cfg.source.deadletter_topic else None)
         if source_factory is not None:

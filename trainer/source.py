@@ -40,6 +40,12 @@ log = logging.getLogger(__name__)
 
 B = TypeVar("B")
 
+# kafka-python backs off reconnects (and metadata refreshes) exponentially up to 30 s by default, so after a broker
+# outage of ~20 s a client could wait another half minute before trying again; capped at 1 s, every client of the
+# trainer is back within about a second of the broker.
+RECONNECT_BACKOFF_MAX_MS = 1000
+LAG_TIMEOUT_MS = 2000  # end_offsets for the lag gauge gives up after this (it blocks the prefetch thread)
+
 
 @dataclass(frozen=True, slots=True)
 class SourceConfig:
@@ -202,7 +208,7 @@ class KafkaSampleSource:
         self.consumer = KafkaConsumer(
             bootstrap_servers=config.bootstrap, group_id=None, enable_auto_commit=False,
             auto_offset_reset=config.start, client_id=f"streamrec-trainer-{config.rank}",
-            max_poll_records=max(1, config.batch_samples),
+            max_poll_records=max(1, config.batch_samples), reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS,
         )
         parts: set[int] | None = None
         while not self._stop.is_set():  # the topic may not exist yet: wait for it (the streaming worker creates it)
@@ -246,7 +252,7 @@ class KafkaSampleSource:
         if now - self._last_lag_t >= every_s and self.partitions:
             self._last_lag_t = now
             try:
-                ends = self.consumer.end_offsets(self.partitions)
+                ends = self.consumer.end_offsets(self.partitions, timeout_ms=LAG_TIMEOUT_MS)
                 self.lag = sum(max(0, int(ends[tp]) - self.positions.get(tp.partition, 0)) for tp in self.partitions)
             except Exception as e:  # lag is informational; never stop training for it
                 log.debug("end_offsets failed: %s", e)
@@ -263,7 +269,8 @@ class DeadLetter:
         from kafka import KafkaProducer
 
         self.topic, self.source_topic = topic, source_topic
-        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
+        self.producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=50,
+                                      reconnect_backoff_max_ms=RECONNECT_BACKOFF_MAX_MS)
 
     def send(self, skips: Iterable[Skip]) -> None:
         for reason, detail, raw in skips:
