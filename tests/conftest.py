@@ -33,14 +33,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
-    """A real single-node KRaft broker on a free 127.0.0.1 port for the whole test session."""
+def kafka_tools() -> None:
+    """Java and Maven, which a local broker needs: skips without them (fails under ``CI=true``)."""
     missing = [tool for tool in ("java", "mvn") if shutil.which(tool) is None]
     if missing:
         msg = f"Kafka tests need {' and '.join(missing)}: install Java 17+ and Maven (apt-get install openjdk-17-jre-headless maven)"
         if IN_CI:
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(kafka_tools: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
+    """A real single-node KRaft broker on a free 127.0.0.1 port for the whole test session (a fresh data dir)."""
     state = Path(tmp_path_factory.mktemp("kafka"))
     broker = KafkaBroker(BrokerConfig(state_dir=state, port=0, heap="512m"))
     try:

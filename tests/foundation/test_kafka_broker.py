@@ -132,7 +132,7 @@ def _read_all(bootstrap: str, topic: str, n: int) -> list[bytes]:
         consumer.close()
 
 
-def test_stop_and_start_keep_records_cluster_id_and_port(tmp_path: Path) -> None:
+def test_stop_and_start_keep_records_cluster_id_and_port(kafka_tools: None, tmp_path: Path) -> None:
     broker = KafkaBroker(BrokerConfig(state_dir=tmp_path / "b", port=0))
     topic = "kept-" + uuid.uuid4().hex[:6]
     boot = broker.start()
@@ -167,7 +167,7 @@ def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
                           timeout=180, env=env, cwd=Path(__file__).resolve().parents[2])
 
 
-def test_cli_start_twice_says_already_running_and_status_is_plain(tmp_path: Path) -> None:
+def test_cli_start_twice_says_already_running_and_status_is_plain(kafka_tools: None, tmp_path: Path) -> None:
     state = str(tmp_path / "cli")
     st = _cli("status", "--state-dir", state)
     assert st.returncode == 3 and "not running" in st.stdout and "no data yet" in st.stdout, st
