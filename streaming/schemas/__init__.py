@@ -12,6 +12,8 @@ One file per record kind, ``<name>.schema.json`` in this folder (shipped as pack
 * ``snapshot_announcement`` — the ``snapshots`` topic.
 
 Files starting with ``_`` hold a shape that several schemas share (referenced with ``$ref``), not a record kind.
+``$ref``s are sibling file names, so tools reading the files from disk resolve them too (e.g.
+``check-jsonschema --schemafile streaming/schemas/sample.schema.json record.json``).
 The schemas document the wire format for other systems; the code that reads and writes records stays the owner of
 their rules (some, like finite numbers, JSON Schema cannot express). Validation needs ``jsonschema`` (a dev/test
 dependency): only :func:`validator` and :func:`validate` import it.
