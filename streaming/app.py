@@ -184,6 +184,17 @@ def _dead_raw(reason: str, detail: str, topic: str, partition: int, offset: int,
     })
 
 
+@dataclass(slots=True)
+class _BatchWork:
+    """One batch's working state, handed from step to step of :meth:`StreamWorker._process`."""
+
+    futs: list[Awaitable[Any]] = field(default_factory=list)  # broker acks of the batch's outputs, awaited at once
+    events: dict[int, list[Event]] = field(default_factory=lambda: defaultdict(list))  # partition -> parsed events
+    lines: dict[int, list[str]] = field(default_factory=lambda: defaultdict(list))  # partition -> "i{json}"/"f{json}"
+    fresh: set[int] = field(default_factory=set)  # partitions with records not yet in their state
+    dead_counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # dead-letter reason -> records
+
+
 def _json(v: Any) -> Any:
     # Table values are our JSON bytes; be liberal in what comes back from recovery (bytes, str or decoded).
     return orjson.loads(v) if isinstance(v, bytes | bytearray | str) else v
@@ -377,22 +388,33 @@ class StreamWorker:
             await self._process(messages)
 
     async def _process(self, messages: Sequence[Any]) -> None:
+        """One batch, steps 1–6 of the module doc; each step's records are durable before the next starts."""
         t0 = time.perf_counter()
         if not self._loaded:
             self._load()
+        work = _BatchWork()
+        await self._decode(messages, work)
+        outputs = self._run_cores(work)
+        await self._produce(outputs, work)
+        await self._log_batch(work)
+        now = time.time()
+        if now - self._last_snap >= self.cfg.snapshot_every_s:
+            self._last_snap = now
+            await self._snapshot()
+        self._observe_batch(messages, now, t0)
+
+    async def _decode(self, messages: Sequence[Any], work: _BatchWork) -> None:
+        """Step 1: skip redelivered records, parse the rest into ``work.events`` by partition, send bad input to
+        ``deadletter`` (its acks join ``work.futs``); counts events per (kind, scenario) and redeliveries."""
         m = self.metrics
         send = self._send
-        futs: list[Awaitable[Any]] = []
-        by_p: dict[int, list[Event]] = defaultdict(list)
-        raw_p: dict[int, list[str]] = defaultdict(list)
+        futs, by_p, raw_p, fresh, dead_counts = work.futs, work.events, work.lines, work.fresh, work.dead_counts
         imp_topic = self.cfg.impressions_topic
         dead_topic = self.dead_out.get_topic_name()
         counts: dict[tuple[str, str], int] = defaultdict(int)
-        dead_counts: dict[str, int] = defaultdict(int)
         done = self._offsets
-        fresh: set[int] = set()  # partitions with records not yet in their state
         redelivered = 0
-        # 1. parse (nanoGPT style: this loop runs once per input event)
+        # nanoGPT style: this loop runs once per input event
         for msg in messages:
             p_done = done.get(msg.partition)
             if p_done is None:
@@ -421,16 +443,27 @@ class StreamWorker:
             m.event_counter(typ, scenario).inc(n)
         if redelivered:
             m.redelivered.inc(redelivered)
-        # 2. the cores (one for every partition with new records, so its offsets reach the snapshot meta)
-        for p in fresh:
+
+    def _run_cores(self, work: _BatchWork) -> list[tuple[int, Output]]:
+        """Step 2: each partition's events through its core → (partition, output); a core is made for every
+        partition with new records, even all bad ones, so its offsets reach the snapshot meta."""
+        for p in work.fresh:
             if p not in self.cores:
                 core = self.cores[p] = StreamCore(self.core_cfg)
                 self._counts[p] = core.counters
         outputs: list[tuple[int, Output]] = []
-        for p, evs in by_p.items():
+        for p, evs in work.events.items():
             outputs += [(p, o) for o in self.cores[p].on_events(evs)]
-        # 3. produce outputs without waiting per record, then wait for all acks once
+        return outputs
+
+    async def _produce(self, outputs: list[tuple[int, Output]], work: _BatchWork) -> None:
+        """Step 3: send samples, corrections/dead letters and the changed users' states without waiting per
+        record, then wait once for every ack of the batch (step 1's dead letters included)."""
+        m = self.metrics
+        send = self._send
+        futs, dead_counts = work.futs, work.dead_counts
         samples_topic = self.samples_out.get_topic_name()
+        dead_topic = self.dead_out.get_topic_name()
         state_users: dict[int, set[str]] = defaultdict(set)
         n_samples = 0
         for p, o in outputs:
@@ -460,26 +493,28 @@ class StreamWorker:
                 m.user_states.inc(n_states)
         if futs:
             await asyncio.gather(*futs)
-        # 4. log the batch's accepted events and last offsets per partition (after the outputs are durable); a
-        #    partition whose new records were all bad input logs its offsets alone
-        futs = []
-        for p in fresh:
+
+    async def _log_batch(self, work: _BatchWork) -> None:
+        """Step 4 (after the outputs are durable): append each fresh partition's accepted events and last offsets
+        to ``stream-log`` (a partition whose new records were all bad input logs its offsets alone), mark the
+        cores' changed users for the next snapshot, and wait for the changelog acks."""
+        futs: list[Awaitable[Any]] = []
+        for p in work.fresh:
             seq = self._seq.get(p, 0)
             self._seq[p] = seq + 1
-            for part, chunk in enumerate(_chunks(raw_p.get(p, []), self.cfg.log_chunk_bytes)):
+            for part, chunk in enumerate(_chunks(work.lines.get(p, []), self.cfg.log_chunk_bytes)):
                 lkey = f"{p}:{seq}:{part}"
-                blob = dumps({"o": done[p], "e": chunk})  # JSON: Faust's recovery decodes it
+                blob = dumps({"o": self._offsets[p], "e": chunk})  # JSON: Faust's recovery decodes it
                 self.log.data[lkey] = blob
                 futs.append(self.log.send_changelog(p, lkey, blob))
         for p, core in self.cores.items():
             self._snap_dirty.setdefault(p, set()).update(core.take_dirty())
         if futs:
             await asyncio.gather(*futs)
-        # 5. now and then: snapshot changed users, then the meta (snapshot seq), then drop the covered log entries
-        now = time.time()
-        if now - self._last_snap >= self.cfg.snapshot_every_s:
-            self._last_snap = now
-            await self._snapshot()
+
+    def _observe_batch(self, messages: Sequence[Any], now: float, t0: float) -> None:
+        """Metrics after a batch: core counters, watermark lag (at ``now``), consumer lag, batch size and time."""
+        m = self.metrics
         for p, core in self.cores.items():
             after = core.counters
             m.observe_core(self._counts[p], after)
