@@ -1,8 +1,13 @@
 """The real Apache Kafka broker, run from Maven Central jars (no Docker).
 
 ``fetch`` resolves ``org.apache.kafka:kafka_2.13`` (plus its logging backend) with Maven into a jar cache;
-``start`` formats a single-node KRaft log directory and launches ``kafka.Kafka`` on 127.0.0.1, waiting until a
-client can talk to it; ``stop``/``status`` use the pid file in the broker's state directory.
+``start`` launches ``kafka.Kafka`` on 127.0.0.1 and waits until a client can talk to it; ``stop``/``status`` use the
+pid file in the broker's state directory.
+
+Data is kept across stop/start: the KRaft log directory ``<state_dir>/data`` (topics, committed offsets, the cluster
+metadata log) and its cluster id (``data/meta.properties``) are formatted only the first time; ``start(fresh=True)``
+(``--fresh``) wipes them. A restart on the same state directory reuses the recorded client and controller ports when
+the configured ones are 0, so clients of the previous run reconnect to the same address (``restart()`` does both).
 
 Example:
     >>> broker = KafkaBroker(BrokerConfig(state_dir=Path("/tmp/k"), port=0))  # doctest: +SKIP
