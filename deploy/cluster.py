@@ -5,11 +5,12 @@ Each service is a subprocess in its own process group (``start_new_session``) wi
 SIGKILLs what is left, so Ctrl-C leaves no orphans. :func:`scrape` reads a ``/metrics`` endpoint into a dict, which
 is how the demo, the tests and the pipeline benchmark watch progress (the same numbers Prometheus sees).
 
-Example:
-    >>> with Supervisor(Path("/tmp/demo")) as sup:                                     # doctest: +SKIP
-    ...     sup.start(Service("worker", ("python", "-m", "streaming", "worker"),
-    ...                       ready_url="http://127.0.0.1:9101/metrics"))
-    ...     sup.wait_ready("worker", timeout_s=60)
+Example (starts a worker that needs a broker, so not a doctest)::
+
+    with Supervisor(Path("/tmp/demo")) as sup:
+        sup.start(Service("worker", ("python", "-m", "streaming", "worker"),
+                          ready_url="http://127.0.0.1:9101/metrics"))
+        sup.wait_ready("worker", timeout_s=60)
 """
 
 from __future__ import annotations
@@ -418,11 +419,12 @@ class Completion:
 class Pipeline:
     """Starts the streaming worker, trainer and serving (and Prometheus if installed) against ``bootstrap``.
 
-    Example:
-        >>> with Supervisor(Path("runs/demo")) as sup:                                   # doctest: +SKIP
-        ...     p = Pipeline(PipelineConfig(), "127.0.0.1:9092", sup)
-        ...     p.start()
-        ...     p.replay(["--dataset", "movielens", "--limit", "20000"])
+    Example (needs a broker, so not a doctest)::
+
+        with Supervisor(Path("runs/demo")) as sup:
+            p = Pipeline(PipelineConfig(), "127.0.0.1:9092", sup)
+            p.start()
+            p.replay(["--dataset", "movielens", "--limit", "20000"])
     """
 
     def __init__(self, config: PipelineConfig, bootstrap: str, supervisor: Supervisor) -> None:
@@ -622,10 +624,10 @@ class ReplayThread(threading.Thread):
     """Replays ``events`` (event-time order) with :func:`streaming.replay.replay` in a background thread and keeps
     a produce timeline, so freshness can be measured in wall-clock time even for historical timestamps.
 
-    Example:
-        >>> t = ReplayThread(events, ReplayConfig(bootstrap=bootstrap))   # doctest: +SKIP
-        >>> t.start(); t.join(); t.summary.events                          # doctest: +SKIP
-        176576
+    Example (needs a broker, so not a doctest)::
+
+        t = ReplayThread(events, ReplayConfig(bootstrap=bootstrap))
+        t.start(); t.join(); t.summary.events  # 176576
     """
 
     def __init__(self, events: Sequence[Any], config: Any) -> None:

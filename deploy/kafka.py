@@ -9,11 +9,11 @@ metadata log) and its cluster id (``data/meta.properties``) are formatted only t
 (``--fresh``) wipes them. A restart on the same state directory reuses the recorded client and controller ports when
 the configured ones are 0, so clients of the previous run reconnect to the same address (``restart()`` does both).
 
-Example:
-    >>> broker = KafkaBroker(BrokerConfig(state_dir=Path("/tmp/k"), port=0))  # doctest: +SKIP
-    >>> broker.start()                                                        # doctest: +SKIP
-    >>> broker.bootstrap                                                      # doctest: +SKIP
-    '127.0.0.1:40123'
+Example (needs Java and the jars, so not a doctest)::
+
+    broker = KafkaBroker(BrokerConfig(state_dir=Path("/tmp/k"), port=0))
+    broker.start()
+    broker.bootstrap  # '127.0.0.1:40123'
 """
 
 from __future__ import annotations

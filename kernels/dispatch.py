@@ -46,9 +46,10 @@ class Kernel(enum.Enum):
     """Which implementation an op runs.
 
     Example:
+        >>> previous = get_kernel()
         >>> set_kernel(Kernel.REFERENCE); get_kernel()
         <Kernel.REFERENCE: 'reference'>
-        >>> set_kernel(Kernel.AUTO)
+        >>> set_kernel(previous)
     """
 
     AUTO = "auto"  # Triton for CUDA tensors (or under TRITON_INTERPRET=1), the PyTorch reference otherwise

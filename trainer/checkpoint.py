@@ -18,10 +18,11 @@ fsync of the directory. It is read back with ``torch.load(weights_only=True)``. 
 
 Example:
     >>> import tempfile, torch
-    >>> d = tempfile.mkdtemp()
-    >>> p = save_checkpoint(d, 7, {"format": 1, "w": torch.ones(2)})
-    >>> load_checkpoint(latest_checkpoint(d))["w"].tolist()
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> p = save_checkpoint(tmp.name, 7, {"format": 1, "w": torch.ones(2)})
+    >>> load_checkpoint(latest_checkpoint(tmp.name))["w"].tolist()
     [1.0, 1.0]
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations
@@ -111,10 +112,12 @@ class TrainedLog:
 
     Example:
         >>> import tempfile, os
-        >>> log = TrainedLog(os.path.join(tempfile.mkdtemp(), "ids.txt"))
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> log = TrainedLog(os.path.join(tmp.name, "ids.txt"))
         >>> log.add(["a", "b"]); size = log.commit(); log.add(["c"]); _ = log.commit()
         >>> log.truncate(size); log.read()
         ['a', 'b']
+        >>> tmp.cleanup()
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

@@ -176,9 +176,10 @@ class Trainer:
         registry: Prometheus registry (a private one in tests).
         collective: lockstep agreement of torchrun ranks (``trainer.distributed``); None on one process.
 
-    Example:
-        >>> trainer = Trainer(TrainerConfig(), Ranker(spec, RankerConfig()), spec)  # doctest: +SKIP
-        >>> trainer.run(max_samples=10_000)  # doctest: +SKIP
+    Example (consumes from a broker, so not a doctest)::
+
+        trainer = Trainer(TrainerConfig(), Ranker(spec, RankerConfig()), spec)
+        trainer.run(max_samples=10_000)
     """
 
     def __init__(self, config: TrainerConfig, model: nn.Module, spec: FeatureSpec,

@@ -15,10 +15,12 @@ Example:
     >>> from pathlib import Path
     >>> from trainer.features import FeatureSpec
     >>> from trainer.model import Ranker, RankerConfig
-    >>> d = Path(tempfile.mkdtemp())
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> d = Path(tmp.name)
     >>> p = save_snapshot(d, Ranker(FeatureSpec(), RankerConfig()), SnapshotMeta(1, 0.0, 0.0, 0))
     >>> load_snapshot(p).meta.version, latest_snapshot(d) == p
     (1, True)
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

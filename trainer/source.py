@@ -193,9 +193,10 @@ class SampleBatch(Generic[B]):
 class KafkaSampleSource:
     """A kafka-python consumer assigned to this rank's partitions of ``topic``, seeking to given offsets.
 
-    Example:
-        >>> src = KafkaSampleSource(SourceConfig(bootstrap="127.0.0.1:9092"), offsets={0: 42})  # doctest: +SKIP
-        >>> values, offsets = src.poll(max_records=256, timeout_s=0.5)  # doctest: +SKIP
+    Example (needs a broker, so not a doctest)::
+
+        src = KafkaSampleSource(SourceConfig(bootstrap="127.0.0.1:9092"), offsets={0: 42})
+        values, offsets = src.poll(max_records=256, timeout_s=0.5)
     """
 
     def __init__(self, config: SourceConfig, offsets: Mapping[int, int] | None = None,
