@@ -18,6 +18,10 @@ Semantics kept from Faust's loop: records at or below the partition's read offse
 seek), gaps in offsets are recorded so commits can pass them, and a fetch taken under an older consumer generation
 (a rebalance happened) is dropped unacked and re-fetched by the partition's new owner.
 
+Every private Faust member this takes (the fetch-loop hook, the read offsets, the ack bookkeeping, ...) is reached
+through :mod:`streaming.faust_compat`, which lists them with the Faust version they were written against; this
+module uses Faust's public API otherwise.
+
 Example (no broker needed to build it):
     >>> app = BatchDrainApp("demo", broker="kafka://127.0.0.1:1", web_enabled=False)
     >>> async def handle(messages): pass
@@ -32,128 +36,136 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, cast
 
-import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
-from faust.types.tuples import ack_lock
-from mode.utils.futures import notify
+
+from streaming.faust_compat import ConsumerInternals, DrainHookApp, DrainHookConsumer
 
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]  # records with topic/partition/offset/key/value
 
 
-class BatchDrainConsumer(faust_aiokafka.Consumer):
+class BatchDrainConsumer(DrainHookConsumer):
     """Faust's aiokafka consumer with a fetch loop that delivers the app's batch topics a batch at a time.
 
     Batch-topic records reach the handler as aiokafka ``ConsumerRecord``s (``topic``, ``partition``, ``offset``,
     ``key``, ``value``), without Faust's per-record ``Message`` and generator step.
     """
 
-    async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - exercised on the real broker
+    async def fetch_loop(self, fetcher: Any, internals: ConsumerInternals) -> None:  # pragma: no cover - real broker
         app = cast(BatchDrainApp, self.app)
         if not app.batch_topics:
-            await super()._drain_messages(fetcher)
+            await super().fetch_loop(fetcher, internals)
             return
-        callback = self.callback
-        read_offset = self._read_offset
-        consumer_should_stop = self._stopped.is_set
-        fetcher_should_stop = fetcher._stopped.is_set
-        acks_enabled_for = self.app.topics.acks_enabled_for
-        while not (consumer_should_stop() or fetcher_should_stop()):
+        while not internals.stopping():
             generation = self.app.consumer_generation_id
             batch: list[tuple[TP, Any]] = []
-            timeout, deadline = 1.0, 0.0
-            while True:  # fetch until batch_max records, batch_within_s after the first one, or a fetch comes back empty
-                n_before = len(batch)
-                others = await self._fetch(timeout, batch)
-                await self.sleep(0)
-                if self.should_stop:
-                    return
-                for tp, message in others:  # Faust's per-message path, unchanged
-                    r_offset = read_offset.get(tp)
-                    if r_offset is None or message.offset >= r_offset:
-                        if r_offset and message.offset - r_offset > 1 and acks_enabled_for(tp.topic):
-                            await self._add_gap(tp, r_offset + 1, message.offset)
-                        await self.wait_first(callback(message), self.suspend_flow.wait())
-                        read_offset[tp] = message.offset
-                if not batch:
-                    break
-                if not n_before:
-                    deadline = time.monotonic() + app.batch_within_s
-                timeout = deadline - time.monotonic()
-                if (len(batch) == n_before or len(batch) >= app.batch_max or timeout <= 0
-                        or self.app.consumer_generation_id != generation):
-                    break
+            if not await self._collect(internals, batch, generation):
+                return  # stopping
             if not batch:
                 continue
-            # Faust's filter: skip offsets below the read offset (re-fetched after a seek); record a gap where offsets
-            # jump (compaction, transaction markers) so commits can pass it. Read offsets advance after handling.
-            seen: dict[TP, int | None] = {}
-            offsets: dict[TP, list[int]] = {}
-            fresh = []
-            for tp, rec in batch:
-                if tp not in seen:
-                    seen[tp] = read_offset.get(tp)
-                    offsets[tp] = []
-                r_offset, offset = seen[tp], rec.offset
-                if r_offset is not None and offset < r_offset:
-                    continue
-                if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
-                    await self._add_gap(tp, r_offset + 1, offset)
-                seen[tp] = offset
-                offsets[tp].append(offset)
-                fresh.append(rec)
+            offsets, fresh, seen = await self._filter(internals, batch)
             if not fresh or self.app.consumer_generation_id != generation or not self.flow_active:
                 continue  # revoked or paused meanwhile: the new owner (or the resumed fetch) reads them again
             assert app.batch_handler is not None
             await app.batch_handler(fresh)
-            for tp, offs in offsets.items():
-                if acks_enabled_for(tp.topic):
-                    self._ack_offsets(tp, offs)
-                if seen[tp] is not None:
-                    read_offset[tp] = seen[tp]
-            if self._commit_every is not None and self._n_acked >= self._commit_every:
-                self._n_acked = 0
+            self._acknowledge(internals, offsets, seen)
+            if internals.take_commit_due():
                 await self.commit()
 
-    async def _fetch(self, timeout: float, batch: list[tuple[TP, Any]]) -> list[tuple[TP, Message]]:
+    async def _collect(self, internals: ConsumerInternals, batch: list[tuple[TP, Any]], generation: int) -> bool:
+        """Fetch until ``batch_max`` records, ``batch_within_s`` after the first one, a fetch comes back empty or
+        the consumer generation changes; batch-topic records are appended to ``batch``, the others take Faust's
+        per-message path at once. False when the consumer is stopping."""
+        app = cast(BatchDrainApp, self.app)
+        timeout, deadline = 1.0, 0.0
+        while True:
+            n_before = len(batch)
+            others = await self._fetch(internals, timeout, batch)
+            await self.sleep(0)
+            if self.should_stop:
+                return False
+            await self._deliver_others(internals, others)
+            if not batch:
+                return True
+            if not n_before:
+                deadline = time.monotonic() + app.batch_within_s
+            timeout = deadline - time.monotonic()
+            if (len(batch) == n_before or len(batch) >= app.batch_max or timeout <= 0
+                    or self.app.consumer_generation_id != generation):
+                return True
+
+    async def _deliver_others(self, internals: ConsumerInternals, others: list[tuple[TP, Message]]) -> None:
+        """Faust's per-message path, unchanged, for the records of topics outside the batch."""
+        read_offset = internals.read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        for tp, message in others:
+            r_offset = read_offset.get(tp)
+            if r_offset is None or message.offset >= r_offset:
+                if r_offset and message.offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                    await internals.add_gap(tp, r_offset + 1, message.offset)
+                await self.wait_first(self.callback(message), self.suspend_flow.wait())
+                read_offset[tp] = message.offset
+
+    async def _filter(self, internals: ConsumerInternals, batch: list[tuple[TP, Any]],
+                      ) -> tuple[dict[TP, list[int]], list[Any], dict[TP, int | None]]:
+        """Faust's filter: skip offsets below the read offset (re-fetched after a seek); record a gap where offsets
+        jump (compaction, transaction markers) so commits can pass it. Returns ({tp: offsets to ack}, the records
+        to handle, {tp: the read offset once they are handled})."""
+        read_offset = internals.read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        seen: dict[TP, int | None] = {}
+        offsets: dict[TP, list[int]] = {}
+        fresh = []
+        for tp, rec in batch:
+            if tp not in seen:
+                seen[tp] = read_offset.get(tp)
+                offsets[tp] = []
+            r_offset, offset = seen[tp], rec.offset
+            if r_offset is not None and offset < r_offset:
+                continue
+            if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
+                await internals.add_gap(tp, r_offset + 1, offset)
+            seen[tp] = offset
+            offsets[tp].append(offset)
+            fresh.append(rec)
+        return offsets, fresh, seen
+
+    def _acknowledge(self, internals: ConsumerInternals, offsets: dict[TP, list[int]],
+                     seen: dict[TP, int | None]) -> None:
+        """After the handler returned: ack the batch's offsets (Faust's ack bookkeeping) and advance the read
+        offsets."""
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        for tp, offs in offsets.items():
+            if acks_enabled_for(tp.topic):
+                internals.ack_offsets(tp, offs)
+            if seen[tp] is not None:
+                internals.read_offset[tp] = seen[tp]
+
+    async def _fetch(self, internals: ConsumerInternals, timeout: float,
+                     batch: list[tuple[TP, Any]]) -> list[tuple[TP, Message]]:
         """One fetch: batch-topic records are appended to ``batch`` as (tp, record); the others come back as Faust
         messages for the per-message path. Mirrors ``Consumer.getmany``'s checks (flow, generation, active tps)."""
         if not self.flow_active:
             return [x async for x in self.getmany(timeout)]  # Faust seeks back to the committed offsets
-        records, active = await self._wait_next_records(timeout)
+        records, active = await internals.wait_next_records(timeout)
         if records is None or self.should_stop:
             return []
         generation = self.app.consumer_generation_id
         batch_topics = cast(BatchDrainApp, self.app).batch_topics
-        buffered = self._buffered_partitions
         others: list[tuple[TP, Message]] = []
         got: list[tuple[TP, Any]] = []
         for tp, recs in records.items():
-            if not (active is None or tp in active or tp in buffered):
+            if not (active is None or tp in active or internals.buffered(tp)):
                 continue
             self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
             if tp.topic in batch_topics:
                 got += [(tp, r) for r in recs]
             else:
-                others += [(tp, self._to_message(tp, r)) for r in recs]
+                others += [(tp, internals.to_message(tp, r)) for r in recs]
         if not self.flow_active or self.app.consumer_generation_id != generation:
             return []
         batch += got
         return others
-
-    def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
-        """``Consumer.ack`` for many offsets of one partition at once (same bookkeeping, one lock)."""
-        with ack_lock:
-            committed = self._committed_offset[tp]
-            index, acked = self._acked_index[tp], self._acked[tp]
-            n = 0
-            for offset in offsets:
-                if (committed is None or offset >= committed) and offset not in index:
-                    index.add(offset)
-                    acked.append(offset)
-                    n += 1
-            self._n_acked += n
-            notify(self._waiting_for_ack)
 
 
 class BatchDrainTransport(faust_aiokafka.Transport):
@@ -162,13 +174,17 @@ class BatchDrainTransport(faust_aiokafka.Transport):
     Consumer = BatchDrainConsumer
 
 
-class BatchDrainApp(faust.App):
+class BatchDrainApp(DrainHookApp):
     """A ``faust.App`` whose consumer can hand whole fetches of some topics to one coroutine (see module doc)."""
 
-    batch_topics: frozenset[str] = frozenset()
-    batch_handler: BatchHandler | None = None
-    batch_max: int = 2000
-    batch_within_s: float = 0.2
+    transport_class = BatchDrainTransport
+
+    def __init__(self, id: str, **options: Any) -> None:
+        super().__init__(id, **options)
+        self.batch_topics: frozenset[str] = frozenset()  # none: every topic takes Faust's per-message path
+        self.batch_handler: BatchHandler | None = None
+        self.batch_max = 2000
+        self.batch_within_s = 0.2
 
     def drain_batches(self, topics: Iterable[str], handler: BatchHandler, max_records: int = 2000,
                       within_s: float = 0.2) -> None:
@@ -181,6 +197,3 @@ class BatchDrainApp(faust.App):
         self.batch_handler = handler
         self.batch_max = max_records
         self.batch_within_s = within_s
-
-    def _new_transport(self) -> Any:
-        return BatchDrainTransport(self.conf.broker_consumer, self, loop=self.loop)
