@@ -330,7 +330,7 @@ def run(cfg: DemoConfig) -> int:
     try:
         with signals_raise_keyboard_interrupt():
             console.print("starting Kafka ...")
-            bootstrap = broker.start()
+            bootstrap = broker.start(fresh=True)  # each demo run starts from empty topics (its run dir is wiped too)
             pipe = Pipeline(PipelineConfig(
                 run_dir=run_dir, worker_port=cfg.worker_port, trainer_port=cfg.trainer_port,
                 serving_port=cfg.serving_port, prometheus_port=cfg.prometheus_port, with_prometheus=cfg.prometheus,

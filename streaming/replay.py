@@ -136,6 +136,7 @@ def make_producer(config: ReplayConfig) -> Any:
             linger_ms=20,
             batch_size=256 * 1024,  # fewer, larger produce requests: the replay is CPU-bound in Python
             max_block_ms=int(max(config.bootstrap_timeout_s, 5.0) * 1000),
+            reconnect_backoff_max_ms=1000,  # a restarted broker is found within a second (default backs off to 30 s)
         )
     except KafkaError as e:
         raise ReplayError(f"cannot reach Kafka at {config.bootstrap}: {e}") from None
