@@ -64,15 +64,12 @@ class CrossCounters:
     Key format ``"{kind}\\x1f{dim}\\x1f{value}"``. ``prune(floor, spec)`` folds entries older than
     ``floor − max window`` into ``base``; queries at ``t ≥ floor`` stay exact. ``lo`` is a lower bound of every ts
     in ``ts`` (−inf: unknown), so a prune with nothing to fold costs one comparison instead of a pass over the keys.
+    What a query counts is written out in :func:`streaming.reference.count`.
     """
 
     ts: dict[str, list[float]] = field(default_factory=dict)
     base: dict[str, int] = field(default_factory=dict)
     lo: float = field(default=-math.inf, compare=False, repr=False)
-
-    @staticmethod
-    def _key(kind: str, dim: str, value: str) -> str:
-        return f"{kind}\x1f{dim}\x1f{value}"
 
     def add(self, kind: str, scenario: str, category: str, ts: float) -> None:
         d = self.ts
@@ -86,16 +83,6 @@ class CrossCounters:
                 lst.append(ts)
             else:
                 insort(lst, ts)
-
-    def count(self, kind: str, dim: str, value: str, t: float, window: float | None) -> int:
-        """Number of ``kind`` events with ts < t (and ts >= t − window when given)."""
-        key = self._key(kind, dim, value)
-        lst = self.ts.get(key)
-        hi = bisect_left(lst, t) if lst else 0
-        if window is None:
-            return self.base.get(key, 0) + hi
-        lo = bisect_left(lst, t - window) if lst else 0
-        return hi - lo
 
     def prune(self, floor: float, spec: CrossSpec) -> None:
         cut = floor - spec.max_window_s

@@ -1,38 +1,16 @@
-"""cross_features (layout plan + count-vector cache) equals a direct count over the counters, for any spec."""
+"""cross_features (layout plan + count-vector cache) equals :func:`streaming.reference.cross_features_reference`, a
+direct count over the counters, for any spec."""
 
 from __future__ import annotations
-
-from bisect import bisect_left
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streaming.config import CrossSpec
-from streaming.cross import CrossCounters, cross_features, feature_names, window_name
+from streaming.cross import CrossCounters, cross_features, feature_names
+from streaming.reference import cross_features_reference
 
 KINDS = ("imp", "click", "conversion", "like")
-
-
-def reference(c: CrossCounters | None, spec: CrossSpec, scenario: str, category: str, t: float) -> dict[str, float]:
-    def count(kind: str, dim: str, value: str, w: float | None) -> int:
-        key = f"{kind}\x1f{dim}\x1f{value}"
-        lst = c.ts.get(key, []) if c is not None else []
-        hi = bisect_left(lst, t)
-        if w is None:
-            return (c.base.get(key, 0) if c is not None else 0) + hi
-        return hi - bisect_left(lst, t - w)
-
-    out: dict[str, float] = {}
-    for dim, value in (("scn", scenario), ("cat", category), ("all", "")):
-        for w in (*spec.windows_s, None):
-            win = "life" if w is None else window_name(w)
-            n_imp = count("imp", dim, value, w)
-            out[f"{dim}_imp_{win}"] = float(n_imp)
-            for task in spec.tasks:
-                n = count(task, dim, value, w)
-                out[f"{dim}_{task}_{win}"] = float(n)
-                out[f"{dim}_{task}_rate_{win}"] = n / max(n_imp, 1)
-    return out
 
 
 specs = st.builds(CrossSpec, windows_s=st.lists(st.sampled_from([60.0, 3600.0, 86400.0]), max_size=3, unique=True)
@@ -51,14 +29,15 @@ def test_cross_features_equal_direct_counts(spec: CrossSpec, evs: list[tuple[str
         c.add(kind, scn, cat, ts)
     if prune_at is not None and t >= prune_at:
         c.prune(prune_at, spec)  # queries at t >= floor stay exact
-    exp = reference(c, spec, scenario, category, t)
+    exp = cross_features_reference(c, spec, scenario, category, t)
     for _ in range(2):  # the second call is answered from the cache
         got = cross_features(c, spec, scenario, category, t)
         assert got == exp
         assert list(got) == feature_names(spec)  # key order is part of the encoded sample
         assert [repr(v) for v in got.values()] == [repr(v) for v in exp.values()]  # same floats, bit for bit
         got["scn_imp_life"] = -1.0  # the caller owns its dict: the cached copy is unaffected
-    assert cross_features(None, spec, scenario, category, t) == reference(None, spec, scenario, category, t)
+    cold = cross_features_reference(None, spec, scenario, category, t)
+    assert cross_features(None, spec, scenario, category, t) == cold
 
 
 @settings(max_examples=200, deadline=None)

@@ -1,14 +1,18 @@
-"""The fast paths equal the reference paths: orjson event parsing vs stdlib json + the full validator."""
+"""The fast paths equal their references: orjson event parsing vs :func:`streaming.reference.parse_event_reference`
+(stdlib json + the full validator); orjson encoding vs the stdlib's."""
 
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streaming.events import EventError, event_from_dict, parse_event
+from streaming.events import EventError, parse_event
 from streaming.fastjson import dumps
+from streaming.reference import parse_event_reference
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
                     st.text(max_size=4), st.sampled_from(["", "x", "home"]))
@@ -21,11 +25,9 @@ good = {"event_id": "e", "ts": 1.5, "user_id": "u", "scenario": "s", "request_id
 
 def reference(raw: bytes, kind: str) -> object:
     try:
-        return event_from_dict(json.loads(raw), kind)  # type: ignore[arg-type]
+        return parse_event_reference(raw, kind)  # type: ignore[arg-type]
     except EventError as e:
         return ("error", e.reason)
-    except ValueError:
-        return ("error", "invalid_json")
 
 
 @settings(max_examples=300, deadline=None)
@@ -49,3 +51,13 @@ def test_dumps_round_trips_like_stdlib(obj: object) -> None:
     except (ValueError, UnicodeEncodeError):
         return  # NaN/inf and lone surrogates never reach our encoders (events and features are validated finite)
     assert json.loads(dumps(obj)) == json.loads(ref)
+
+
+def test_production_code_never_imports_the_references() -> None:
+    """streaming.reference is the tests' specification: no package imports it (it would be a slow path)."""
+    imports = re.compile(r"^\s*(from streaming\.reference |from streaming import .*\breference\b|import streaming\.reference)",
+                         re.MULTILINE)
+    root = Path(__file__).resolve().parents[2]
+    users = [str(p.relative_to(root)) for pkg in ("streaming", "trainer", "serving", "kernels", "deploy")
+             for p in (root / pkg).rglob("*.py") if imports.search(p.read_text(encoding="utf-8"))]
+    assert users == []
