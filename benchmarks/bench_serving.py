@@ -178,7 +178,7 @@ def score_request_before(served: Any, state: Any, user_id: str, scenario: str, c
 
     from kernels.dispatch import Kernel, get_kernel, set_kernel
     from serving.scoring import ScoreResult, build_batch_sample
-    from trainer.batch import collate_reference
+    from trainer.reference import collate_reference
 
     t0 = time.perf_counter()
     batch = collate_reference([build_batch_sample(state, user_id, scenario, cands, ctx, now)], served.spec)
