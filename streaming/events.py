@@ -126,14 +126,25 @@ def _str(obj: dict[str, Any], key: str) -> str:
     return v
 
 
+INT64 = 1 << 63  # positions are int64 in the trainer's tensors
+
+
+def _finite(x: int | float) -> bool:
+    """True for a finite float or an int that fits a float (a 400-digit int overflows, it is not an error here)."""
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def _ts(obj: dict[str, Any]) -> float:
     if "ts" not in obj:
         raise EventError("missing_field", "field 'ts' is required")
     v = obj["ts"]
     if isinstance(v, bool) or not isinstance(v, int | float):
         raise EventError("bad_type", f"field 'ts' must be a number (epoch seconds), got {type(v).__name__}")
-    if not math.isfinite(v):
-        raise EventError("bad_ts", f"field 'ts' must be finite, got {v!r}")
+    if not _finite(v):
+        raise EventError("bad_ts", f"field 'ts' must be finite, got {str(v)[:40]}")
     return float(v)
 
 
@@ -159,8 +170,8 @@ def _float_map(obj: dict[str, Any], key: str) -> dict[str, float]:
         raise EventError("bad_type", f"field {key!r} must be an object of numbers, got {type(v).__name__}")
     out: dict[str, float] = {}
     for k, x in v.items():
-        if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
-            raise EventError("bad_type", f"{key}.{k} must be a finite number, got {x!r}")
+        if isinstance(x, bool) or not isinstance(x, int | float) or not _finite(x):
+            raise EventError("bad_type", f"{key}.{k} must be a finite number, got {str(x)[:40]}")
         out[str(k)] = float(x)
     return out
 
@@ -181,6 +192,8 @@ def event_from_dict(obj: Any, kind: EventKind) -> Event:
         pos = obj.get("position")
         if pos is not None and (isinstance(pos, bool) or not isinstance(pos, int)):
             raise EventError("bad_type", f"field 'position' must be an integer, got {type(pos).__name__}")
+        if pos is not None and not -INT64 <= pos < INT64:
+            raise EventError("bad_type", f"field 'position' must fit 64 bits, got {str(pos)[:40]}")
         return Impression(
             *common,
             position=pos,
@@ -190,8 +203,8 @@ def event_from_dict(obj: Any, kind: EventKind) -> Event:
             dense=_float_map(obj, "dense"),
         )
     value = obj.get("value")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value)):
-        raise EventError("bad_type", f"field 'value' must be a finite number, got {value!r}")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value)):
+        raise EventError("bad_type", f"field 'value' must be a finite number, got {str(value)[:40]}")
     return Feedback(*common, action=_str(obj, "action"), value=None if value is None else float(value))
 
 
@@ -206,7 +219,7 @@ def parse_event(raw: bytes | str, kind: EventKind, max_bytes: int = MAX_EVENT_BY
         # stdlib decide, so the accepted set and the error reasons stay exactly those of json.loads
         try:
             obj = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, ints over the digit limit
             raise EventError("invalid_json", str(e)) from None
         except RecursionError:
             raise EventError("invalid_json", "nesting too deep") from None
@@ -259,7 +272,7 @@ def _fast_event(obj: Any, kind: EventKind) -> Event | None:
         return None
     if kind == "impression":
         pos = g("position")
-        if pos is not None and type(pos) is not int:
+        if pos is not None and (type(pos) is not int or not -INT64 <= pos < INT64):
             return None
         item, context, user, dense = (_fast_str_map(g("item")), _fast_str_map(g("context")), _fast_str_map(g("user")),
                                       _fast_float_map(g("dense")))

@@ -37,7 +37,7 @@ def parse_event_reference(raw: bytes | str, kind: EventKind, max_bytes: int = MA
         raise EventError("oversized", f"payload is {len(raw)} bytes, limit {max_bytes}")
     try:
         obj = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError, ints over the digit limit
         raise EventError("invalid_json", str(e)) from None
     except RecursionError:
         raise EventError("invalid_json", "nesting too deep") from None

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,7 @@ from streaming.events import EventError, parse_event
 from streaming.fastjson import dumps
 from streaming.reference import parse_event_reference
 
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=True),
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.sampled_from([10**400, -10**400, 2**63, 2**64 - 1]), st.floats(allow_nan=True),
                     st.text(max_size=4), st.sampled_from(["", "x", "home"]))
 maps = st.one_of(scalars, st.dictionaries(st.text(max_size=3), scalars, max_size=3), st.lists(scalars, max_size=2))
 FIELDS = ("event_id", "ts", "user_id", "scenario", "request_id", "item_id", "position", "item", "context", "user",
@@ -41,6 +42,21 @@ def test_parse_event_equals_stdlib_reference(over: dict[str, object], kind: str,
     except EventError as e:
         got = ("error", e.reason)
     assert got == reference(raw, kind)
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [
+    ("ts", "1" * 5000, "invalid_json"),  # over the stdlib's int digit limit: a dead letter, not a crash
+    ("ts", "1" * 400, "bad_ts"),  # parses, but no float holds it
+    ("position", "1" * 400, "bad_type"), ("position", str(2**63), "bad_type"),
+    ("dense", '{"x": %s}' % ("9" * 400), "bad_type"), ("value", "9" * 400, "bad_type"),
+])
+def test_huge_integers_are_dead_letters_not_crashes(field: str, value: str, reason: str) -> None:
+    kind = "feedback" if field == "value" else "impression"
+    raw = json.dumps({**good, field: "@"}).replace('"@"', value).encode()
+    for parse in (parse_event, parse_event_reference):
+        with pytest.raises(EventError) as e:
+            parse(raw, kind)  # type: ignore[arg-type]
+        assert e.value.reason == reason, (parse.__name__, str(e.value))
 
 
 @given(st.recursive(scalars, lambda c: st.one_of(st.lists(c, max_size=3), st.dictionaries(st.text(max_size=3), c,
