@@ -23,13 +23,14 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Annotated, Any
 
 import torch
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -40,7 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from serving.config import ServingConfig
 from serving.hotswap import ModelHolder
 from serving.metrics import ServingMetrics
-from serving.scoring import InputError, NonFiniteScore, ServedModel, score_request
+from serving.scoring import InputError, NonFiniteScore, ScoreResult, ServedModel, score_request
 from serving.user_state import UserStateReplica
 from streaming.fastjson import dumps
 from streaming.user_state import Candidate
@@ -258,139 +259,200 @@ def _candidate(c: CandidateIn) -> Candidate:
                      dense={k: float(v) for k, v in c.dense.items()})
 
 
-def create_app(config: ServingConfig, registry: CollectorRegistry | None = None, *,
-               start_background: bool = True) -> FastAPI:
-    """Build the serving app. With ``start_background`` the lifespan starts the snapshot loader/poller/follower and
-    the user-state replica (and stops them on shutdown); tests may drive ``app.state.holder`` themselves."""
-    registry = registry if registry is not None else CollectorRegistry()
-    metrics = ServingMetrics(registry)
-    holder = ModelHolder(metrics)
-    replica = UserStateReplica(metrics)
-    executor = ThreadPoolExecutor(max_workers=config.scoring_workers, thread_name_prefix="score")
+def _scored_candidates(cands: list[Candidate], result: ScoreResult) -> list[dict[str, Any]]:
+    """``[{item_id, scores: {task: p}}]`` in request order from ``result.scores`` (task → one score per candidate)."""
+    tasks = list(result.scores)
+    cols = [result.scores[t] for t in tasks]
+    return [{"item_id": c.item_id, "scores": dict(zip(tasks, vals, strict=True))}
+            for c, vals in zip(cands, zip(*cols, strict=True), strict=True)]
+
+
+class ServingParts:
+    """What one app owns: its metrics (in ``registry``), the model holder, the user-state replica and the scoring
+    thread pool; :meth:`running` starts and stops them around the app's life."""
+
+    def __init__(self, config: ServingConfig, registry: CollectorRegistry) -> None:
+        self.config = config
+        self.registry = registry
+        self.metrics = ServingMetrics(registry)
+        self.holder = ModelHolder(self.metrics)
+        self.replica = UserStateReplica(self.metrics)
+        self.executor = ThreadPoolExecutor(max_workers=config.scoring_workers, thread_name_prefix="score")
+
+    def start(self, background: bool) -> None:
+        """Set torch's thread count; with ``background`` also follow the user-state topic (when Kafka is configured)
+        and start the snapshot loader/poller/follower."""
+        cfg = self.config
+        torch.set_num_threads(cfg.torch_threads)
+        if not background:
+            return
+        if cfg.kafka_bootstrap is not None:
+            self.replica.follow(cfg.kafka_bootstrap, cfg.user_state_topic)
+        self.holder.start(cfg.snapshot_dir, cfg.snapshot_poll_s, cfg.kafka_bootstrap, cfg.snapshots_topic)
+
+    def stop(self) -> None:
+        """Stop the snapshot machinery and the replica; drop queued scoring work."""
+        self.holder.stop()
+        self.replica.stop()
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        torch.set_num_threads(config.torch_threads)
-        if start_background:
-            if config.kafka_bootstrap is not None:
-                replica.follow(config.kafka_bootstrap, config.user_state_topic)
-            holder.start(config.snapshot_dir, config.snapshot_poll_s, config.kafka_bootstrap, config.snapshots_topic)
+    async def running(self, background: bool) -> AsyncIterator[None]:
+        """The app's lifespan: :meth:`start` on startup, :meth:`stop` on shutdown."""
+        self.start(background)
         try:
             yield
         finally:
-            holder.stop()
-            replica.stop()
-            executor.shutdown(wait=False, cancel_futures=True)
+            self.stop()
 
-    app = FastAPI(title="streamrec serving", version="1", lifespan=lifespan,
-                  description="User-level scoring with hot-swapped snapshots of the streamrec ranker.")
-    app.state.config = config
-    app.state.metrics = metrics
-    app.state.holder = holder
-    app.state.replica = replica
-    app.state.registry = registry
 
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            metrics.bad_requests.labels(reason="invalid_json").inc()
-            return error_response(400, "invalid_json", "request body is not valid JSON",
-                                  [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors])
-        metrics.bad_requests.labels(reason="invalid_request").inc()
-        details = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
-                    "type": str(e.get("type", ""))} for e in errors[:50]]
-        first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        return error_response(422, "invalid_request", f"{'.'.join(first['loc'])}: {first['msg']}", details)
+NO_MODEL: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse, "description": "no model loaded yet"}}
 
-    @app.exception_handler(StarletteHTTPException)
-    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail))
 
-    @app.exception_handler(Exception)
-    async def on_error(request: Request, exc: Exception) -> JSONResponse:  # a bug, never the client's input
-        log.exception("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
-        return error_response(500, "internal_error", f"internal error ({type(exc).__name__})")
+class Endpoints:
+    """The route handlers over one app's :class:`ServingParts`, as bound methods: the hot path reads plain
+    attributes (no dependency injection per request)."""
 
-    no_model: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse, "description": "no model loaded yet"}}
+    def __init__(self, parts: ServingParts) -> None:
+        self.config = parts.config
+        self.registry = parts.registry
+        self.metrics = parts.metrics
+        self.holder = parts.holder
+        self.replica = parts.replica
+        self.executor = parts.executor
 
-    @app.post("/v1/score", response_model=ScoreResponse, responses={**ERRORS, **no_model})
-    async def score(req: ScoreRequest) -> Response:
+    def router(self) -> APIRouter:
+        """The five endpoints, in the order the OpenAPI spec lists them."""
+        router = APIRouter()
+        router.add_api_route("/v1/score", self.score, methods=["POST"], response_model=ScoreResponse,
+                             responses={**ERRORS, **NO_MODEL})
+        router.add_api_route("/v1/model", self.model_info, methods=["GET"], response_model=ModelInfo,
+                             responses=NO_MODEL)
+        router.add_api_route("/healthz", self.healthz, methods=["GET"], response_model=Health)
+        router.add_api_route("/readyz", self.readyz, methods=["GET"], response_model=Ready,
+                             responses={503: {"model": Ready, "description": "no model yet"}})
+        router.add_api_route("/metrics", self.prometheus_metrics, methods=["GET"], response_class=PlainTextResponse)
+        return router
+
+    async def score(self, req: ScoreRequest) -> Response:
         """Score every candidate for every task with the served model (the user is encoded once)."""
         n = len(req.candidates)
-        if n > config.max_candidates:
-            metrics.bad_requests.labels(reason="too_many_candidates").inc()
+        if n > self.config.max_candidates:
+            self.metrics.bad_requests.labels(reason="too_many_candidates").inc()
             return error_response(422, "too_many_candidates",
-                                  f"{n} candidates; at most {config.max_candidates} per request")
-        served = holder.current  # one read: this request uses this model to the end, whatever is swapped in
+                                  f"{n} candidates; at most {self.config.max_candidates} per request")
+        served = self.holder.current  # one read: this request uses this model to the end, whatever is swapped in
         if served is None:
             return error_response(503, "no_model", "no model loaded yet; see /readyz")
-        state = replica.get(req.user_id)
+        state = self.replica.get(req.user_id)
         if state is None:
-            metrics.cold_starts.inc()
-        metrics.candidates.observe(n)
+            self.metrics.cold_starts.inc()
+        self.metrics.candidates.observe(n)
         cands = [_candidate(c) for c in req.candidates]
         context = {k: str(v) for k, v in req.context.items()}
         now = time.time()
         loop = asyncio.get_running_loop()
         try:
-            result = await loop.run_in_executor(executor, score_request, served, state, req.user_id, req.scenario,
-                                                cands, context, now)
+            result = await loop.run_in_executor(self.executor, score_request, served, state, req.user_id,
+                                                req.scenario, cands, context, now)
         except InputError as e:
-            metrics.bad_requests.labels(reason=e.reason).inc()
+            self.metrics.bad_requests.labels(reason=e.reason).inc()
             return error_response(422, e.reason, e.detail)
         except NonFiniteScore as e:
             log.error("%s", e)
             return error_response(500, "nonfinite_score", str(e))
-        metrics.scoring_latency.observe(result.build_s + result.model_s)
-        tasks = list(result.scores)
-        cols = [result.scores[t] for t in tasks]
+        self.metrics.scoring_latency.observe(result.build_s + result.model_s)
         body = {
             "user_id": req.user_id, "scenario": req.scenario, "model_version": served.meta.version,
-            "request_ts": now, "cold_start": state is None,
-            "candidates": [{"item_id": c.item_id, "scores": dict(zip(tasks, vals, strict=True))}
-                           for c, vals in zip(cands, zip(*cols, strict=True), strict=True)],
+            "request_ts": now, "cold_start": state is None, "candidates": _scored_candidates(cands, result),
         }
         return Response(dumps(body), media_type="application/json")  # orjson: ~4x faster than JSONResponse here
 
-    @app.get("/v1/model", response_model=ModelInfo, responses=no_model)
-    async def model_info() -> Response:
+    async def model_info(self) -> Response:
         """The served snapshot and how old it is."""
-        served = holder.current
+        served = self.holder.current
         if served is None:
             return error_response(503, "no_model", "no model loaded yet")
         return JSONResponse(_model_info(served))
 
-    @app.get("/healthz", response_model=Health)
-    async def healthz() -> Health:
+    async def healthz(self) -> Health:
         """Liveness: 200 whenever the process answers."""
-        served = holder.current
+        served = self.holder.current
         return Health(status="ok", model_version=None if served is None else served.meta.version,
-                      user_states=len(replica), user_state_caught_up=replica.caught_up)
+                      user_states=len(self.replica), user_state_caught_up=self.replica.caught_up)
 
-    @app.get("/readyz", response_model=Ready, responses={503: {"model": Ready, "description": "no model yet"}})
-    async def readyz() -> JSONResponse:
+    async def readyz(self) -> JSONResponse:
         """Readiness: 200 only with a model loaded."""
-        served = holder.current
+        served = self.holder.current
         body = {"ready": served is not None, "model_version": None if served is None else served.meta.version}
         return JSONResponse(body, status_code=200 if served is not None else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    async def prometheus_metrics() -> Response:
+    async def prometheus_metrics(self) -> Response:
         """Prometheus text exposition (``streamrec_serving_*``)."""
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
 
-    def openapi() -> dict[str, Any]:
-        """FastAPI's generated spec plus the configured candidate limit (so clients and fuzzers see it)."""
-        if app.openapi_schema is None:
-            spec = get_openapi(title=app.title, version=app.version, description=app.description,
-                               routes=app.routes)
-            cands = spec["components"]["schemas"]["ScoreRequest"]["properties"]["candidates"]
-            cands["maxItems"] = config.max_candidates
-            app.openapi_schema = spec
-        return app.openapi_schema
 
-    app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(LimitAndMeasure, max_body_bytes=config.max_body_bytes, metrics=metrics)
+# -- errors: every one as {"error": {"code", "message", "details"}} ------------------------------------------
+def invalid_request_response(errors: Sequence[Any], metrics: ServingMetrics) -> JSONResponse:
+    """400 ``invalid_json`` when the body does not parse, else 422 ``invalid_request`` (first 50 errors listed)."""
+    if any(e.get("type") == "json_invalid" for e in errors):
+        metrics.bad_requests.labels(reason="invalid_json").inc()
+        return error_response(400, "invalid_json", "request body is not valid JSON",
+                              [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg", ""))} for e in errors])
+    metrics.bad_requests.labels(reason="invalid_request").inc()
+    details = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
+                "type": str(e.get("type", ""))} for e in errors[:50]]
+    first = details[0] if details else {"loc": [], "msg": "invalid request"}
+    return error_response(422, "invalid_request", f"{'.'.join(first['loc'])}: {first['msg']}", details)
+
+
+async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """Starlette's own errors (unknown route, wrong method, unreadable body) in the error shape."""
+    code = {400: "invalid_body", 404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return error_response(exc.status_code, code, str(exc.detail))
+
+
+async def on_error(request: Request, exc: Exception) -> JSONResponse:
+    """500 for an unhandled exception: a bug, never the client's input."""
+    log.exception("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return error_response(500, "internal_error", f"internal error ({type(exc).__name__})")
+
+
+def add_error_handlers(app: FastAPI, metrics: ServingMetrics) -> None:
+    """Install the handlers above on ``app`` (validation errors are counted in ``metrics``)."""
+
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return invalid_request_response(exc.errors(), metrics)
+
+    app.exception_handler(RequestValidationError)(on_invalid)
+    app.exception_handler(StarletteHTTPException)(on_http_error)
+    app.exception_handler(Exception)(on_error)
+
+
+def openapi_with_limits(app: FastAPI, max_candidates: int) -> dict[str, Any]:
+    """FastAPI's generated spec plus the configured candidate limit (so clients and fuzzers see it); built once and
+    kept in ``app.openapi_schema`` like FastAPI's own."""
+    if app.openapi_schema is None:
+        spec = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        spec["components"]["schemas"]["ScoreRequest"]["properties"]["candidates"]["maxItems"] = max_candidates
+        app.openapi_schema = spec
+    return app.openapi_schema
+
+
+def create_app(config: ServingConfig, registry: CollectorRegistry | None = None, *,
+               start_background: bool = True) -> FastAPI:
+    """Build the serving app. With ``start_background`` the lifespan starts the snapshot loader/poller/follower and
+    the user-state replica (and stops them on shutdown); tests may drive ``app.state.holder`` themselves."""
+    parts = ServingParts(config, registry if registry is not None else CollectorRegistry())
+    app = FastAPI(title="streamrec serving", version="1", lifespan=lambda _app: parts.running(start_background),
+                  description="User-level scoring with hot-swapped snapshots of the streamrec ranker.")
+    app.state.config = config
+    app.state.metrics = parts.metrics
+    app.state.holder = parts.holder
+    app.state.replica = parts.replica
+    app.state.registry = parts.registry
+    add_error_handlers(app, parts.metrics)
+    app.include_router(Endpoints(parts).router())
+    app.openapi = partial(openapi_with_limits, app, config.max_candidates)  # type: ignore[method-assign]
+    app.add_middleware(LimitAndMeasure, max_body_bytes=config.max_body_bytes, metrics=parts.metrics)
     return app
