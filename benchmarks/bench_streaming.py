@@ -4,7 +4,7 @@
 
 1. produce N pre-encoded events (impressions + ~15% feedback, 4 scenarios, many users) to two P-partition topics;
 2. raw: one AIOKafkaConsumer (getmany) reads both topics to the end, no processing → events/s;
-3. core: the pure :class:`streaming.pipeline.StreamCore` on the same events in memory (parse + join) → events/s;
+3. core: the pure :class:`streaming.core.StreamCore` on the same events in memory (parse + join) → events/s;
 4. Faust ceiling: a Faust agent with the worker's take_events batching over the same topics, doing nothing;
 5. worker, agent delivery: ``python -m streaming worker --agent-delivery`` (events reach process_batch through the
    Faust agent's per-event stream);
@@ -104,8 +104,8 @@ async def raw_consume(bootstrap: str, topics: list[str], n: int) -> float:
 def core_rate(events: list[tuple[str, bytes, bytes]]) -> tuple[float, int]:
     import gc
 
+    from streaming.core import StreamCore
     from streaming.events import parse_event
-    from streaming.pipeline import StreamCore
 
     core = StreamCore()
     old = gc.get_threshold()

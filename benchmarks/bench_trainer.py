@@ -80,8 +80,8 @@ def _median(xs: list[float]) -> float:
 
 def movielens_samples(limit: int | None) -> list[Sample]:
     """MovieLens-100K user-level samples as the streaming worker writes them (the pure core, offline)."""
+    from streaming.core import run_offline
     from streaming.datasets.movielens import DEFAULT_CACHE, ensure_movielens, load_movielens
-    from streaming.pipeline import run_offline
 
     samples = run_offline(load_movielens(ensure_movielens(REPO_ROOT / DEFAULT_CACHE)))
     return samples[:limit] if limit else samples

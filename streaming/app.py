@@ -1,4 +1,4 @@
-"""The Faust worker: a thin loop around :class:`streaming.pipeline.StreamCore`, one core per input partition.
+"""The Faust worker: a thin loop around :class:`streaming.core.StreamCore`, one core per input partition.
 
 Topics: at start (:func:`ensure_topics`, before Faust runs) the worker creates its input, output and table changelog
 topics with ``--partitions`` partitions (``user_state`` and the changelogs compacted), adopts existing ones with that
@@ -55,11 +55,11 @@ from prometheus_client import CollectorRegistry
 
 from streaming.batch_drain import BatchDrainApp
 from streaming.config import CoreConfig
+from streaming.core import CoreCounters, StreamCore
 from streaming.events import Event, EventError, EventKind, parse_event
 from streaming.fastjson import dumps
 from streaming.metrics import StreamMetrics
 from streaming.outputs import DeadLetter, LateLabel, Output
-from streaming.pipeline import CoreCounters, StreamCore
 from streaming.sample import Sample
 
 log = logging.getLogger(__name__)

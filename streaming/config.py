@@ -45,11 +45,11 @@ class CrossSpec:
 
 @dataclass(frozen=True)
 class CoreConfig:
-    """Settings of :class:`streaming.pipeline.StreamCore`.
+    """Settings of :class:`streaming.core.StreamCore`.
 
     - ``attribution_window_s``: a feedback labels an impression if its ts is in [imp.ts, imp.ts + window].
     - ``allowed_lateness_s``: watermark = min(max impression ts, max feedback ts) − lateness. Events with
-      ts at or below the watermark when they arrive are *late* (see the late policy in ``streaming/pipeline.py``).
+      ts at or below the watermark when they arrive are *late* (see the late policy in ``streaming/core.py``).
     - ``history_len``: L, the number of behaviors in H.
     - ``max_targets``: a sample is closed when it holds this many targets.
     - ``span_s``: a sample holds a user's consecutive released targets with ts in [span_start, span_start + span_s).

@@ -1,6 +1,6 @@
 """Per-user state machine: impression⋈feedback join, behavior history, cross counters and sample aggregation.
 
-Pure Python, no Kafka/Faust. :class:`streaming.pipeline.StreamCore` owns one :class:`UserMachine` per user and a
+Pure Python, no Kafka/Faust. :class:`streaming.core.StreamCore` owns one :class:`UserMachine` per user and a
 partition watermark ``W``; it calls ``on_impression`` / ``on_feedback`` as events arrive and ``advance(W)`` when
 ``W`` passes the user's next due time (:meth:`UserMachine.next_due`).
 
@@ -20,7 +20,7 @@ provided no event is late (ts > W on arrival):
 
 Late feedback (ts ≤ W on arrival) that joins an impression already released still becomes a behavior (inserted by
 its ts, whatever its action): samples emitted from then on see it in H/R, samples already emitted are never changed;
-a mapped action also yields a :class:`streaming.outputs.LateLabel` (see the late policy in ``streaming/pipeline.py``).
+a mapped action also yields a :class:`streaming.outputs.LateLabel` (see the late policy in ``streaming/core.py``).
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class UserMachine:
     """All streaming state of one user. See the module docstring for the semantics.
 
     Example:
-        >>> from streaming.pipeline import CoreCounters
+        >>> from streaming.core import CoreCounters
         >>> m, cfg, out, t = UserMachine("u1"), CoreConfig(attribution_window_s=10.0), [], Tally()
         >>> m.on_impression(Impression("i1", 0.0, "u1", "home", "r1", "it1"), -1.0, cfg, out, t)
         >>> m.on_feedback(Feedback("f1", 5.0, "u1", "home", "r1", "it1", "click"), -1.0, cfg, out, t)

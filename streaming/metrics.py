@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from streaming.pipeline import CoreCounters
+from streaming.core import CoreCounters
 
 
 class StreamMetrics:

@@ -8,7 +8,7 @@ may apply it (e.g. a delayed-label correction) or audit it. Like any late feedba
 impression (mapped action or not), it also becomes a history behavior of the user (``late_behaviors``), seen by
 the samples emitted after it. Impressions that arrive at or below the watermark
 (``late_impression``) and feedback that never matched an impression (``orphan_feedback``) become
-:class:`DeadLetter` records. Everything is counted in :class:`streaming.pipeline.CoreCounters`.
+:class:`DeadLetter` records. Everything is counted in :class:`streaming.core.CoreCounters`.
 
 Example:
     >>> DeadLetter("orphan_feedback", "u1", "feedback", {"event_id": "f1"}).to_json()["reason"]

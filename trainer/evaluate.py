@@ -3,7 +3,7 @@
 Pipeline (all in-process, deterministic for a seed)::
 
     events  = adapter(dataset)                             # streaming.datasets: event-time order
-    samples = streaming.pipeline.run_offline(events, core)  # the same pure join/aggregation core as the worker
+    samples = streaming.core.run_offline(events, core)      # the same pure join/aggregation core as the worker
     batches = [collate(samples[i:i+B], spec) ...]           # emission order, the same batches for every model
     for each model:                                         # Ranker (MTFM-style), DLRM baseline, popularity
         for batch in batches:                               # progressive validation: predict, then train
@@ -47,10 +47,10 @@ import torch
 from prometheus_client import CollectorRegistry
 
 from streaming.config import CoreConfig, CrossSpec
+from streaming.core import run_offline
 from streaming.datasets import DatasetError, summarize
 from streaming.datasets.load import add_dataset_args, load_dataset
 from streaming.events import Event
-from streaming.pipeline import run_offline
 from streaming.sample import Sample
 from trainer.baselines import PopularityBaseline
 from trainer.batch import Batch, collate
@@ -395,7 +395,7 @@ def write_summary(res: EvalResult, out: Path, title: str, command: str) -> Path:
     d = res.dataset
     lines = [f"# Offline progressive evaluation — {title}", "",
              f"Command: `{command}`", "",
-             "Protocol: events → `streaming.pipeline.run_offline` (the worker's pure core) → user-level samples in "
+             "Protocol: events → `streaming.core.run_offline` (the worker's pure core) → user-level samples in "
              "emission order → batches of "
              f"{res.config.batch_samples} samples; every model scores a batch *before* learning from it "
              "(progressive validation, one pass). Neural models train with `trainer.loop.Trainer.train_step`. "

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
+from streaming.core import run_offline
 from streaming.datasets.synthetic import SyntheticConfig, generate
-from streaming.pipeline import run_offline
 from trainer.baselines import PopularityBaseline
 from trainer.evaluate import EvalConfig, build_batches, evaluate, run_neural, score, write_report
 from trainer.features import FeatureSpec

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from streaming.config import CoreConfig
+from streaming.core import run_offline
 from streaming.datasets.synthetic import SyntheticConfig, generate
-from streaming.pipeline import run_offline
 from streaming.replay import EOS_USER_PREFIX, ReplayConfig, end_of_stream_events, replay
 from tests.replay.helpers import create_topics, read_samples, start_worker, stop_worker, topics
 

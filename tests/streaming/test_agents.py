@@ -146,8 +146,8 @@ async def test_agent_joins_dead_letters_persists_and_counts(monkeypatch: pytest.
 
 def test_core_counters_map_to_metrics() -> None:
     """Each late feedback outcome has its own late_total kind; redelivered and duplicates are separate counters."""
+    from streaming.core import CoreCounters
     from streaming.metrics import StreamMetrics
-    from streaming.pipeline import CoreCounters
 
     reg = CollectorRegistry()
     m = StreamMetrics(reg)

@@ -11,10 +11,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from streaming.config import CoreConfig, CrossSpec
+from streaming.core import StreamCore, run_offline
 from streaming.cross import cross_features, feature_names
 from streaming.events import Event, Feedback, Impression
 from streaming.outputs import DeadLetter, LateLabel
-from streaming.pipeline import StreamCore, run_offline
 from streaming.sample import Sample, make_sample_id
 from streaming.user_state import Candidate, UserState, build_request_sample
 from tests.streaming.gen import GenSpec, event_streams, generate

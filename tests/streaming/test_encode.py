@@ -7,9 +7,9 @@ import pickle
 
 from hypothesis import HealthCheck, given, settings
 
+from streaming.core import StreamCore
 from streaming.events import Event, Impression
 from streaming.fastjson import dumps
-from streaming.pipeline import StreamCore
 from streaming.sample import Behavior, Sample, Target
 from streaming.user_state import UserState
 from tests.streaming.gen import event_streams

@@ -16,10 +16,10 @@ import pytest
 from streaming import schemas
 from streaming.app import _dead_raw
 from streaming.config import CoreConfig
+from streaming.core import StreamCore, run_offline
 from streaming.events import Feedback, Impression, encode_event
 from streaming.fastjson import dumps
 from streaming.outputs import DeadLetter, LateLabel
-from streaming.pipeline import StreamCore, run_offline
 from streaming.sample import Sample
 from tests.streaming.gen import GenSpec, generate
 

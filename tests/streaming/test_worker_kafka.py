@@ -17,8 +17,8 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
 from streaming.config import CoreConfig
+from streaming.core import run_offline
 from streaming.events import Event, Feedback, Impression, encode_event
-from streaming.pipeline import run_offline
 from streaming.sample import Sample
 from tests.streaming.gen import GenSpec, generate
 

@@ -13,8 +13,8 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType, KafkaAdminClient
 
 from streaming.__main__ import main
+from streaming.core import run_offline
 from streaming.events import Impression, encode_event
-from streaming.pipeline import run_offline
 from streaming.sample import Sample
 from tests.streaming.gen import GenSpec, generate
 from tests.streaming.test_worker_kafka import CFG, PARTS, read_all, sentinels, start_worker, stop_worker
