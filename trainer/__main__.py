@@ -4,25 +4,27 @@ Examples::
 
     python -m trainer --bootstrap 127.0.0.1:9092                       # train forever, snapshot every 5 s
     python -m trainer --exit-when-idle 10 --snapshot-every-s 2          # drain what is there, then stop
+    python -m trainer --preset laptop                                   # a named model shape (trainer/model/presets.py)
     torchrun --nproc-per-node 2 -m trainer --distributed                # 2 ranks (see trainer/distributed.py)
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
-from trainer.features import FeatureSpec, TableSpec
+from trainer.features import FeatureSpec
 from trainer.loop import Trainer, TrainerConfig
+from trainer.model import PRESETS, DLRMBaseline, DLRMConfig, Preset, Ranker
 from trainer.optim import OptimConfig
 from trainer.progressive import ProgressiveConfig
 from trainer.source import SourceConfig
+
+DEFAULT_PRESET = "base"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -67,19 +69,25 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--log-every-s", type=float, default=d.log_every_s,
                    help="metrics JSONL line + Prometheus quality refresh cadence (default %(default)s)")
     t = ap.add_argument_group("training")
+    t.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                   help="named model shape (trainer/model/presets.py; the flags below override single fields): "
+                        + "; ".join(f"{n} = {p.description}" for n, p in sorted(PRESETS.items()))
+                        + " (default %(default)s)")
     t.add_argument("--model", choices=["ranker", "dlrm"], default="ranker",
-                   help="ranker = the multi-scenario HTA transformer; dlrm = the DLRM baseline (default %(default)s)")
-    t.add_argument("--d-model", type=int, default=None, help="model width (default: the model config's)")
-    t.add_argument("--num-blocks", type=int, default=None, help="ranker blocks (default: RankerConfig's)")
-    t.add_argument("--target-layers", type=int, default=None, help="ranker target-only layers per block (default: RankerConfig's)")
+                   help="ranker = the multi-scenario HTA transformer; dlrm = the DLRM baseline on the preset's "
+                        "feature spec (default %(default)s)")
+    t.add_argument("--d-model", type=int, default=None, help="ranker width (default: the preset's)")
+    t.add_argument("--num-blocks", type=int, default=None, help="ranker blocks (default: the preset's)")
+    t.add_argument("--target-layers", type=int, default=None, help="ranker target-only layers per block (default: the preset's)")
     t.add_argument("--cowatch", action="store_true",
                    help="ranker co-watch readout (a kNN over the history keyed by a co-occurrence sketch; pair it with "
-                        "the worker's --skip-action skip)")
-    t.add_argument("--dropout", type=float, default=None, help="residual dropout (default: the model config's)")
-    t.add_argument("--max-history", type=int, default=None, help="FeatureSpec.max_history (default: FeatureSpec's)")
-    t.add_argument("--max-realtime", type=int, default=None, help="FeatureSpec.max_realtime (default: FeatureSpec's)")
-    t.add_argument("--max-table-rows", type=int, default=0,
-                   help="cap every embedding table at this many hash buckets, 0 = FeatureSpec defaults (default %(default)s)")
+                        "the worker's --skip-action skip) (default: the preset's)")
+    t.add_argument("--dropout", type=float, default=None, help="ranker residual dropout (default: the preset's)")
+    t.add_argument("--max-history", type=int, default=None, help="FeatureSpec.max_history (default: the preset's)")
+    t.add_argument("--max-realtime", type=int, default=None, help="FeatureSpec.max_realtime (default: the preset's)")
+    t.add_argument("--max-table-rows", type=int, default=None,
+                   help="cap every embedding table at this many hash buckets, 0 = FeatureSpec's sizes "
+                        "(default: the preset's)")
     t.add_argument("--embedding-lr", type=float, default=o.embedding_lr, help="row-wise Adagrad lr (default %(default)s)")
     t.add_argument("--dense-lr", type=float, default=o.dense_lr, help="AdamW lr (default %(default)s)")
     t.add_argument("--weight-decay", type=float, default=o.weight_decay, help="AdamW weight decay (default %(default)s)")
@@ -107,37 +115,25 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
+def preset_from_args(args: argparse.Namespace) -> Preset:
+    """The ``--preset`` with the single-field flags applied (the name stays; the effective config is recorded)."""
+    return PRESETS[args.preset].with_changes(
+        max_history=args.max_history, max_realtime=args.max_realtime, max_table_rows=args.max_table_rows,
+        d_model=args.d_model, num_blocks=args.num_blocks, target_layers=args.target_layers, dropout=args.dropout,
+        cowatch=args.cowatch or None)
+
+
 def _spec(args: argparse.Namespace) -> FeatureSpec:
-    base = FeatureSpec()
-    changes: dict[str, Any] = {}
-    if args.max_history is not None:
-        changes["max_history"] = args.max_history
-    if args.max_realtime is not None:
-        changes["max_realtime"] = args.max_realtime
-    if args.max_table_rows > 0:
-        changes["tables"] = {n: TableSpec(min(t.num_embeddings, max(args.max_table_rows, base.time_gap_buckets)), t.dim)
-                             for n, t in base.tables.items()}
-    return dataclasses.replace(base, **changes) if changes else base
+    return preset_from_args(args).feature_spec()
 
 
-def _model(args: argparse.Namespace, spec: FeatureSpec) -> Any:
+def _model(args: argparse.Namespace, spec: FeatureSpec) -> Ranker | DLRMBaseline:
     import torch
 
     torch.manual_seed(args.seed)
-    if args.model == "dlrm":
-        from trainer.model import DLRMBaseline, DLRMConfig  # type: ignore[attr-defined]
-
-        dcfg = DLRMConfig()
-        dchanges = {f: v for f, v in (("d_model", args.d_model), ("dropout", args.dropout))
-                    if v is not None and hasattr(dcfg, f)}
-        return DLRMBaseline(spec, dataclasses.replace(dcfg, **dchanges))
-    from trainer.model import Ranker, RankerConfig  # type: ignore[attr-defined]
-
-    rcfg = RankerConfig()
-    rchanges = {f: v for f, v in (("d_model", args.d_model), ("num_blocks", args.num_blocks),
-                                  ("target_layers", args.target_layers), ("dropout", args.dropout),
-                                  ("cowatch", args.cowatch or None)) if v is not None}
-    return Ranker(spec, dataclasses.replace(rcfg, **rchanges))
+    if args.model == "dlrm":  # the baseline's own default config (the preset's Ranker fields don't apply)
+        return DLRMBaseline(spec, DLRMConfig())
+    return Ranker(spec, preset_from_args(args).ranker)
 
 
 def config_from_args(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> TrainerConfig:

@@ -56,15 +56,16 @@ from trainer.baselines import PopularityBaseline
 from trainer.batch import Batch, collate
 from trainer.features import FeatureSpec
 from trainer.loop import Trainer, TrainerConfig
-from trainer.model import DLRMBaseline, DLRMConfig, Ranker, RankerConfig
+from trainer.model import PRESETS, DLRMBaseline, DLRMConfig, Ranker, RankerConfig
+from trainer.model.presets import MOVIELENS_PRIORS, shaped_spec
 from trainer.optim import OptimConfig
 from trainer.progressive import exact_auc, grouped_auc, user_hash
 
 MODELS = ("ranker", "dlrm", "popularity")
 METRICS = ("auc", "gauc", "logloss")
-# Initial output bias of the Ranker: rough label priors (MovieLens-100K: ~55% ratings >= 4, ~21% = 5), fixed
-# constants rather than rates measured on the evaluated stream.
-MOVIELENS_PRIORS: tuple[tuple[str, float], ...] = (("click", 0.55), ("conversion", 0.21))
+# The preset behind the published MovieLens-100K numbers (docs/results/eval); its label priors also initialise the
+# DLRM baseline's output biases.
+DEFAULT_PRESET = "eval-ml100k"
 _EPS = 1e-7
 V = TypeVar("V")
 # The MovieLens adapter's feedback follows its impression by 5 s (click) and 10 s (like): a 60 s attribution window
@@ -82,16 +83,19 @@ class EvalConfig:
         batch_samples: user-level samples per training step.
         seed: torch seed (model init) — the only randomness.
         points: time slices on the plots.
-        max_history: H length kept by collate (FeatureSpec.max_history).
+        preset: name of the :data:`trainer.model.PRESETS` entry ``ranker``, ``max_history``, ``max_realtime`` and
+            ``max_table_rows`` come from (single fields may be overridden: the effective values are what ran);
+            equals ``ranker.preset`` ('' for a hand-built Ranker config).
+        max_history / max_realtime / max_table_rows: the FeatureSpec limits (see :class:`trainer.model.Preset`).
         ranker / dlrm / optim / ranker_optim: model and optimizer settings (``ranker_optim`` None = ``optim``).
             Defaults are the settings tuned on MovieLens-100K (small batches = more one-pass steps; row-wise
-            Adagrad lr 0.2; H ≤ 256 (the core's L); a 1-block, d=32 Ranker with the co-watch readout and its
-            wide/first-order shortcuts on — the target's
-            input token into the head, a linear term on the target's raw features, a per-item bias table, a
-            per-user term, the user's smoothed cross-counter rates — and its output biases at the label priors).
+            Adagrad lr 0.2; the ``eval-ml100k`` preset: a 1-block, d=32 Ranker with the co-watch readout, the
+            user's smoothed cross-counter rates and output biases at the label priors, besides the first-order
+            shortcuts every Ranker has — the target's input token into the head, a linear term on the target's
+            raw features, a per-item bias table, a per-user term).
             The DLRM baseline gets the same generic, non-sequence shortcuts (per-item bias table, linear term,
             cross-counter rates, prior output biases); only the Ranker has the wide input token into its head, the
-            per-user term and the target-aware co-watch read of the history — see the README's evaluation section.
+            per-user term and the target-aware co-watch read of the history — see docs/experiments.md.
         popularity_smoothing: pseudo-count m of the popularity baseline.
         core: the streaming core's settings (join window, sample span, cross features).
     """
@@ -100,10 +104,11 @@ class EvalConfig:
     batch_samples: int = 8
     seed: int = 0
     points: int = 12
-    max_history: int = 256
-    ranker: RankerConfig = field(default_factory=lambda: RankerConfig(
-        d_model=32, num_blocks=1, target_layers=0, wide=True, linear=True, task_priors=MOVIELENS_PRIORS,
-        cross_rates=True, cross_rates_init=0.5, cowatch=True))
+    preset: str = DEFAULT_PRESET
+    max_history: int = PRESETS[DEFAULT_PRESET].max_history
+    max_realtime: int = PRESETS[DEFAULT_PRESET].max_realtime
+    max_table_rows: int = PRESETS[DEFAULT_PRESET].max_table_rows
+    ranker: RankerConfig = PRESETS[DEFAULT_PRESET].ranker
     dlrm: DLRMConfig = field(default_factory=lambda: DLRMConfig(
         item_bias=True, linear=True, task_priors=MOVIELENS_PRIORS, cross_rates=True, cross_rates_init=0.5))
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(embedding_lr=0.2))
@@ -117,6 +122,12 @@ class EvalConfig:
             raise ValueError(f"models must be a non-empty subset of {MODELS}, got {self.models}")
         if self.batch_samples < 1 or self.points < 1:
             raise ValueError("batch_samples and points must be >= 1")
+        if self.preset != self.ranker.preset:
+            raise ValueError(f"preset {self.preset!r} but the Ranker config comes from preset {self.ranker.preset!r}")
+
+    def feature_spec(self) -> FeatureSpec:
+        """The spec every model of the run shares."""
+        return shaped_spec(self.max_history, self.max_realtime, self.max_table_rows, tasks=self.core.tasks)
 
 
 @dataclass
@@ -290,7 +301,7 @@ def evaluate(events: Sequence[Event], config: EvalConfig, progress: bool = False
     t0 = time.perf_counter()
     samples = run_offline(events, config.core)
     t_core = time.perf_counter() - t0
-    spec = FeatureSpec(max_history=config.max_history, tasks=config.core.tasks)
+    spec = config.feature_spec()
     t0 = time.perf_counter()
     batches = build_batches(samples, spec, config.batch_samples)
     t_collate = time.perf_counter() - t0
@@ -395,6 +406,8 @@ def write_summary(res: EvalResult, out: Path, title: str, command: str) -> Path:
     d = res.dataset
     lines = [f"# Offline progressive evaluation — {title}", "",
              f"Command: `{command}`", "",
+             f"Ranker preset: `{res.config.preset or '(hand-built)'}` (trainer/model/presets.py; the effective "
+             "configuration is at the end)", "",
              "Protocol: events → `streaming.core.run_offline` (the worker's pure core) → user-level samples in "
              "emission order → batches of "
              f"{res.config.batch_samples} samples; every model scores a batch *before* learning from it "
@@ -494,7 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-samples", type=int, default=EvalConfig.batch_samples, help="samples per training step")
     p.add_argument("--points", type=int, default=EvalConfig.points, help="time slices in the plots")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--max-history", type=int, default=EvalConfig.max_history, help="H tokens kept per sample")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                   help="the Ranker's shape and feature limits (trainer/model/presets.py; the Ranker flags below "
+                        "override single fields) (default %(default)s: the published MovieLens-100K numbers)")
+    p.add_argument("--max-history", type=int, help="H tokens kept per sample (default: the preset's)")
     p.add_argument("--category-key", help="item feature counted as the category by the core's cross features "
                                           "(default: genres for movielens, category otherwise)")
     p.add_argument("--attribution-window-s", type=float,
@@ -502,15 +518,15 @@ def main(argv: list[str] | None = None) -> int:
                         "its impression; the core's default otherwise)")
     p.add_argument("--skip-action", default="skip",
                    help="behavior action of an impression released unlabeled ('' = no skip behaviors)")
-    r = EvalConfig().ranker
-    p.add_argument("--d-model", type=int, default=r.d_model, help="Ranker token width")
-    p.add_argument("--num-blocks", type=int, default=r.num_blocks, help="Ranker HTA blocks")
-    p.add_argument("--target-layers", type=int, default=r.target_layers, help="Ranker target layers per block")
-    p.add_argument("--cowatch-dim", type=int, default=r.cowatch_dim,
-                   help="Ranker co-watch sketch width (0 = no co-watch readout)")
+    p.add_argument("--d-model", type=int, help="Ranker token width (default: the preset's)")
+    p.add_argument("--num-blocks", type=int, help="Ranker HTA blocks (default: the preset's)")
+    p.add_argument("--target-layers", type=int, help="Ranker target layers per block (default: the preset's)")
+    p.add_argument("--cowatch-dim", type=int,
+                   help="Ranker co-watch sketch width, 0 = no co-watch readout (default: the preset's)")
     p.add_argument("--dlrm-dim", type=int, default=EvalConfig().dlrm.embed_dim, help="DLRM embedding width")
-    p.add_argument("--cross-rates-init", type=float, default=r.cross_rates_init,
-                   help="initial weight of the user's cross-counter rate term, both models (0 = no such term)")
+    p.add_argument("--cross-rates-init", type=float,
+                   help="initial weight of the user's cross-counter rate term, both models, 0 = no such term "
+                        f"(default: the preset's for the Ranker, {EvalConfig().dlrm.cross_rates_init} for the DLRM)")
     o = EvalConfig().optim
     p.add_argument("--embedding-lr", type=float, default=o.embedding_lr, help="row-wise Adagrad lr (both models)")
     p.add_argument("--dense-lr", type=float, default=o.dense_lr, help="AdamW lr (both models)")
@@ -535,16 +551,20 @@ def main(argv: list[str] | None = None) -> int:
     window = ns.attribution_window_s
     if window is None:
         window = MOVIELENS_WINDOW_S if ns.dataset == "movielens" else CoreConfig.attribution_window_s
+    cw, cr = ns.cowatch_dim, ns.cross_rates_init
+    preset = PRESETS[ns.preset].with_changes(
+        max_history=ns.max_history, d_model=ns.d_model, num_blocks=ns.num_blocks, target_layers=ns.target_layers,
+        cowatch=None if cw is None else cw > 0, cowatch_dim=None if cw is None else max(cw, 1),
+        cross_rates=None if cr is None else cr != 0, cross_rates_init=cr)
+    dlrm = EvalConfig().dlrm
+    if cr is not None:
+        dlrm = dataclasses.replace(dlrm, cross_rates=cr != 0, cross_rates_init=cr)
     try:
         config = EvalConfig(
             models=tuple(m.strip() for m in ns.models.split(",") if m.strip()), batch_samples=ns.batch_samples,
-            seed=ns.seed, points=ns.points, max_history=ns.max_history,
-            ranker=dataclasses.replace(r, d_model=ns.d_model, num_blocks=ns.num_blocks,
-                                       target_layers=ns.target_layers, cross_rates=ns.cross_rates_init != 0,
-                                       cowatch=ns.cowatch_dim > 0, cowatch_dim=max(ns.cowatch_dim, 1),
-                                       cross_rates_init=ns.cross_rates_init),
-            dlrm=dataclasses.replace(EvalConfig().dlrm, embed_dim=ns.dlrm_dim, cross_rates=ns.cross_rates_init != 0,
-                                     cross_rates_init=ns.cross_rates_init), optim=optim,
+            seed=ns.seed, points=ns.points, preset=preset.name, max_history=preset.max_history,
+            max_realtime=preset.max_realtime, max_table_rows=preset.max_table_rows, ranker=preset.ranker,
+            dlrm=dataclasses.replace(dlrm, embed_dim=ns.dlrm_dim), optim=optim,
             ranker_optim=None if ns.ranker_dense_lr is None else dataclasses.replace(optim, dense_lr=ns.ranker_dense_lr),
             popularity_smoothing=ns.smoothing, core=CoreConfig(
                 attribution_window_s=window, skip_action=ns.skip_action or None, cross=CrossSpec(category_key=cat)))

@@ -47,12 +47,18 @@ from trainer.checkpoint import (
 )
 from trainer.features import FeatureSpec
 from trainer.metrics import TrainerMetrics
-from trainer.model import Ranker
+from trainer.model import Ranker, SnapshotSource, TrainableModel
 from trainer.optim import OptimConfig, build_optimizers, multitask_bce
 from trainer.progressive import ProgressiveConfig, ProgressiveValidator
 
 if TYPE_CHECKING:
-    from trainer.distributed import Collective
+    from trainer.distributed import Collective, ShardedRanker
+    from trainer.model import DLRMBaseline
+
+    def _implements_the_contract(r: Ranker, d: DLRMBaseline, s: ShardedRanker
+                                 ) -> tuple[SnapshotSource, TrainableModel, SnapshotSource]:
+        """mypy checks each model the trainer is given against its Protocol here (never called)."""
+        return r, d, s
 from trainer.source import (
     RECONNECT_BACKOFF_MAX_MS,
     DeadLetter,
@@ -141,9 +147,9 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _model_config_json(model: nn.Module) -> str:
-    cfg = getattr(model, "config", None)
-    if cfg is not None and dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+def _model_config_json(model: TrainableModel) -> str:
+    cfg = model.config
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
         return json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
     return "{}"
 
@@ -170,8 +176,9 @@ class Trainer:
 
     Args:
         config: the trainer configuration.
-        model: the raw model; it must have ``embedding_parameters()`` and ``dense_parameters()``, and may have
-            ``observe(batch)`` (called after each real training step).
+        model: the raw model, an ``nn.Module`` implementing :class:`trainer.model.TrainableModel` (``observe(batch)``
+            is called after each real training step); serving snapshots are written when it is also a
+            :class:`trainer.model.SnapshotSource` (checkpoints only otherwise).
         spec: the feature spec used by ``collate`` (saved into every snapshot by ``trainer.snapshot``).
         registry: Prometheus registry (a private one in tests).
         collective: lockstep agreement of torchrun ranks (``trainer.distributed``); None on one process.
@@ -188,9 +195,13 @@ class Trainer:
         self.collective = collective
         self.spec = spec
         self.device = resolve_device(config.device)
-        self.model = model.to(self.device)
-        emb = model.embedding_parameters()  # type: ignore[operator]
-        dense = model.dense_parameters()  # type: ignore[operator]
+        if not isinstance(model, TrainableModel):
+            raise TypeError(f"{type(model).__name__} does not implement trainer.model.TrainableModel (config, "
+                            "embedding_parameters, dense_parameters, observe)")
+        self.model: nn.Module = model.to(self.device)
+        self.trainable: TrainableModel = model  # the same object, seen through the trainer's contract
+        emb = model.embedding_parameters()
+        dense = model.dense_parameters()
         self.emb_opt, self.dense_opt = build_optimizers(emb, dense, config.optim)
         self.progressive = ProgressiveValidator(config.progressive)
         self.metrics = TrainerMetrics(registry if registry is not None else REGISTRY)
@@ -213,8 +224,8 @@ class Trainer:
         self._announcer: Any = None
         self._metrics_file: TextIO | None = None
         # trainer.snapshot serialises the Ranker (a sharded one is gathered to rank 0 first)
-        self.snapshots_supported = isinstance(model, Ranker) or hasattr(model, "to_ranker")
-        if not self.snapshots_supported:
+        self.servable: SnapshotSource | None = model if isinstance(model, SnapshotSource) else None
+        if self.servable is None:
             log.warning("%s: serving snapshots are written for the Ranker only; checkpoints still are",
                         type(model).__name__)
         self._pad: Batch | None = None
@@ -287,7 +298,7 @@ class Trainer:
             "snapshot_version": self.snapshot_version,
             "trained_log_bytes": log_bytes,
             "feature_spec": self.spec.to_json(),
-            "model_config": _model_config_json(self.model),
+            "model_config": _model_config_json(self.trainable),
             "created_at": time.time(),
         }
         path = save_checkpoint(self.config.checkpoints_path, self.steps, payload)  # steps: equal on all ranks
@@ -303,7 +314,7 @@ class Trainer:
         """Checkpoint, then write + announce a serving snapshot of the raw model (version + 1)."""
         from trainer.snapshot import SnapshotMeta, prune_snapshots, save_snapshot
 
-        if not self.snapshots_supported:
+        if self.servable is None:
             self._dirty_snap = False
             self._last_snap_t = time.monotonic()
             return self.checkpoint()
@@ -313,10 +324,7 @@ class Trainer:
         created = time.time()
         meta = SnapshotMeta(version=version, created_at=created, max_event_ts=self.max_event_ts,
                             samples_trained=self.samples_trained, max_produce_ts=self.max_produce_ts)
-        if isinstance(self.model, Ranker):
-            model: Ranker | None = self.model
-        else:
-            model = self.model.to_ranker()  # type: ignore[operator]  # collective gather; the Ranker on rank 0 only
+        model: Ranker | None = self.servable.to_ranker()  # sharded: a collective gather, the Ranker on rank 0 only
         if model is None:  # another rank writes and announces
             self._dirty_snap = False
             self._samples_at_snapshot = self.samples_trained
@@ -380,9 +388,8 @@ class Trainer:
         for opt in (self.emb_opt, self.dense_opt):
             if opt is not None:
                 opt.step()
-        observe = getattr(model, "observe", None)  # optional: model-side statistics (Ranker's co-watch sketch)
-        if weight > 0 and callable(observe):
-            observe(batch)  # after scoring and learning: no progressive score sees its own batch's statistics
+        if weight > 0:  # after scoring and learning: no progressive score sees its own batch's statistics
+            self.trainable.observe(batch)
         per_task["total"] = float(loss.detach())
         return per_task
 

@@ -23,7 +23,7 @@ from trainer.optim import OptimConfig
 ROOT = Path(__file__).resolve().parents[2]
 TINY_RANKER = RankerConfig(d_model=16, num_blocks=1, target_layers=1, q_heads=2, kv_heads=1, head_dim=8,
                            num_experts=2, expert_dim=16)
-TINY = EvalConfig(batch_samples=8, points=4, max_history=32, ranker=TINY_RANKER, dlrm=DLRMConfig(embed_dim=8),
+TINY = EvalConfig(batch_samples=8, points=4, preset="", max_history=32, ranker=TINY_RANKER, dlrm=DLRMConfig(embed_dim=8),
                   seed=3)
 
 
@@ -112,12 +112,17 @@ def test_score_matches_hand_computed_metrics() -> None:
 def test_cli_synthetic_report(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     r = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--dataset", "synthetic", "--syn-users", "30",
-                        "--syn-requests", "4", "--out", str(out), "--d-model", "16", "--num-blocks", "1",
+                        "--syn-requests", "4", "--out", str(out), "--preset", "laptop", "--d-model", "16",
                         "--target-layers", "1", "--dlrm-dim", "8", "--threads", "1", "--points", "3"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ranker" in r.stdout and "popularity" in r.stdout and "ranker − dlrm (click)" in r.stdout
     assert (out / "summary.md").is_file() and (out / "auc_click.png").is_file()
+    cfg = json.loads((out / "metrics.json").read_text())["config"]  # the numbers name their preset and overrides
+    assert cfg["preset"] == cfg["ranker"]["preset"] == "laptop"
+    assert (cfg["ranker"]["d_model"], cfg["ranker"]["target_layers"], cfg["ranker"]["num_blocks"]) == (16, 1, 1)
+    assert (cfg["max_history"], cfg["max_realtime"], cfg["max_table_rows"]) == (32, 16, 32768)
+    assert "Ranker preset: `laptop`" in (out / "summary.md").read_text()
     bad = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--dataset", "log", "--path",
                           str(tmp_path / "missing.csv"), "--user-col", "u", "--item-col", "i", "--ts-col", "t",
                           "--label", "click=c", "--out", str(out)], cwd=ROOT, capture_output=True, text=True,

@@ -46,8 +46,8 @@ def test_cross_rates_read_the_lifetime_counters_back_out_of_the_cross_bag() -> N
     assert z[1].abs().max().item() < 1e-6  # no counters: the prior, no offset
 
 
-@pytest.mark.parametrize("options", [{"cross_rates": True}, {"cross_rates": True, "item_bias": False}])
-def test_ranker_cached_scores_equal_forward_with_rate_terms(options: dict[str, bool]) -> None:
+@pytest.mark.parametrize("options", [{"cross_rates": True}, {"cross_rates": True, "cross_rates_init": 0.5}])
+def test_ranker_cached_scores_equal_forward_with_rate_terms(options: dict[str, object]) -> None:
     spec = small_spec()
     model = seeded(Ranker(spec, small_config(task_priors=_PRIORS, **options)), seed=5).eval()
     assert isinstance(model, Ranker)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.__main__ import _model, _parser, _spec, config_from_args
+import pytest
+
+from trainer.__main__ import DEFAULT_PRESET, _model, _parser, _spec, config_from_args
 from trainer.loop import TrainerConfig
-from trainer.model import DLRMBaseline, Ranker
+from trainer.model import PRESETS, DLRMBaseline, Ranker
 
 
 def test_every_flag_has_help_and_defaults_match_the_config() -> None:
@@ -35,3 +37,32 @@ def test_model_flags_build_the_chosen_model() -> None:
     cw = _model(_parser().parse_args(["--max-table-rows", "64", "--cowatch"]), spec)
     assert isinstance(cw, Ranker) and cw.cowatch is not None
     assert isinstance(_model(_parser().parse_args(["--model", "dlrm"]), spec), DLRMBaseline)
+
+
+def test_help_lists_every_preset_and_the_default_is_base() -> None:
+    text = _parser().format_help()
+    assert "--preset {" + ",".join(sorted(PRESETS)) + "}" in text
+    assert all(p.description[:30] in " ".join(text.split()) for p in PRESETS.values())
+    assert DEFAULT_PRESET == "base" and _parser().parse_args([]).preset == "base"
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["--preset", "no-such-preset"])
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_flag_builds_the_preset_exactly(name: str) -> None:
+    args = _parser().parse_args(["--preset", name])
+    spec = _spec(args)
+    assert spec == PRESETS[name].feature_spec()
+    m = _model(args, spec)
+    assert isinstance(m, Ranker) and m.config == PRESETS[name].ranker and m.config.preset == name
+
+
+def test_single_flags_override_a_preset_field_and_keep_its_name() -> None:
+    args = _parser().parse_args(["--preset", "laptop", "--d-model", "16", "--max-history", "8", "--cowatch"])
+    spec = _spec(args)
+    assert (spec.max_history, spec.max_realtime) == (8, PRESETS["laptop"].max_realtime)
+    m = _model(args, spec)
+    assert isinstance(m, Ranker) and m.config.preset == "laptop"
+    assert (m.config.d_model, m.config.num_blocks, m.config.cowatch) == (16, 1, True)
+    full = _spec(_parser().parse_args(["--preset", "laptop", "--max-table-rows", "0"]))  # 0 = FeatureSpec's sizes
+    assert full.tables == PRESETS["base"].feature_spec().tables

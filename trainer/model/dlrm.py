@@ -167,3 +167,6 @@ class DLRMBaseline(nn.Module):
     def dense_parameters(self) -> list[nn.Parameter]:
         emb = {id(p) for p in self.embedding_parameters()}
         return [p for p in self.parameters() if id(p) not in emb]
+
+    def observe(self, batch: Batch) -> None:
+        """No model-side statistics (:class:`trainer.model.TrainableModel`): the baseline learns only by gradients."""

@@ -35,6 +35,20 @@ from trainer.model.heads import (
 from trainer.model.hta import HTALayer, KVLayout
 
 _CTX_GROUPS = (TokenGroup.U, TokenGroup.H, TokenGroup.R)
+CROSS_RATES_SMOOTHING = 5.0  # pseudo-count of the cross-counter rates' shrinkage towards the task priors
+COWATCH_TEMPERATURES = (0.0, 10.0, 30.0, 100.0)  # one softmax read of the history per temperature
+# Options earlier experiments could switch, now fixed (no preset varied them; their ablation numbers are in
+# docs/experiments.md): name -> the only value this build has. from_json drops them from configs written before
+# they were removed and refuses any other value (a model this build cannot construct).
+REMOVED_FIELDS: dict[str, object] = {
+    "wide": True,
+    "linear": True,
+    "user_linear": True,
+    "item_bias": True,
+    "zero_init": False,
+    "cross_rates_smoothing": CROSS_RATES_SMOOTHING,
+    "cowatch_temperatures": COWATCH_TEMPERATURES,
+}
 
 
 @dataclass(frozen=True)
@@ -51,24 +65,24 @@ class RankerConfig:
         attention: softmax, or HSTU's pointwise SiLU.
         num_experts / expert_dim: MMoE head.
         dropout: on each layer's residual branch.
-        wide: feed each target token's own input representation (its tokenizer output: item, scenario, context,
-            cross and dense features — the signals DLRM uses) to the MMoE head next to the transformer output, a
-            shortcut that learns as fast as a shallow model early in a stream while attention catches up.
-        zero_init: zero the layers' output projections so every block starts as the identity (stable early steps).
-        linear: a first-order (wide & deep) term: one logit per task, linear in the target's raw input features
-            (item/scenario/context embeddings, cross and dense values), added to the head's logits.
-        item_bias: a per-item, per-task logit bias (its own zero-initialised embedding table on the item id, trained
-            with row-wise Adagrad like every table): a directly learned popularity term.
-        user_linear: a per-user first-order term: linear in the sum of the user's U-token features and the mean of
-            the H-token features (the user's bias and historical action rate), added to each target's logits.
         cross_rates: the user's smoothed lifetime label rates (overall, in the target's scenario and category),
             read from the target's cross counters, as a direct logit term (:class:`trainer.model.heads.CrossRates`,
-            smoothed towards ``task_priors``); ``cross_rates_init`` is the initial weight of the overall rate.
+            smoothed towards ``task_priors`` with :data:`CROSS_RATES_SMOOTHING`); ``cross_rates_init`` is the
+            initial weight of the overall rate.
         task_priors: ``((task, p), ...)`` initial output bias = log-odds of ``p`` per task (others start at 0).
         cowatch: a target-aware kNN read of the history keyed by a streaming item co-occurrence sketch
             (:class:`trainer.model.cowatch.CoWatch`: ``cowatch_rows`` x ``cowatch_dim`` sketch, one softmax read of
-            the context tokens' action embeddings per temperature), added to the logits. Its sketch is model state
-            updated by :meth:`Ranker.observe` after each training step.
+            the context tokens' action embeddings per temperature in :data:`COWATCH_TEMPERATURES`), added to the
+            logits. Its sketch is model state updated by :meth:`Ranker.observe` after each training step.
+        preset: name of the :mod:`trainer.model.presets` entry this config was built from ('' = built by hand);
+            provenance only (snapshots and reports name it), it changes nothing in the model.
+
+    Every Ranker also has these first-order shortcuts, always on (they learn as fast as a shallow model early in a
+    stream while attention catches up): the *wide* input — each target token's own input representation (its
+    tokenizer output: item, scenario, context, cross and dense features) joins the transformer output in the MMoE
+    head; a *linear* term per task on the target's raw input features; a per-item, per-task *item bias* table
+    (zero-initialised, trained with row-wise Adagrad like every table); and a per-user *user linear* term on the
+    sum of the user's U-token features and the mean of the H-token features. All start at zero.
 
     Example:
         >>> RankerConfig.from_json(RankerConfig(d_model=32).to_json()).d_model
@@ -85,19 +99,13 @@ class RankerConfig:
     num_experts: int = 4
     expert_dim: int = 64
     dropout: float = 0.0
-    wide: bool = True
-    zero_init: bool = False
-    linear: bool = True
-    user_linear: bool = True
-    item_bias: bool = True
     cross_rates: bool = False
     cross_rates_init: float = 1.0
-    cross_rates_smoothing: float = 5.0
     task_priors: tuple[tuple[str, float], ...] = ()
     cowatch: bool = False
     cowatch_rows: int = 16384
     cowatch_dim: int = 128
-    cowatch_temperatures: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0)
+    preset: str = ""
 
     def __post_init__(self) -> None:
         if self.q_heads % self.kv_heads:
@@ -118,15 +126,12 @@ class RankerConfig:
     def from_json(raw: str | dict[str, Any]) -> RankerConfig:
         d = dict(json.loads(raw) if isinstance(raw, str) else raw)
         d["attention"] = AttentionKind(d["attention"])
-        d.setdefault("wide", False)  # configs written before these options existed
-        d.setdefault("zero_init", False)
-        d.setdefault("linear", False)
-        d.setdefault("user_linear", False)
-        d.setdefault("item_bias", False)
-        d.setdefault("cross_rates", False)
+        for name, fixed in REMOVED_FIELDS.items():
+            value = d.pop(name, fixed)
+            if (tuple(value) if isinstance(value, list) else value) != fixed:
+                raise ValueError(f"RankerConfig.{name}={value!r} is no longer supported: this build always has "
+                                 f"{name}={fixed!r} (train a new model, e.g. from a trainer.model.presets preset)")
         d["task_priors"] = tuple((str(t), float(p)) for t, p in d.get("task_priors", ()))
-        if "cowatch_temperatures" in d:
-            d["cowatch_temperatures"] = tuple(float(t) for t in d["cowatch_temperatures"])
         return RankerConfig(**d)
 
 
@@ -146,7 +151,7 @@ class UserCache:
     max_len: int
     ts_origin: torch.Tensor
     user_ids: list[str]
-    user_logit: torch.Tensor | None = None  # (B, tasks) per-user first-order logits (RankerConfig.user_linear)
+    user_logit: torch.Tensor  # (B, tasks) per-user first-order logits
     cw_rows: torch.Tensor | None = None  # (N_ctx,) co-watch sketch row of each context token (RankerConfig.cowatch)
     cw_act: torch.Tensor | None = None  # (N_ctx, a) action embedding of each context token (zeros on U tokens)
 
@@ -165,7 +170,7 @@ class UserCache:
 
         return UserCache([mv(k) for k in self.keys], [mv(v) for v in self.values], mv(self.offsets), mv(self.ts),
                          mv(self.group), self.max_len, mv(self.ts_origin), list(self.user_ids),
-                         opt(self.user_logit), opt(self.cw_rows), opt(self.cw_act))
+                         mv(self.user_logit), opt(self.cw_rows), opt(self.cw_act))
 
 
 def _user_of(offsets: torch.Tensor, n: int) -> torch.Tensor:
@@ -212,44 +217,30 @@ class Ranker(nn.Module):
         )
         self.final_norm = nn.LayerNorm(c.d_model)
         # wide shortcut: the target token's input (before any attention) joins the head input
-        self.wide_norm = nn.LayerNorm(c.d_model) if c.wide else None
-        head_in = c.d_model * (2 if c.wide else 1)
-        self.head = MMoE(head_in, self.embedder.scenario_dim, spec.tasks, c.num_experts, c.expert_dim)
-        self.linear = nn.Linear(self.embedder.target_in_dim, len(spec.tasks)) if c.linear else None
-        if self.linear is not None:
-            nn.init.zeros_(self.linear.weight)
-            nn.init.zeros_(self.linear.bias)
+        self.wide_norm = nn.LayerNorm(c.d_model)
+        self.head = MMoE(2 * c.d_model, self.embedder.scenario_dim, spec.tasks, c.num_experts, c.expert_dim)
         n_tasks = len(spec.tasks)
+        self.linear = nn.Linear(self.embedder.target_in_dim, n_tasks)
         dims = self.embedder.features.dims
-        if c.user_linear:
-            self.user_lin: nn.Linear | None = nn.Linear(dims["user_feat"], n_tasks, bias=False)
-            self.hist_lin: nn.Linear | None = nn.Linear(sum(dims[f] for f in GROUP_FEATURES[TokenGroup.H]), n_tasks,
-                                                        bias=False)
-            nn.init.zeros_(self.user_lin.weight)
-            nn.init.zeros_(self.hist_lin.weight)
-        else:
-            self.user_lin = self.hist_lin = None
-        self.item_bias = item_bias_table(spec) if c.item_bias else None
-        self.cross_rates = CrossRates(spec, c.task_priors, c.cross_rates_smoothing, c.cross_rates_init) \
+        self.user_lin = nn.Linear(dims["user_feat"], n_tasks, bias=False)
+        self.hist_lin = nn.Linear(sum(dims[f] for f in GROUP_FEATURES[TokenGroup.H]), n_tasks, bias=False)
+        for w in (self.linear.weight, self.linear.bias, self.user_lin.weight, self.hist_lin.weight):
+            nn.init.zeros_(w)
+        self.item_bias = item_bias_table(spec)
+        self.cross_rates = CrossRates(spec, c.task_priors, CROSS_RATES_SMOOTHING, c.cross_rates_init) \
             if c.cross_rates else None
         feats = GROUP_FEATURES[TokenGroup.H]
         assert GROUP_FEATURES[TokenGroup.R] == feats
         a0 = sum(dims[f] for f in feats[:feats.index("action")])
         self._action_cols = (a0, a0 + dims["action"])  # the action embedding's columns in raw H/R features
-        self.cowatch = CoWatch(spec, dims["action"], c.cowatch_rows, c.cowatch_dim, c.cowatch_temperatures) \
+        self.cowatch = CoWatch(spec, dims["action"], c.cowatch_rows, c.cowatch_dim, COWATCH_TEMPERATURES) \
             if c.cowatch else None
-        if c.zero_init:
-            for _, layer in self.layers():
-                nn.init.zeros_(layer.out_proj.weight)
-                nn.init.zeros_(layer.out_proj.bias)
         for task, p in c.task_priors:
             if task in spec.tasks:
                 self.head.set_output_bias(task, math.log(p / (1.0 - p)))
 
-    def _user_logit(self, batch: Batch, raw: dict[TokenGroup, torch.Tensor]) -> torch.Tensor | None:
-        """(B, tasks) per-user first-order logits from the raw U/H features (None when disabled)."""
-        if self.user_lin is None or self.hist_lin is None:
-            return None
+    def _user_logit(self, batch: Batch, raw: dict[TokenGroup, torch.Tensor]) -> torch.Tensor:
+        """(B, tasks) per-user first-order logits from the raw U/H features."""
         B, lens = batch.num_samples, batch.group_lengths
 
         def per_user_sum(g: TokenGroup) -> torch.Tensor:
@@ -261,15 +252,10 @@ class Ranker(nn.Module):
         h = per_user_sum(TokenGroup.H) / lens[:, TokenGroup.H].clamp(min=1).unsqueeze(1).to(raw[TokenGroup.H].dtype)
         return self.user_lin(u) + self.hist_lin(h)  # type: ignore[no-any-return]
 
-    def _item_logit(self, batch: Batch) -> torch.Tensor | None:
-        """(T, tasks) first-order logits of the targets' own features: the item bias table and the user's
-        cross-counter rates (None when both are off)."""
-        if self.item_bias is None and self.cross_rates is None:
-            return None
-        rows = target_item_rows(batch, self.spec)
-        out = torch.zeros(rows.numel(), len(self.spec.tasks), device=rows.device)
-        if self.item_bias is not None:
-            out = out + item_bias_logits(self.item_bias, rows, len(self.spec.tasks))
+    def _item_logit(self, batch: Batch) -> torch.Tensor:
+        """(T, tasks) first-order logits of the targets' own features: the item bias table and (when on) the user's
+        cross-counter rates."""
+        out = item_bias_logits(self.item_bias, target_item_rows(batch, self.spec), len(self.spec.tasks))
         if self.cross_rates is not None:
             out = out + self.cross_rates(batch)
         return out
@@ -282,33 +268,23 @@ class Ranker(nn.Module):
         return out.index_copy(0, torch.cat([batch.group_rows[TokenGroup.H], batch.group_rows[TokenGroup.R]]),
                               torch.cat([h, r]))
 
-    @staticmethod
-    def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
-        return b if a is None else a if b is None else a + b
-
     def observe(self, batch: Batch) -> None:
         """Update model-side streaming statistics with a batch just trained on (the co-watch sketch)."""
         if self.cowatch is not None:
             self.cowatch.observe(batch)
 
+    def to_ranker(self) -> Ranker:
+        """The servable form of this model: itself (see :class:`trainer.model.SnapshotSource`)."""
+        return self
+
     def _head(self, x: torch.Tensor, x0: torch.Tensor, raw: torch.Tensor, scen: torch.Tensor,
-              user_logit: torch.Tensor | None, t_user: torch.Tensor, item_logit: torch.Tensor | None
-              ) -> dict[str, torch.Tensor]:
-        """Final target tokens (T, d), their input tokens (T, d) and raw features (T, in), per-user logits (B, tasks)
-        and each target's user (T,) -> {task: (T,) logits}."""
-        h = self.final_norm(x)
-        if self.wide_norm is not None:
-            h = torch.cat([h, self.wide_norm(x0)], dim=-1)
+              user_logit: torch.Tensor, t_user: torch.Tensor, item_logit: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Final target tokens (T, d), their input tokens (T, d) and raw features (T, in), per-user logits
+        (B, tasks), each target's user (T,) and per-target logits (T, tasks) -> {task: (T,) logits}."""
+        h = torch.cat([self.final_norm(x), self.wide_norm(x0)], dim=-1)
         out: dict[str, torch.Tensor] = self.head(h, scen)
-        if self.linear is not None:
-            lin = self.linear(raw)  # (T, tasks)
-            out = {t: z + lin[:, i] for i, (t, z) in enumerate(out.items())}
-        if item_logit is not None:
-            out = {t: z + item_logit[:, i] for i, (t, z) in enumerate(out.items())}
-        if user_logit is not None:
-            ul = user_logit[t_user]  # (T, tasks)
-            out = {t: z + ul[:, i] for i, (t, z) in enumerate(out.items())}
-        return out
+        lin, ul = self.linear(raw), user_logit[t_user]  # (T, tasks) each; added in this order (bitwise-stable scores)
+        return {t: z + lin[:, i] + item_logit[:, i] + ul[:, i] for i, (t, z) in enumerate(out.items())}
 
     def layers(self) -> list[tuple[bool, HTALayer]]:
         """All layers in order as ``(is_full, layer)``."""
@@ -348,7 +324,7 @@ class Ranker(nn.Module):
             tok_user = _user_of(batch.seq_offsets, N)
             cw = self.cowatch(rows_all, self._actions(batch, raw, N), batch.token_ts, group, tok_user, rows_all[t_rows],
                               batch.token_ts[t_rows], t_user)
-            item_logit = self._add(item_logit, cw)
+            item_logit = item_logit + cw
         return self._head(x[t_rows], x0, raw[TokenGroup.T], scen, self._user_logit(batch, raw), t_user, item_logit)
 
     @torch.no_grad()
@@ -413,7 +389,8 @@ class Ranker(nn.Module):
                 raise ValueError("score_candidates: the cache was encoded without the co-watch context")
             t_rows = self.cowatch.sketch_rows(batch)[batch.group_rows[TokenGroup.T]]
             cw = self.cowatch(cache.cw_rows, cache.cw_act, cache.ts, cache.group, c_user, t_rows, t_ts, t_user)
-            item_logit = self._add(item_logit, cw)
+            item_logit = item_logit + cw
+        user_logit = cache.user_logit
 
         def merge(ctx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
             out = ctx.new_empty((n_ctx + T, *ctx.shape[1:]))
@@ -426,7 +403,7 @@ class Ranker(nn.Module):
                 k, v = layer.kv(xn)
                 x = layer.target_update(x, xn, t_group, k, v, t_off, t_ts, batch.max_targets, ctx, cache.keys[li],
                                         cache.values[li])
-            return self._head(x, x0, raw[TokenGroup.T], scen, cache.user_logit, t_user, item_logit)
+            return self._head(x, x0, raw[TokenGroup.T], scen, user_logit, t_user, item_logit)
         kv = KVLayout(kv_offsets, merge(cache.ts, t_ts), merge(cache.group, t_group), cache.max_len + batch.max_targets)
         for li, (_, layer) in enumerate(self.layers()):
             xn = layer.norm_in(x, t_group)
@@ -435,12 +412,11 @@ class Ranker(nn.Module):
                 x, xn, t_group, merge(cache.keys[li], k), merge(cache.values[li], v), kv, t_off, q_pos,
                 batch.max_targets,
             )
-        return self._head(x, x0, raw[TokenGroup.T], scen, cache.user_logit, t_user, item_logit)
+        return self._head(x, x0, raw[TokenGroup.T], scen, user_logit, t_user, item_logit)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Embedding-table parameters (row-wise Adagrad in the trainer)."""
-        extra = list(self.item_bias.parameters()) if self.item_bias is not None else []
-        return self.embedder.embedding_parameters() + extra
+        return self.embedder.embedding_parameters() + list(self.item_bias.parameters())
 
     def dense_parameters(self) -> list[nn.Parameter]:
         """Every other parameter (AdamW in the trainer)."""
