@@ -311,16 +311,25 @@ CORE_DEADLETTER_REASONS = frozenset({"late_impression", "orphan_feedback", "late
 TOPICS = ("impressions", "feedback", "samples", "deadletter", "snapshots", "user_state")
 
 
-# The trainer flags `make demo` and the pipeline benchmark use by default: a smaller ranker (width 32, one block,
-# 32 history / 16 real-time tokens, 64-sample batches) so a 2-core CPU keeps up with MovieLens-100K in minutes, and
-# one torch thread: with the worker and the broker on the other cores, a second OpenMP thread waits at every op's
-# barrier for a core that is busy elsewhere (measured 10-40x slower steps on 2 busy cores than with 1 thread), and
-# tables capped at 32768 rows (27 -> 9 MB of weights: each checkpoint + snapshot 3.6x cheaper to write and to load
-# in serving; MovieLens' 1,682 items and 943 users still rarely share a row: same progressive AUC, 0.708 vs 0.705).
-# `--full-model` in both drops them (python -m trainer's own defaults).
-LAPTOP_TRAINER_ARGS: tuple[str, ...] = ("--d-model", "32", "--num-blocks", "1", "--max-history", "32",
-                                        "--max-realtime", "16", "--batch-samples", "64", "--threads", "1",
-                                        "--max-table-rows", "32768")
+# The `python -m trainer` flags of the local pipeline (`make demo`, the pipeline benchmark): a named model preset
+# (trainer/model/presets.py; `laptop` by default: width 32, one block, 32 history / 16 real-time tokens, tables capped
+# at 32,768 rows, so a 2-core CPU keeps up with MovieLens-100K in minutes), 64-sample batches, and one torch thread:
+# with the worker and the broker on the other cores, a second OpenMP thread waits at every op's barrier for a core
+# that is busy elsewhere (measured 10-40x slower steps on 2 busy cores than with 1 thread).
+PIPELINE_RUNTIME_ARGS: tuple[str, ...] = ("--batch-samples", "64", "--threads", "1")
+
+
+def trainer_preset_args(preset: str) -> tuple[str, ...]:
+    """``python -m trainer`` flags of the local pipeline for model preset ``preset``.
+
+    Example:
+        >>> trainer_preset_args("laptop")
+        ('--preset', 'laptop', '--batch-samples', '64', '--threads', '1')
+    """
+    return ("--preset", preset, *PIPELINE_RUNTIME_ARGS)
+
+
+LAPTOP_TRAINER_ARGS: tuple[str, ...] = trainer_preset_args("laptop")
 
 
 def pick_port(preferred: int, host: str = "127.0.0.1") -> int:
@@ -348,8 +357,9 @@ class PipelineConfig:
     snapshot_idle_s: float = 1.0  # also snapshot once the trainer has caught up (at most once a second)
     ready_timeout_s: float = 120.0
     partitions: int = 4  # of every topic but snapshots (the worker's tables use the same count)
-    trainer_args: tuple[str, ...] = ()  # extra `python -m trainer` flags (e.g. a smaller model for the demo)
+    trainer_args: tuple[str, ...] = ()  # extra `python -m trainer` flags (e.g. trainer_preset_args("laptop"))
     worker_args: tuple[str, ...] = ()
+    serving_args: tuple[str, ...] = ()  # extra `python -m serving` flags (e.g. --preset laptop)
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -495,7 +505,7 @@ class Pipeline:
         return Service("serving", python_module(
             "serving", "--bootstrap", self.bootstrap, "--port", str(self.serving_port),
             "--snapshots-topic", c.topic("snapshots"), "--user-state-topic", c.topic("user_state"),
-            "--snapshot-dir", str(self.snapshot_dir), "--log-level", "warning"),
+            "--snapshot-dir", str(self.snapshot_dir), "--log-level", "warning", *c.serving_args),
             ready_url=f"{self.serving_url}/healthz")
 
     def start(self) -> None:

@@ -14,6 +14,7 @@ Examples:
     python -m deploy demo --limit 30000         # a slice: the first 30k events in event-time order
     python -m deploy demo --data examples/events.csv --map examples/mapping.toml   # your own log
     python -m deploy demo --keep-running        # leave the cluster up for curl and Prometheus
+    python -m deploy demo --preset base         # train python -m trainer's default model instead of `laptop`
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from deploy.cluster import (
-    LAPTOP_TRAINER_ARGS,
+    PIPELINE_RUNTIME_ARGS,
     ClusterError,
     Completion,
     FreshnessProbe,
@@ -43,8 +44,10 @@ from deploy.cluster import (
     pick_port,
     python_module,
     signals_raise_keyboard_interrupt,
+    trainer_preset_args,
 )
 from deploy.kafka import REPO_ROOT, BrokerConfig, BrokerError, KafkaBroker
+from trainer.model.presets import PRESETS
 
 if TYPE_CHECKING:
     from rich.panel import Panel
@@ -72,7 +75,7 @@ class DemoConfig:
     prometheus: bool = True
     keep_running: bool = False
     evaluate: bool = False
-    full_model: bool = False
+    preset: str = "laptop"
     timeout_s: float = 1800.0
     settle_s: float = 10.0
 
@@ -103,9 +106,10 @@ def _parser() -> argparse.ArgumentParser:
                       help="after the replay is trained and served, keep everything up until Ctrl-C")
     mode.add_argument("--exit-when-done", action="store_true",
                       help="print the summary and exit 0 once the replay is trained and served (the default)")
-    p.add_argument("--full-model", action="store_true",
-                   help="train python -m trainer's default ranker instead of the smaller laptop profile "
-                        f"({' '.join(LAPTOP_TRAINER_ARGS)})")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset,
+                   help="model preset the trainer trains (trainer/model/presets.py; base = python -m trainer's "
+                        "default) and serving expects; the trainer runs with "
+                        f"{' '.join(PIPELINE_RUNTIME_ARGS)} (default %(default)s)")
     p.add_argument("--evaluate", action="store_true",
                    help="afterwards, run the offline evaluation (python -m trainer.evaluate: ranker vs DLRM vs "
                         "popularity, progressive AUC/GAUC per scenario) on the same events into RUN_DIR/eval")
@@ -124,7 +128,7 @@ def config_from_args(argv: list[str] | None) -> DemoConfig:
                       limit=a.limit, run_dir=a.run_dir, kafka_port=a.kafka_port,
                       worker_port=a.worker_port, trainer_port=a.trainer_port, serving_port=a.serving_port,
                       prometheus_port=a.prometheus_port, prometheus=not a.no_prometheus,
-                      keep_running=a.keep_running, evaluate=a.evaluate, full_model=a.full_model,
+                      keep_running=a.keep_running, evaluate=a.evaluate, preset=a.preset,
                       timeout_s=a.timeout)
 
 
@@ -334,7 +338,7 @@ def run(cfg: DemoConfig) -> int:
             pipe = Pipeline(PipelineConfig(
                 run_dir=run_dir, worker_port=cfg.worker_port, trainer_port=cfg.trainer_port,
                 serving_port=cfg.serving_port, prometheus_port=cfg.prometheus_port, with_prometheus=cfg.prometheus,
-                trainer_args=() if cfg.full_model else LAPTOP_TRAINER_ARGS,
+                trainer_args=trainer_preset_args(cfg.preset), serving_args=("--preset", cfg.preset),
                 worker_args=("--category-key", category_key)),
                 bootstrap, sup)
             pipe.create_topics()

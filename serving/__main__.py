@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from serving.config import ServingConfig
+from trainer.model.presets import PRESETS
 
 
 def parse_config(argv: list[str] | None = None) -> ServingConfig:
@@ -42,6 +43,10 @@ def parse_config(argv: list[str] | None = None) -> ServingConfig:
                    help="idle HTTP keep-alive timeout in seconds (default %(default)s)")
     p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"],
                    help="log level (default %(default)s)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset,
+                   help="serve only snapshots trained from this model preset (trainer/model/presets.py; the model "
+                        "itself always comes from the snapshot); others are rejected and counted as wrong_preset "
+                        "(default: any preset)")
     a = p.parse_args(argv)
     try:
         return ServingConfig(
@@ -49,7 +54,7 @@ def parse_config(argv: list[str] | None = None) -> ServingConfig:
             snapshots_topic=a.snapshots_topic, user_state_topic=a.user_state_topic, snapshot_dir=a.snapshot_dir,
             snapshot_poll_s=a.snapshot_poll_s, max_candidates=a.max_candidates, max_body_bytes=a.max_body_bytes,
             torch_threads=a.torch_threads, scoring_workers=a.scoring_workers, keep_alive_s=a.keep_alive_s,
-            log_level=a.log_level)
+            log_level=a.log_level, preset=a.preset)
     except ValueError as e:
         p.error(str(e))
 

@@ -275,7 +275,7 @@ class ServingParts:
         self.config = config
         self.registry = registry
         self.metrics = ServingMetrics(registry)
-        self.holder = ModelHolder(self.metrics)
+        self.holder = ModelHolder(self.metrics, preset=config.preset)
         self.replica = UserStateReplica(self.metrics)
         self.executor = ThreadPoolExecutor(max_workers=config.scoring_workers, thread_name_prefix="score")
 

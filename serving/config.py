@@ -30,6 +30,8 @@ class ServingConfig:
         scoring_workers: threads that run scoring off the event loop.
         keep_alive_s: idle HTTP keep-alive timeout; keep it above clients' pool expiry (httpx: 5 s) so a client
             never reuses a connection the server is closing.
+        preset: serve only snapshots of this model preset (``RankerConfig.preset``, a key of
+            :data:`trainer.model.PRESETS`); others are rejected (``wrong_preset``). None serves any snapshot.
     """
 
     host: str = "127.0.0.1"
@@ -45,6 +47,7 @@ class ServingConfig:
     scoring_workers: int = 2
     keep_alive_s: int = 15
     log_level: str = "info"
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:

@@ -8,7 +8,8 @@ Two sources feed one loader thread (so loads never overlap):
   missed announcement, a serving process without Kafka, and the snapshot already there at start).
 
 Verification before a swap: the snapshot loads (:func:`load_snapshot`; a corrupt or incompatible file raises
-:class:`SnapshotError`), it is strictly newer than the served one, it scores the same task set as the served model
+:class:`SnapshotError`), it is strictly newer than the served one, it was trained from the expected model preset
+(when the server names one: ``python -m serving --preset``), it scores the same task set as the served model
 (clients rely on the response's keys), and a smoke request (a cold-start user, two candidates) gives finite scores
 for every task. Then ``ModelHolder.current`` is replaced — a single attribute write. Requests read ``current``
 once at their start and keep that object to the end, so in-flight requests finish on the old model, which is freed
@@ -65,11 +66,15 @@ def _version_key(v: Any) -> tuple[int, Any]:
         return (1, str(v))
 
 
-def verify(loaded: LoadedSnapshot, path: str, current: ServedModel | None) -> ServedModel:
-    """Check ``loaded`` may replace ``current``; raise :class:`Rejected` otherwise."""
+def verify(loaded: LoadedSnapshot, path: str, current: ServedModel | None, preset: str | None = None) -> ServedModel:
+    """Check ``loaded`` may replace ``current`` (and comes from model preset ``preset`` unless None); raise
+    :class:`Rejected` otherwise."""
     meta = loaded.meta
     if current is not None and _version_key(meta.version) <= _version_key(current.meta.version):
         raise Rejected("stale", f"version {meta.version} is not newer than the served {current.meta.version}")
+    if preset is not None and loaded.config.preset != preset:
+        raise Rejected("wrong_preset", f"trained from model preset {loaded.config.preset or '(none recorded)'!r}, "
+                                       f"this server serves preset {preset!r} (python -m serving --preset)")
     model = loaded.model.eval()
     try:
         sample = build_batch_sample(None, "__smoke__", "__smoke__", SMOKE_CANDIDATES, {}, time.time())
@@ -98,10 +103,11 @@ class ModelHolder:
     """
 
     def __init__(self, metrics: ServingMetrics,
-                 load: Callable[[Path], LoadedSnapshot] = load_snapshot) -> None:
+                 load: Callable[[Path], LoadedSnapshot] = load_snapshot, preset: str | None = None) -> None:
         self.metrics = metrics
         self.current: ServedModel | None = None
         self._load = load
+        self.preset = preset  # serve only snapshots of this model preset (None: any)
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._tried: dict[str, str] = {}  # path → outcome ("served", "stale" or a rejection reason); bounded below
         self._stop = threading.Event()
@@ -173,7 +179,7 @@ class ModelHolder:
                 raise Rejected("missing", str(e)) from None
             except Exception as e:  # a loader that fails in any other way still must not take the service down
                 raise Rejected("load_error", f"{type(e).__name__}: {e}") from None
-            served = verify(loaded, path, self.current)
+            served = verify(loaded, path, self.current, self.preset)
         except Rejected as e:
             self._remember(path, e.reason)
             if e.reason == "stale":
