@@ -1,4 +1,4 @@
-"""python -m deploy: the local Kafka broker, the demo (the whole pipeline on this machine) and the benchmarks."""
+"""python -m deploy: the local Kafka broker, the demo (the whole pipeline on this machine), the benchmarks and docs/results.md."""
 
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="run every benchmarks/bench_*.py and collect reports/bench/*.json", add_help=False)
     sub.add_parser("dashboards", help="render the Grafana dashboards' panels from a live Prometheus into PNGs "
                    "(--png DIR; see deploy/dashboards.py)", add_help=False)
+    sub.add_parser("results", help="write docs/results.md from the committed result JSON under docs/results/ "
+                   "(--check: fail if it is out of date)", add_help=False)
     return p
 
 
@@ -74,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
         from deploy import dashboards
 
         return dashboards.main(argv[1:])
+    if argv[:1] == ["results"]:
+        from deploy import results
+
+        return results.main(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "kafka":

@@ -1,0 +1,147 @@
+"""The documentation stays true: docs/results.md is exactly what the committed result JSON renders to, every
+number in it sits under its command and preset, README is a short front door, README and the topic pages carry no
+session history, and every relative link resolves."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy import results
+
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+HISTORY_PAGES = {"experiments.md"}  # dated history is allowed there (and in CHANGELOG.md)
+FORBIDDEN = ("this session", "earlier session", "previous session", "first attempt")
+_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+_ANCHOR_ID = re.compile(r'<a id="([^"]+)"')
+
+
+def _current_pages() -> list[Path]:
+    return [README, *sorted(p for p in (REPO / "docs").glob("*.md") if p.name not in HISTORY_PAGES)]
+
+
+def _all_pages() -> list[Path]:
+    return [README, REPO / "CHANGELOG.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's heading anchor: lower case, punctuation dropped (word characters, '-' and spaces kept), ' ' -> '-'."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    text = page.read_text(encoding="utf-8")
+    text = re.sub(r"```.*?```", "", text, flags=re.DOTALL)
+    heads = {_slug(m.group(1)) for m in re.finditer(r"^#{1,6} (.+)$", text, flags=re.MULTILINE)}
+    return heads | set(_ANCHOR_ID.findall(text))
+
+
+def test_results_md_is_generated_from_the_committed_json() -> None:
+    committed = (REPO / "docs" / "results.md").read_text(encoding="utf-8")
+    assert results.build() == committed, "docs/results.md is out of date: run python -m deploy results"
+
+
+def test_results_check_cli_agrees(tmp_path: Path) -> None:
+    ok = subprocess.run([sys.executable, "-m", "deploy", "results", "--check"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    stale = tmp_path / "results.md"
+    stale.write_text((REPO / "docs" / "results.md").read_text(encoding="utf-8").replace("75.68", "75.69"))
+    bad = subprocess.run([sys.executable, "-m", "deploy", "results", "--check", "--out", str(stale)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "out of date" in bad.stderr
+
+
+def test_every_results_table_names_its_command_and_preset() -> None:
+    lines = (REPO / "docs" / "results.md").read_text(encoding="utf-8").splitlines()
+    tables = [i for i, ln in enumerate(lines) if ln.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))]
+    assert tables, "docs/results.md has no table"
+    for i in tables:
+        above = lines[i - 2] if i >= 2 else ""
+        assert re.match(r"^Command: `python -m \S+ .+` · preset: `[^`]+`$", above), (i + 1, lines[i], above)
+    numbers = [ln for ln in lines if re.search(r"\d", ln) and not ln.startswith(("|", "Command:", "#", "Source:"))]
+    assert numbers == [], f"numbers outside a table under its command: {numbers}"
+
+
+def _eval_json(metrics: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"config": {"models": ["ranker", "dlrm"], "seed": 0, **extra}, "dataset": {"targets": 3},
+            "metrics": metrics, "command": "python -m trainer.evaluate --dataset synthetic --out reports/x"}
+
+
+def _scores(auc: float) -> dict[str, float]:
+    return {"auc": auc, "gauc": auc - 0.1, "logloss": 0.5, "calibration": 1.0, "count": 3.0}
+
+
+def test_old_and_new_metric_shapes_render_the_same(tmp_path: Path) -> None:
+    old = {m: {"click": {"all": _scores(a), "drama": _scores(a - 0.05)}} for m, a in (("ranker", 0.7), ("dlrm", 0.6))}
+    new = {m: {"click": {"overall": _scores(a), "scenarios": {"drama": _scores(a - 0.05)}}}
+           for m, a in (("ranker", 0.7), ("dlrm", 0.6))}
+    texts = []
+    for name, metrics in (("old", old), ("new", new)):
+        d = tmp_path / name / "eval"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps(_eval_json(metrics, preset="laptop")))
+        texts.append(results.build(tmp_path / name, tmp_path / name).replace(f"/{name}/", "/"))
+    assert texts[0] == texts[1]
+    assert "| ranker | click | 70.00 | 60.00 |" in texts[0] and "| click | +10.00 | +10.00 |" in texts[0]
+    assert "preset: `laptop`" in texts[0] and "| drama | 3 | 65.00 | 55.00 | 55.00 | 45.00 |" in texts[0]
+
+
+def test_a_scenario_named_all_in_the_new_shape_is_a_scenario(tmp_path: Path) -> None:
+    new = {m: {"click": {"overall": _scores(0.7), "scenarios": {"all": _scores(0.9)}}} for m in ("ranker", "dlrm")}
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(_eval_json(new)))
+    text = results.build(tmp_path, tmp_path)
+    assert "| ranker | click | 70.00 |" in text and "| all | 3 | 90.00 |" in text
+
+
+def test_preset_falls_back_to_the_model_shape_and_command_to_the_summary(tmp_path: Path) -> None:
+    data = _eval_json({m: {"click": {"all": _scores(0.7)}} for m in ("ranker", "dlrm")},
+                      ranker={"d_model": 16, "num_blocks": 1, "target_layers": 0, "q_heads": 2, "kv_heads": 1})
+    del data["command"]
+    (tmp_path / "eval").mkdir()
+    (tmp_path / "eval" / "metrics.json").write_text(json.dumps(data))
+    with pytest.raises(results.ResultsError, match="nothing reproduces it"):
+        results.build(tmp_path, tmp_path)
+    (tmp_path / "eval" / "summary.md").write_text("# x\n\nCommand: `python -m trainer.evaluate --limit 9`\n")
+    text = results.build(tmp_path, tmp_path)
+    assert "Command: `python -m trainer.evaluate --limit 9` · preset: `unnamed (from the config): ranker d_model=16" in text
+
+
+def test_readme_is_a_short_front_door() -> None:
+    n = len(README.read_text(encoding="utf-8").splitlines())
+    assert n <= 150, f"README.md has {n} lines"
+    text = README.read_text(encoding="utf-8")
+    for page in sorted((REPO / "docs").glob("*.md")):
+        assert f"(docs/{page.name})" in text, f"README does not link docs/{page.name}"
+
+
+@pytest.mark.parametrize("page", _current_pages(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_no_session_history_outside_experiments_and_changelog(page: Path) -> None:
+    text = page.read_text(encoding="utf-8").lower()
+    found = [w for w in FORBIDDEN if w in text]
+    assert not found, f"{page.relative_to(REPO)} mentions {found}: history belongs in docs/experiments.md or CHANGELOG.md"
+
+
+@pytest.mark.parametrize("page", _all_pages(), ids=lambda p: p.relative_to(REPO).as_posix())
+def test_relative_links_resolve(page: Path) -> None:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.DOTALL)
+    broken = []
+    for target in _LINK.findall(text):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # http:, https:, mailto:
+            continue
+        path, _, anchor = target.partition("#")
+        dest = (page.parent / path).resolve() if path else page
+        if not dest.exists():
+            broken.append(f"{target} (no such file)")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            broken.append(f"{target} (no such anchor)")
+    assert not broken, f"{page.relative_to(REPO)}: {broken}"
