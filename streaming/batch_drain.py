@@ -15,8 +15,12 @@ recovery, other agents) take Faust's normal path. The handler runs inline in the
 for it (back-pressure), and a handler that raises stops the worker like a crashing agent would (nothing acked).
 
 Semantics kept from Faust's loop: records at or below the partition's read offset are dropped (re-fetched after a
-seek), gaps in offsets are recorded so commits can pass them, and a fetch taken under an older consumer generation
-(a rebalance happened) is dropped unacked and re-fetched by the partition's new owner.
+seek), gaps in offsets are recorded so commits can pass them, a batch taken under an older consumer generation (a
+rebalance happened) is dropped unacked and re-fetched from the committed offsets by the partition's new owner, and
+while Faust's flow is stopped (a rebalance) nothing is fetched. Records fetched under the new generation (after the
+rebalance's seek) start the next batch instead of being dropped with the old one, and batch-topic records never
+take Faust's per-message path (its agent would process them after later batches: the worker would skip them as
+already processed and lose them).
 
 Every private Faust member this takes (the fetch-loop hook, the read offsets, the ack bookkeeping, ...) is reached
 through :mod:`streaming.faust_compat`, which lists them with the Faust version they were written against; this
@@ -56,11 +60,14 @@ class BatchDrainConsumer(DrainHookConsumer):
         if not app.batch_topics:
             await super().fetch_loop(fetcher, internals)
             return
+        carry: tuple[int, list[tuple[TP, Any]]] | None = None
         while not internals.stopping():
             generation = self.app.consumer_generation_id
-            batch: list[tuple[TP, Any]] = []
-            if not await self._collect(internals, batch, generation):
-                return  # stopping
+            # records a fetch returned under a newer generation than the batch they ended: this batch's start
+            batch = carry[1] if carry is not None and carry[0] == generation else []
+            carry = await self._collect(internals, batch, generation)
+            if self.should_stop:
+                return
             if not batch:
                 continue
             offsets, fresh, seen = await self._filter(internals, batch)
@@ -68,31 +75,43 @@ class BatchDrainConsumer(DrainHookConsumer):
                 continue  # revoked or paused meanwhile: the new owner (or the resumed fetch) reads them again
             assert app.batch_handler is not None
             await app.batch_handler(fresh)
+            if not self.flow_active:
+                continue  # a revocation began during the batch: it forgot these partitions' bookkeeping; the
+                # records are in the logged state, so whoever owns them next skips them as redelivered
             self._acknowledge(internals, offsets, seen)
             if internals.take_commit_due():
                 await self.commit()
 
-    async def _collect(self, internals: ConsumerInternals, batch: list[tuple[TP, Any]], generation: int) -> bool:
+    async def _collect(self, internals: ConsumerInternals, batch: list[tuple[TP, Any]],
+                       generation: int) -> tuple[int, list[tuple[TP, Any]]] | None:
         """Fetch until ``batch_max`` records, ``batch_within_s`` after the first one, a fetch comes back empty or
-        the consumer generation changes; batch-topic records are appended to ``batch``, the others take Faust's
-        per-message path at once. False when the consumer is stopping."""
+        a fetch comes back under another consumer generation; batch-topic records are appended to ``batch``, the
+        others take Faust's per-message path at once.
+
+        Returns the records of a fetch made under a newer generation than ``batch``'s (generation, records), or
+        None: they were fetched after the rebalance's seek, so nothing fetches them again, and they start the next
+        batch (``batch`` itself is dropped: its partitions are re-read from their committed offsets)."""
         app = cast(BatchDrainApp, self.app)
         timeout, deadline = 1.0, 0.0
         while True:
             n_before = len(batch)
-            others = await self._fetch(internals, timeout, batch)
+            got: list[tuple[TP, Any]] = []
+            fetched_in, others = await self._fetch(internals, timeout, got)
             await self.sleep(0)
             if self.should_stop:
-                return False
+                return None
             await self._deliver_others(internals, others)
+            if fetched_in != generation:
+                return (fetched_in, got) if got else None
+            batch += got
             if not batch:
-                return True
+                return None
             if not n_before:
                 deadline = time.monotonic() + app.batch_within_s
             timeout = deadline - time.monotonic()
             if (len(batch) == n_before or len(batch) >= app.batch_max or timeout <= 0
                     or self.app.consumer_generation_id != generation):
-                return True
+                return None
 
     async def _deliver_others(self, internals: ConsumerInternals, others: list[tuple[TP, Message]]) -> None:
         """Faust's per-message path, unchanged, for the records of topics outside the batch."""
@@ -142,15 +161,16 @@ class BatchDrainConsumer(DrainHookConsumer):
                 internals.read_offset[tp] = seen[tp]
 
     async def _fetch(self, internals: ConsumerInternals, timeout: float,
-                     batch: list[tuple[TP, Any]]) -> list[tuple[TP, Message]]:
+                     batch: list[tuple[TP, Any]]) -> tuple[int, list[tuple[TP, Message]]]:
         """One fetch: batch-topic records are appended to ``batch`` as (tp, record); the others come back as Faust
-        messages for the per-message path. Mirrors ``Consumer.getmany``'s checks (flow, generation, active tps)."""
-        if not self.flow_active:
-            return [x async for x in self.getmany(timeout)]  # Faust seeks back to the committed offsets
+        messages for the per-message path, with the consumer generation the fetch was made under. Mirrors
+        ``Consumer.getmany``'s checks (flow, generation, active tps); like it, waits while Faust's flow is stopped
+        (a rebalance). Batch-topic records never take the per-message path: the agent's stream would process them
+        after later batches, and the worker would skip them as already processed."""
         records, active = await internals.wait_next_records(timeout)
-        if records is None or self.should_stop:
-            return []
         generation = self.app.consumer_generation_id
+        if records is None or self.should_stop:
+            return generation, []
         batch_topics = cast(BatchDrainApp, self.app).batch_topics
         others: list[tuple[TP, Message]] = []
         got: list[tuple[TP, Any]] = []
@@ -163,9 +183,9 @@ class BatchDrainConsumer(DrainHookConsumer):
             else:
                 others += [(tp, internals.to_message(tp, r)) for r in recs]
         if not self.flow_active or self.app.consumer_generation_id != generation:
-            return []
+            return generation, []  # revoked meanwhile: re-read after the rebalance's seek
         batch += got
-        return others
+        return generation, others
 
 
 class BatchDrainTransport(faust_aiokafka.Transport):
