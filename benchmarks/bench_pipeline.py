@@ -1,6 +1,6 @@
 """End-to-end pipeline benchmark: MovieLens-100K replayed through Kafka → worker → trainer → serving.
 
-Runs the same cluster code as ``make demo`` and the deploy tests (deploy/cluster.py) on a fresh local broker and
+Runs the same cluster code as ``make demo`` and the deploy tests (deploy/pipeline.py) on a fresh local broker and
 measures, from the services' /metrics and serving's /v1/model:
 
 - replay (produce) rate, events/s;
@@ -31,17 +31,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from deploy.cluster import (
-    LAPTOP_TRAINER_ARGS,
-    Completion,
-    FreshnessProbe,
-    Pipeline,
-    PipelineConfig,
-    ReplayThread,
-    Supervisor,
-    wait_until,
-)
+from deploy.freshness import FreshnessProbe, ReplayThread
 from deploy.kafka import REPO_ROOT, BrokerConfig, KafkaBroker
+from deploy.pipeline import LAPTOP_TRAINER_ARGS, Pipeline, PipelineConfig
+from deploy.progress import Completion
+from deploy.supervisor import Supervisor, wait_until
 
 OUT = REPO_ROOT / "reports" / "bench" / "pipeline.json"
 

@@ -17,7 +17,7 @@ request, the default :class:`FeatureSpec` and :class:`RankerConfig` (what ``pyth
 3. **ratio**: the same 200 candidates scored user-level (encode the user once, one pass) vs each candidate as its own
    request (200 × encode + score), side by side in one run.
 4. **freshness**: a steady live stream of impressions and feedback (ts = now) through the streaming worker, the
-   trainer and serving (deploy.cluster.Pipeline) with a short attribution window; for each sampled feedback event,
+   trainer and serving (deploy.pipeline.Pipeline) with a short attribution window; for each sampled feedback event,
    the wall seconds from produced to the first served model whose snapshot's ``max_event_ts`` covers it.
 
     .venv/bin/python -m benchmarks.bench_serving                    # everything
@@ -305,9 +305,9 @@ def pipeline_available() -> str | None:
     if out.returncode != 0 or "--bootstrap" not in out.stdout:
         return "the streaming worker (python -m streaming worker) does not exist yet"
     try:
-        import deploy.cluster  # noqa: F401
+        import deploy.pipeline  # noqa: F401
     except ImportError as e:
-        return f"deploy.cluster is not importable: {e}"
+        return f"deploy.pipeline is not importable: {e}"
     return None
 
 
@@ -316,8 +316,9 @@ def bench_freshness(seconds: float, rate: float, window_s: float) -> dict[str, A
     import httpx
     from kafka import KafkaProducer
 
-    from deploy.cluster import Pipeline, PipelineConfig, Service, Supervisor
     from deploy.kafka import BrokerConfig, KafkaBroker
+    from deploy.pipeline import Pipeline, PipelineConfig
+    from deploy.supervisor import Service, Supervisor
     from streaming.events import Feedback, Impression, encode_event
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench-serving-fresh-"))

@@ -87,7 +87,7 @@ def movielens_samples(limit: int | None) -> list[Sample]:
     return samples[:limit] if limit else samples
 
 
-# --model laptop = deploy.cluster.LAPTOP_TRAINER_ARGS (make demo, bench_pipeline): width 32, 1 block, H 32, R 16
+# --model laptop = deploy.pipeline.LAPTOP_TRAINER_ARGS (make demo, bench_pipeline): width 32, 1 block, H 32, R 16
 MODELS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "default": ({}, {}), "laptop": ({"max_history": 32, "max_realtime": 16}, {"d_model": 32, "num_blocks": 1})}
 # --compare: the two configurations run side by side (interleaved A/B pairs); the first is "A"

@@ -30,23 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from deploy.cluster import (
-    PIPELINE_RUNTIME_ARGS,
+from deploy.freshness import FreshnessProbe, ReplayThread
+from deploy.kafka import REPO_ROOT, BrokerConfig, BrokerError, KafkaBroker
+from deploy.pipeline import PIPELINE_RUNTIME_ARGS, Pipeline, PipelineConfig, pick_port, trainer_preset_args
+from deploy.progress import Completion, Progress
+from deploy.supervisor import (
     ClusterError,
-    Completion,
-    FreshnessProbe,
-    Pipeline,
-    PipelineConfig,
-    Progress,
-    ReplayThread,
     Service,
     Supervisor,
-    pick_port,
     python_module,
     signals_raise_keyboard_interrupt,
-    trainer_preset_args,
 )
-from deploy.kafka import REPO_ROOT, BrokerConfig, BrokerError, KafkaBroker
 from trainer.model.presets import PRESETS
 
 if TYPE_CHECKING:

@@ -19,18 +19,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from deploy.cluster import (
-    LAPTOP_TRAINER_ARGS,
-    Completion,
-    Pipeline,
-    PipelineConfig,
-    Progress,
-    Supervisor,
-    metric_sum,
-    scrape,
-    wait_until,
-)
 from deploy.kafka import BrokerConfig, KafkaBroker
+from deploy.pipeline import LAPTOP_TRAINER_ARGS, Pipeline, PipelineConfig
+from deploy.progress import Completion, Progress, metric_sum, scrape
+from deploy.supervisor import Supervisor, wait_until
 from streaming.datasets.synthetic import SyntheticConfig, generate
 from streaming.events import Impression
 from streaming.replay import EOS_USER_PREFIX, ReplayConfig, replay

@@ -9,18 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from deploy.cluster import (
-    ClusterError,
-    Completion,
-    Progress,
-    Service,
-    Supervisor,
-    metric_by,
-    metric_sum,
-    scrape,
-    wait_until,
-)
 from deploy.kafka import free_port
+from deploy.progress import Completion, Progress, metric_by, metric_sum, scrape
+from deploy.supervisor import ClusterError, Service, Supervisor, wait_until
 
 
 def _alive(pid: int) -> bool:
@@ -121,7 +112,7 @@ def test_completion_waits_for_consumed_stable_trained_and_served() -> None:
 def test_replay_thread_stop_ends_the_replay_and_closes_its_producer(bootstrap: str, topic_prefix: str) -> None:
     """What the demo does on Ctrl-C before it stops the broker: an unclosed producer would flush from its atexit
     handler at interpreter exit against a stopped broker and print a KafkaTimeoutError traceback."""
-    from deploy.cluster import ReplayThread
+    from deploy.freshness import ReplayThread
     from streaming.datasets.synthetic import SyntheticConfig, generate
     from streaming.replay import ReplayConfig
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from deploy import demo
-from deploy.cluster import LAPTOP_TRAINER_ARGS, Pipeline, PipelineConfig, Supervisor, trainer_preset_args
+from deploy.pipeline import LAPTOP_TRAINER_ARGS, Pipeline, PipelineConfig, trainer_preset_args
+from deploy.supervisor import Supervisor
 from serving.__main__ import parse_config
 from trainer.__main__ import _parser as trainer_parser
 from trainer.__main__ import preset_from_args

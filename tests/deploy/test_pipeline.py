@@ -20,16 +20,10 @@ import httpx
 import pytest
 
 from deploy import dashboards
-from deploy.cluster import (
-    Completion,
-    FreshnessProbe,
-    Pipeline,
-    PipelineConfig,
-    Progress,
-    ReplayThread,
-    Supervisor,
-    wait_until,
-)
+from deploy.freshness import FreshnessProbe, ReplayThread
+from deploy.pipeline import Pipeline, PipelineConfig
+from deploy.progress import Completion, Progress
+from deploy.supervisor import Supervisor, wait_until
 from streaming.events import Feedback, Impression, encode_event
 from streaming.sample import Sample
 

@@ -20,8 +20,9 @@ import yaml
 from PIL import Image
 
 from deploy import dashboards
-from deploy.cluster import Supervisor, prometheus_service
 from deploy.dashboards import DashboardError, RenderConfig, walk_panels
+from deploy.prometheus_server import prometheus_service
+from deploy.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy" / "prometheus"
