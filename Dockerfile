@@ -22,6 +22,7 @@ RUN pip install --index-url "${TORCH_INDEX_URL}" --extra-index-url https://pypi.
 
 COPY pyproject.toml README.md ./
 COPY streaming/ streaming/
+COPY model/ model/
 COPY trainer/ trainer/
 COPY serving/ serving/
 COPY kernels/ kernels/

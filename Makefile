@@ -21,7 +21,7 @@ test: setup ## Run the whole CPU test suite (real Kafka broker included)
 
 lint: setup ## ruff + mypy
 	@$(VENV)/bin/ruff check .
-	@$(VENV)/bin/mypy streaming trainer serving kernels deploy
+	@$(VENV)/bin/mypy streaming model trainer serving kernels deploy
 
 bench: setup ## Benchmarks (throughput, latency, ratios); results are printed and written to reports/bench/
 	@$(PY) -m deploy bench

@@ -34,10 +34,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from torchrec.optim import RowWiseAdagrad
 
+from model import DLRMBaseline, DLRMConfig, Ranker, RankerConfig
+from model.batch import Batch, collate
+from model.features import FeatureSpec
 from streaming.sample import Behavior, Sample, Target
-from trainer.batch import Batch, collate
-from trainer.features import FeatureSpec
-from trainer.model import DLRMBaseline, DLRMConfig, Ranker, RankerConfig
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT = REPO / "reports" / "bench" / "model.json"

@@ -99,11 +99,11 @@ def bench_core(snapshot: Path, history: int, n_cands: int, iters: int) -> dict[s
     import torch
     from prometheus_client import CollectorRegistry
 
+    from model.batch import collate
     from serving.hotswap import ModelHolder
     from serving.metrics import ServingMetrics
     from serving.scoring import score_request
     from streaming.user_state import Candidate, build_request_sample
-    from trainer.batch import collate
 
     holder = ModelHolder(ServingMetrics(CollectorRegistry()))
     assert holder.load_one(str(snapshot)), "benchmark snapshot did not verify"
@@ -177,8 +177,8 @@ def score_request_before(served: Any, state: Any, user_id: str, scenario: str, c
     import torch
 
     from kernels.dispatch import Kernel, get_kernel, set_kernel
+    from model.reference import collate_reference
     from serving.scoring import ScoreResult, build_batch_sample
-    from trainer.reference import collate_reference
 
     t0 = time.perf_counter()
     batch = collate_reference([build_batch_sample(state, user_id, scenario, cands, ctx, now)], served.spec)
@@ -425,9 +425,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from trainer.features import FeatureSpec
-    from trainer.model.ranker import Ranker, RankerConfig
-    from trainer.snapshot import SnapshotMeta, save_snapshot
+    from model.features import FeatureSpec
+    from model.ranker import Ranker, RankerConfig
+    from model.snapshot import SnapshotMeta, save_snapshot
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

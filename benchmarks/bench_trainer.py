@@ -38,10 +38,10 @@ from prometheus_client import CollectorRegistry
 
 from deploy.kafka import REPO_ROOT, BrokerConfig, KafkaBroker
 from kernels import Kernel, set_kernel
+from model import Ranker, RankerConfig
+from model.features import FeatureSpec
 from streaming.sample import Behavior, Sample, Target, make_sample_id
-from trainer.features import FeatureSpec
 from trainer.loop import Trainer, TrainerConfig, resolve_device
-from trainer.model import Ranker, RankerConfig
 from trainer.source import SourceConfig
 
 OUT = REPO_ROOT / "reports" / "bench" / "trainer.json"

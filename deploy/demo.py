@@ -41,7 +41,7 @@ from deploy.supervisor import (
     python_module,
     signals_raise_keyboard_interrupt,
 )
-from trainer.model.presets import PRESETS
+from model.presets import PRESETS
 
 if TYPE_CHECKING:
     from rich.panel import Panel
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--exit-when-done", action="store_true",
                       help="print the summary and exit 0 once the replay is trained and served (the default)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset,
-                   help="model preset the trainer trains (trainer/model/presets.py; base = python -m trainer's "
+                   help="model preset the trainer trains (model/presets.py; base = python -m trainer's "
                         "default) and serving expects; the trainer runs with "
                         f"{' '.join(PIPELINE_RUNTIME_ARGS)} (default %(default)s)")
     p.add_argument("--evaluate", action="store_true",

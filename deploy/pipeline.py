@@ -26,7 +26,7 @@ TOPICS = ("impressions", "feedback", "samples", "deadletter", "snapshots", "user
 
 
 # The `python -m trainer` flags of the local pipeline (`make demo`, the pipeline benchmark): a named model preset
-# (trainer/model/presets.py; `laptop` by default: width 32, one block, 32 history / 16 real-time tokens, tables capped
+# (model/presets.py; `laptop` by default: width 32, one block, 32 history / 16 real-time tokens, tables capped
 # at 32,768 rows, so a 2-core CPU keeps up with MovieLens-100K in minutes), 64-sample batches, and one torch thread:
 # with the worker and the broker on the other cores, a second OpenMP thread waits at every op's barrier for a core
 # that is busy elsewhere (measured 10-40x slower steps on 2 busy cores than with 1 thread).

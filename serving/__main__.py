@@ -7,8 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from model.presets import PRESETS
 from serving.config import ServingConfig
-from trainer.model.presets import PRESETS
 
 
 def parse_config(argv: list[str] | None = None) -> ServingConfig:
@@ -44,7 +44,7 @@ def parse_config(argv: list[str] | None = None) -> ServingConfig:
     p.add_argument("--log-level", default=d.log_level, choices=["debug", "info", "warning", "error"],
                    help="log level (default %(default)s)")
     p.add_argument("--preset", choices=sorted(PRESETS), default=d.preset,
-                   help="serve only snapshots trained from this model preset (trainer/model/presets.py; the model "
+                   help="serve only snapshots trained from this model preset (model/presets.py; the model "
                         "itself always comes from the snapshot); others are rejected and counted as wrong_preset "
                         "(default: any preset)")
     a = p.parse_args(argv)

@@ -31,7 +31,7 @@ class ServingConfig:
         keep_alive_s: idle HTTP keep-alive timeout; keep it above clients' pool expiry (httpx: 5 s) so a client
             never reuses a connection the server is closing.
         preset: serve only snapshots of this model preset (``RankerConfig.preset``, a key of
-            :data:`trainer.model.PRESETS`); others are rejected (``wrong_preset``). None serves any snapshot.
+            :data:`model.PRESETS`); others are rejected (``wrong_preset``). None serves any snapshot.
     """
 
     host: str = "127.0.0.1"

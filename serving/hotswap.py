@@ -4,7 +4,7 @@ Two sources feed one loader thread (so loads never overlap):
 
 * the ``snapshots`` topic: the trainer's announcements ``{version, path, created_at, max_event_ts, ...}``; the
   follower starts at the newest announcement of each partition;
-* the snapshot directory, polled every ``poll_s`` seconds with :func:`trainer.snapshot.latest_snapshot` (covers a
+* the snapshot directory, polled every ``poll_s`` seconds with :func:`model.snapshot.latest_snapshot` (covers a
   missed announcement, a serving process without Kafka, and the snapshot already there at start).
 
 Verification before a swap: the snapshot loads (:func:`load_snapshot`; a corrupt or incompatible file raises
@@ -35,11 +35,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from model.snapshot import LoadedSnapshot, SnapshotError, latest_snapshot, load_snapshot
 from serving.follow import TopicFollower
 from serving.metrics import ModelTimes, ServingMetrics
 from serving.scoring import ServedModel, build_batch_sample, score_sample
 from streaming.user_state import Candidate
-from trainer.snapshot import LoadedSnapshot, SnapshotError, latest_snapshot, load_snapshot
 
 log = logging.getLogger(__name__)
 

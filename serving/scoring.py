@@ -23,13 +23,13 @@ from dataclasses import dataclass
 import torch
 
 from kernels.attention import TokenGroup
+from model import Ranker, UserCache
+from model.batch import Batch, collate
+from model.features import FeatureSpec
+from model.snapshot import SnapshotMeta
 from serving.metrics import ModelTimes
 from streaming.sample import Sample
 from streaming.user_state import Candidate, UserState, build_request_sample
-from trainer.batch import Batch, collate
-from trainer.features import FeatureSpec
-from trainer.model import Ranker, UserCache
-from trainer.snapshot import SnapshotMeta
 
 
 class InputError(ValueError):

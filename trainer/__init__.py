@@ -1,1 +1,2 @@
-"""Model and continual trainer: the servable ``Ranker``, feature spec, ``Batch``, training loop and snapshots."""
+"""Continual trainer of the :mod:`model` package: training loop, optimizers, progressive validation, checkpoints,
+training-only baselines and offline evaluation."""

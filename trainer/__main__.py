@@ -4,7 +4,7 @@ Examples::
 
     python -m trainer --bootstrap 127.0.0.1:9092                       # train forever, snapshot every 5 s
     python -m trainer --exit-when-idle 10 --snapshot-every-s 2          # drain what is there, then stop
-    python -m trainer --preset laptop                                   # a named model shape (trainer/model/presets.py)
+    python -m trainer --preset laptop                                   # a named model shape (model/presets.py)
     torchrun --nproc-per-node 2 -m trainer --distributed                # 2 ranks (see trainer/distributed.py)
 """
 
@@ -17,9 +17,9 @@ import signal
 import sys
 from pathlib import Path
 
-from trainer.features import FeatureSpec
+from model import PRESETS, DLRMBaseline, DLRMConfig, Preset, Ranker
+from model.features import FeatureSpec
 from trainer.loop import Trainer, TrainerConfig
-from trainer.model import PRESETS, DLRMBaseline, DLRMConfig, Preset, Ranker
 from trainer.optim import OptimConfig
 from trainer.progressive import ProgressiveConfig
 from trainer.source import SourceConfig
@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="metrics JSONL line + Prometheus quality refresh cadence (default %(default)s)")
     t = ap.add_argument_group("training")
     t.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                   help="named model shape (trainer/model/presets.py; the flags below override single fields): "
+                   help="named model shape (model/presets.py; the flags below override single fields): "
                         + "; ".join(f"{n} = {p.description}" for n, p in sorted(PRESETS.items()))
                         + " (default %(default)s)")
     t.add_argument("--model", choices=["ranker", "dlrm"], default="ranker",

@@ -32,10 +32,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from trainer.batch import Batch
-from trainer.features import FeatureSpec
-from trainer.model import Ranker
-from trainer.model.cowatch import CoWatch
+from model import Ranker
+from model.batch import Batch
+from model.cowatch import CoWatch
+from model.features import FeatureSpec
 
 log = logging.getLogger(__name__)
 _FUSED = "__fused_optim__."

@@ -46,6 +46,10 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 
+from model import PRESETS, DLRMBaseline, DLRMConfig, Ranker, RankerConfig
+from model.batch import Batch, collate
+from model.features import FeatureSpec
+from model.presets import MOVIELENS_PRIORS, shaped_spec
 from streaming.config import CoreConfig, CrossSpec
 from streaming.core import run_offline
 from streaming.datasets import DatasetError, summarize
@@ -53,11 +57,7 @@ from streaming.datasets.load import add_dataset_args, load_dataset
 from streaming.events import Event
 from streaming.sample import Sample
 from trainer.baselines import PopularityBaseline
-from trainer.batch import Batch, collate
-from trainer.features import FeatureSpec
 from trainer.loop import Trainer, TrainerConfig
-from trainer.model import PRESETS, DLRMBaseline, DLRMConfig, Ranker, RankerConfig
-from trainer.model.presets import MOVIELENS_PRIORS, shaped_spec
 from trainer.optim import OptimConfig
 from trainer.progressive import exact_auc, grouped_auc, user_hash
 
@@ -83,10 +83,10 @@ class EvalConfig:
         batch_samples: user-level samples per training step.
         seed: torch seed (model init) — the only randomness.
         points: time slices on the plots.
-        preset: name of the :data:`trainer.model.PRESETS` entry ``ranker``, ``max_history``, ``max_realtime`` and
+        preset: name of the :data:`model.PRESETS` entry ``ranker``, ``max_history``, ``max_realtime`` and
             ``max_table_rows`` come from (single fields may be overridden: the effective values are what ran);
             equals ``ranker.preset`` ('' for a hand-built Ranker config).
-        max_history / max_realtime / max_table_rows: the FeatureSpec limits (see :class:`trainer.model.Preset`).
+        max_history / max_realtime / max_table_rows: the FeatureSpec limits (see :class:`model.Preset`).
         ranker / dlrm / optim / ranker_optim: model and optimizer settings (``ranker_optim`` None = ``optim``).
             Defaults are the settings tuned on MovieLens-100K (small batches = more one-pass steps; row-wise
             Adagrad lr 0.2; the ``eval-ml100k`` preset: a 1-block, d=32 Ranker with the co-watch readout, the
@@ -406,7 +406,7 @@ def write_summary(res: EvalResult, out: Path, title: str, command: str) -> Path:
     d = res.dataset
     lines = [f"# Offline progressive evaluation — {title}", "",
              f"Command: `{command}`", "",
-             f"Ranker preset: `{res.config.preset or '(hand-built)'}` (trainer/model/presets.py; the effective "
+             f"Ranker preset: `{res.config.preset or '(hand-built)'}` (model/presets.py; the effective "
              "configuration is at the end)", "",
              "Protocol: events → `streaming.core.run_offline` (the worker's pure core) → user-level samples in "
              "emission order → batches of "
@@ -508,7 +508,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--points", type=int, default=EvalConfig.points, help="time slices in the plots")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
-                   help="the Ranker's shape and feature limits (trainer/model/presets.py; the Ranker flags below "
+                   help="the Ranker's shape and feature limits (model/presets.py; the Ranker flags below "
                         "override single fields) (default %(default)s: the published MovieLens-100K numbers)")
     p.add_argument("--max-history", type=int, help="H tokens kept per sample (default: the preset's)")
     p.add_argument("--category-key", help="item feature counted as the category by the core's cross features "

@@ -35,8 +35,10 @@ import torch
 from prometheus_client import REGISTRY, CollectorRegistry
 from torch import nn
 
+from model import Ranker, SnapshotSource, TrainableModel
+from model.batch import Batch, collate
+from model.features import FeatureSpec
 from streaming.sample import Sample, Target
-from trainer.batch import Batch, collate
 from trainer.checkpoint import (
     CHECKPOINT_FORMAT,
     TrainedLog,
@@ -45,15 +47,13 @@ from trainer.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from trainer.features import FeatureSpec
 from trainer.metrics import TrainerMetrics
-from trainer.model import Ranker, SnapshotSource, TrainableModel
 from trainer.optim import OptimConfig, build_optimizers, multitask_bce
 from trainer.progressive import ProgressiveConfig, ProgressiveValidator
 
 if TYPE_CHECKING:
+    from model import DLRMBaseline
     from trainer.distributed import Collective, ShardedRanker
-    from trainer.model import DLRMBaseline
 
     def _implements_the_contract(r: Ranker, d: DLRMBaseline, s: ShardedRanker
                                  ) -> tuple[SnapshotSource, TrainableModel, SnapshotSource]:
@@ -176,10 +176,10 @@ class Trainer:
 
     Args:
         config: the trainer configuration.
-        model: the raw model, an ``nn.Module`` implementing :class:`trainer.model.TrainableModel` (``observe(batch)``
+        model: the raw model, an ``nn.Module`` implementing :class:`model.TrainableModel` (``observe(batch)``
             is called after each real training step); serving snapshots are written when it is also a
-            :class:`trainer.model.SnapshotSource` (checkpoints only otherwise).
-        spec: the feature spec used by ``collate`` (saved into every snapshot by ``trainer.snapshot``).
+            :class:`model.SnapshotSource` (checkpoints only otherwise).
+        spec: the feature spec used by ``collate`` (saved into every snapshot by ``model.snapshot``).
         registry: Prometheus registry (a private one in tests).
         collective: lockstep agreement of torchrun ranks (``trainer.distributed``); None on one process.
 
@@ -196,7 +196,7 @@ class Trainer:
         self.spec = spec
         self.device = resolve_device(config.device)
         if not isinstance(model, TrainableModel):
-            raise TypeError(f"{type(model).__name__} does not implement trainer.model.TrainableModel (config, "
+            raise TypeError(f"{type(model).__name__} does not implement model.TrainableModel (config, "
                             "embedding_parameters, dense_parameters, observe)")
         self.model: nn.Module = model.to(self.device)
         self.trainable: TrainableModel = model  # the same object, seen through the trainer's contract
@@ -223,7 +223,7 @@ class Trainer:
         self._skipped: Counter[str] = Counter()
         self._announcer: Any = None
         self._metrics_file: TextIO | None = None
-        # trainer.snapshot serialises the Ranker (a sharded one is gathered to rank 0 first)
+        # model.snapshot serialises the Ranker (a sharded one is gathered to rank 0 first)
         self.servable: SnapshotSource | None = model if isinstance(model, SnapshotSource) else None
         if self.servable is None:
             log.warning("%s: serving snapshots are written for the Ranker only; checkpoints still are",
@@ -275,7 +275,7 @@ class Trainer:
         log.info("resumed from %s: %d samples trained, offsets %s", path, self.samples_trained, self.offsets)
 
     def _sync_snapshot_version(self) -> None:
-        from trainer.snapshot import next_version
+        from model.snapshot import next_version
 
         self.snapshot_version = max(self.snapshot_version, next_version(self.config.snapshots_path) - 1)
 
@@ -312,7 +312,7 @@ class Trainer:
 
     def snapshot(self) -> Path:
         """Checkpoint, then write + announce a serving snapshot of the raw model (version + 1)."""
-        from trainer.snapshot import SnapshotMeta, prune_snapshots, save_snapshot
+        from model.snapshot import SnapshotMeta, prune_snapshots, save_snapshot
 
         if self.servable is None:
             self._dirty_snap = False

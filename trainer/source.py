@@ -291,7 +291,7 @@ class Prefetcher(Generic[B]):
 
     Args:
         source: an object with ``poll(max_records, timeout_s)`` and ``measure_lag()`` (a :class:`KafkaSampleSource`).
-        collate: ``samples -> batch`` (e.g. ``lambda s: trainer.batch.collate(s, spec)``); exceptions on a batch make
+        collate: ``samples -> batch`` (e.g. ``lambda s: model.batch.collate(s, spec)``); exceptions on a batch make
             it retry per sample so only the offending samples are skipped (``collate_error``).
         seen: dedupe memory, seeded from the checkpoint's trained ids.
         config: batching settings.

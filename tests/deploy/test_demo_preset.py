@@ -10,10 +10,10 @@ import pytest
 from deploy import demo
 from deploy.pipeline import LAPTOP_TRAINER_ARGS, Pipeline, PipelineConfig, trainer_preset_args
 from deploy.supervisor import Supervisor
+from model import PRESETS
 from serving.__main__ import parse_config
 from trainer.__main__ import _parser as trainer_parser
 from trainer.__main__ import preset_from_args
-from trainer.model import PRESETS
 
 
 def test_demo_preset_flag() -> None:

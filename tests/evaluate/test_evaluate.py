@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from model import DLRMBaseline, DLRMConfig, RankerConfig
+from model.features import FeatureSpec
 from streaming.core import run_offline
 from streaming.datasets.synthetic import SyntheticConfig, generate
 from trainer.baselines import PopularityBaseline
 from trainer.evaluate import EvalConfig, build_batches, evaluate, run_neural, score, write_report
-from trainer.features import FeatureSpec
-from trainer.model import DLRMBaseline, DLRMConfig, RankerConfig
 from trainer.optim import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from kernels import AttentionKind, Kernel, set_kernel
+from model import Ranker
+from model.batch import collate
 from tests.kernels.conftest import rel_err
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import collate
-from trainer.model import Ranker
 
 
 def _scores_and_grads(model: Ranker, batch, tasks) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # type: ignore[no-untyped-def]

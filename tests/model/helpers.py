@@ -6,9 +6,9 @@ import random
 
 import torch
 
+from model import RankerConfig
+from model.features import FeatureSpec, TableSpec
 from streaming.sample import Behavior, Sample, Target, make_sample_id
-from trainer.features import FeatureSpec, TableSpec
-from trainer.model import RankerConfig
 
 SCENARIOS = ("home", "search", "cart", "brand-new-scenario")
 

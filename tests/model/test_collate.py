@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kernels.attention import TokenGroup
+from model.batch import Batch, collate
+from model.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec
 from streaming.sample import Behavior, Sample, Target
 from tests.model.helpers import make_sample, small_spec
-from trainer.batch import Batch, collate
-from trainer.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec
 
 SPEC = small_spec(max_history=5, max_realtime=3, num_user_tokens=2)
 text = st.text(alphabet="abcxyz=é\x00 ", max_size=6)
@@ -123,7 +123,7 @@ def test_spec_json_round_trip_and_validation() -> None:
 
 
 def test_hash_is_stable_across_processes() -> None:
-    code = "from trainer.features import FeatureSpec; s=FeatureSpec(); print([s.bucket('item_id', 'i%d' % i) for i in range(5)], s.bucket('scenario', 'new'))"
+    code = "from model.features import FeatureSpec; s=FeatureSpec(); print([s.bucket('item_id', 'i%d' % i) for i in range(5)], s.bucket('scenario', 'new'))"
     repo = Path(__file__).resolve().parents[2]
     outs = {subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True,
                            env={**os.environ, "PYTHONPATH": str(repo), "PYTHONHASHSEED": seed}).stdout

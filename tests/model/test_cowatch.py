@@ -1,4 +1,4 @@
-"""The co-watch readout (trainer/model/cowatch.py): causal visibility, exact pair counting, serving parity,
+"""The co-watch readout (model/cowatch.py): causal visibility, exact pair counting, serving parity,
 snapshots, and the trainer's observe-after-scoring order."""
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from kernels.attention import TokenGroup
+from model import Ranker
+from model.batch import collate
+from model.cowatch import CoWatch
+from model.features import FeatureSpec
+from model.heads import token_item_rows
 from streaming.sample import Behavior, Sample, Target
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import collate
-from trainer.features import FeatureSpec
 from trainer.loop import Trainer, TrainerConfig
-from trainer.model import Ranker
-from trainer.model.cowatch import CoWatch
-from trainer.model.heads import token_item_rows
 
 
 def _ranker(spec: FeatureSpec, seed: int = 3) -> Ranker:
@@ -138,7 +138,7 @@ def test_forward_leaves_the_sketch_and_train_step_observes_after_scoring(tmp_pat
 
 
 def test_snapshot_round_trip_keeps_the_sketch(tmp_path: Path) -> None:
-    from trainer.snapshot import SnapshotMeta, load_snapshot, save_snapshot
+    from model.snapshot import SnapshotMeta, load_snapshot, save_snapshot
 
     spec = small_spec()
     model = _ranker(spec, seed=4)

@@ -1,6 +1,6 @@
 """The CPU inference fast paths equal their references (hypothesis over awkward shapes).
 
-* :func:`trainer.batch.collate` (memoised hashing, array-built tensors) == :func:`trainer.reference.collate_reference`, bit for bit;
+* :func:`model.batch.collate` (memoised hashing, array-built tensors) == :func:`model.reference.collate_reference`, bit for bit;
 * :func:`kernels.hta_attention` on CPU without grad (SDPA, no padding for one user) == ``hta_attention_reference``;
 * :func:`kernels.attention.hta_target_attention_cpu` (context scores + self term) == the reference on the merged
   ``[context, targets]`` sequence, target rows only;
@@ -32,11 +32,11 @@ from kernels.attention import (
 )
 from kernels.dispatch import Kernel, get_kernel, set_kernel
 from kernels.group_norm import group_layer_norm, group_layer_norm_reference
+from model import Ranker
+from model.batch import Batch, collate
+from model.reference import collate_reference
 from streaming.sample import Behavior, Sample, Target
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import Batch, collate
-from trainer.model import Ranker
-from trainer.reference import collate_reference
 
 SPEC = small_spec()
 SLOW_OK = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])

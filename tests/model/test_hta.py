@@ -7,10 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from kernels.attention import AttentionKind, TokenGroup, hta_attention
+from model.batch import Batch, collate
+from model.hta import HTALayer, KVLayout
+from model.ranker import _positions
 from tests.model.helpers import make_sample, seeded, small_spec
-from trainer.batch import Batch, collate
-from trainer.model.hta import HTALayer, KVLayout
-from trainer.model.ranker import _positions
 
 
 def _batch() -> Batch:

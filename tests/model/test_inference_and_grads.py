@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from kernels.attention import AttentionKind
+from model import DLRMBaseline, DLRMConfig, Ranker, RankerConfig
+from model.batch import collate
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import collate
-from trainer.model import DLRMBaseline, DLRMConfig, Ranker, RankerConfig
 
 
 @pytest.mark.parametrize("config", [small_config(), small_config(attention=AttentionKind.SILU, target_layers=0),

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from kernels.attention import TokenGroup
+from model import Ranker
+from model.batch import collate
+from model.snapshot import SnapshotMeta, load_snapshot, save_snapshot
 from tests.model.helpers import make_sample, small_config, small_spec
-from trainer.batch import collate
-from trainer.model import Ranker
-from trainer.snapshot import SnapshotMeta, load_snapshot, save_snapshot
 
 
 def _colliding_items() -> tuple[str, str]:

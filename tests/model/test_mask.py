@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from kernels.attention import AttentionKind
+from model import Ranker
+from model.batch import collate
 from streaming.sample import Behavior, Sample
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import collate
-from trainer.model import Ranker
 
 ATOL = 1e-5
 KINDS = [AttentionKind.SOFTMAX, AttentionKind.SILU]

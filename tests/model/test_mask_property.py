@@ -8,9 +8,9 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from model import Ranker
+from model.batch import collate
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import collate
-from trainer.model import Ranker
 
 SPEC = small_spec()
 MODEL = Ranker(SPEC, small_config(num_blocks=1, target_layers=2))

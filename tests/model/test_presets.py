@@ -1,4 +1,4 @@
-"""Model presets (trainer/model/presets.py), the trainer's model contract (trainer/model/protocols.py), and how
+"""Model presets (model/presets.py), the trainer's model contract (model/protocols.py), and how
 snapshots written before RankerConfig's options were pruned load or are refused."""
 
 from __future__ import annotations
@@ -11,11 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.model.helpers import make_sample, small_config, small_spec
-from trainer.batch import Batch, collate
-from trainer.evaluate import EvalConfig
-from trainer.loop import Trainer, TrainerConfig
-from trainer.model import (
+from model import (
     PRESETS,
     DLRMBaseline,
     DLRMConfig,
@@ -25,8 +21,12 @@ from trainer.model import (
     SnapshotSource,
     TrainableModel,
 )
-from trainer.model.ranker import REMOVED_FIELDS
-from trainer.snapshot import SnapshotError, SnapshotMeta, load_snapshot, save_snapshot
+from model.batch import Batch, collate
+from model.ranker import REMOVED_FIELDS
+from model.snapshot import SnapshotError, SnapshotMeta, load_snapshot, save_snapshot
+from tests.model.helpers import make_sample, small_config, small_spec
+from trainer.evaluate import EvalConfig
+from trainer.loop import Trainer, TrainerConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -95,7 +95,7 @@ class _NoContract(nn.Module):
 
 
 def test_the_trainer_refuses_a_model_without_the_contract(tmp_path: Path) -> None:
-    with pytest.raises(TypeError, match=r"does not implement trainer\.model\.TrainableModel"):
+    with pytest.raises(TypeError, match=r"does not implement model\.TrainableModel"):
         Trainer(TrainerConfig(run_dir=tmp_path, snapshots_topic=""), _NoContract(), small_spec())
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from model import DLRMBaseline, DLRMConfig, Ranker
+from model.batch import collate
+from model.heads import CrossRates, target_item_rows
 from streaming.sample import Sample, Target
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import collate
-from trainer.model import DLRMBaseline, DLRMConfig, Ranker
-from trainer.model.heads import CrossRates, target_item_rows
 
 _PRIORS = (("click", 0.6), ("conversion", 0.2))
 
@@ -96,9 +96,9 @@ def test_dlrm_generic_options() -> None:
 
 def test_default_cross_features_do_not_collide_with_the_counters_cross_rates_reads() -> None:
     """Any other default cross feature in the same bucket would overwrite a counter read back by CrossRates."""
+    from model.features import FeatureSpec
     from streaming.config import CrossSpec
     from streaming.cross import feature_names
-    from trainer.features import FeatureSpec
 
     spec = FeatureSpec()
     n = spec.tables["cross"].num_embeddings
@@ -110,7 +110,7 @@ def test_default_cross_features_do_not_collide_with_the_counters_cross_rates_rea
 
 
 def test_snapshot_round_trip_keeps_the_cross_rate_term(tmp_path: Path) -> None:
-    from trainer.snapshot import SnapshotMeta, load_snapshot, save_snapshot
+    from model.snapshot import SnapshotMeta, load_snapshot, save_snapshot
 
     spec = small_spec()
     model = seeded(Ranker(spec, small_config(task_priors=_PRIORS, cross_rates=True, cross_rates_init=0.5)), seed=9)

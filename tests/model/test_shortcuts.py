@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
+from model import Ranker, RankerConfig
+from model.batch import collate
+from model.ranker import COWATCH_TEMPERATURES, CROSS_RATES_SMOOTHING, REMOVED_FIELDS
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import collate
-from trainer.model import Ranker, RankerConfig
-from trainer.model.ranker import COWATCH_TEMPERATURES, CROSS_RATES_SMOOTHING, REMOVED_FIELDS
 
 
 def test_each_shortcut_changes_the_scores() -> None:

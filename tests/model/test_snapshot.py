@@ -11,10 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import collate
-from trainer.model import Ranker
-from trainer.snapshot import (
+from model import Ranker
+from model.batch import collate
+from model.snapshot import (
     SnapshotError,
     SnapshotMeta,
     latest_snapshot,
@@ -23,6 +22,7 @@ from trainer.snapshot import (
     prune_snapshots,
     save_snapshot,
 )
+from tests.model.helpers import make_sample, seeded, small_config, small_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,8 +30,8 @@ _CHILD = """
 import sys, torch
 from safetensors.torch import save_file
 from tests.model.helpers import make_sample
-from trainer.batch import collate
-from trainer.snapshot import load_snapshot
+from model.batch import collate
+from model.snapshot import load_snapshot
 snap = load_snapshot(sys.argv[1])
 batch = collate([make_sample(70), make_sample(71, n_tgt=2)], snap.spec)
 with torch.no_grad():

@@ -18,8 +18,8 @@ import torch
 from kernels.attention import AttentionKind
 from kernels.dispatch import Kernel, set_kernel, use_triton
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import collate
-from trainer.model import Ranker
+from model.batch import collate
+from model import Ranker
 
 assert use_triton(torch.zeros(1))
 spec = small_spec()

@@ -19,8 +19,8 @@ import torch
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from model.snapshot import SnapshotMeta, save_snapshot
 from tests.serving.models import small_model
-from trainer.snapshot import SnapshotMeta, save_snapshot
 
 REPO = Path(__file__).resolve().parents[2]
 

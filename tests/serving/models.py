@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from trainer.features import FeatureSpec, TableSpec
-from trainer.model.ranker import Ranker, RankerConfig
+from model.features import FeatureSpec, TableSpec
+from model.ranker import Ranker, RankerConfig
 
 
 def small_spec() -> FeatureSpec:

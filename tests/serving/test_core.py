@@ -14,6 +14,9 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from model.batch import collate
+from model.ranker import Ranker
+from model.snapshot import SnapshotMeta, save_snapshot
 from serving.config import ServingConfig
 from serving.hotswap import ModelHolder
 from serving.metrics import ServingMetrics
@@ -23,9 +26,6 @@ from streaming.user_state import Candidate, build_request_sample
 from tests.serving.conftest import REPO
 from tests.serving.models import small_model
 from tests.serving.test_parity import make_state
-from trainer.batch import collate
-from trainer.model.ranker import Ranker
-from trainer.snapshot import SnapshotMeta, save_snapshot
 
 
 def meta(v: int) -> SnapshotMeta:

@@ -12,11 +12,11 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from model.snapshot import SnapshotMeta, save_snapshot
 from serving.api import ModelInfo, _model_info
 from serving.hotswap import ModelHolder
 from serving.metrics import ServingMetrics
 from tests.serving.models import small_model
-from trainer.snapshot import SnapshotMeta, save_snapshot
 
 EVENT_TS_1998 = 893_286_638.0  # the last MovieLens-100K rating: 1998-04-22
 

@@ -14,13 +14,13 @@ import pytest
 import torch
 from kafka import KafkaProducer
 
+from model.batch import collate
+from model.snapshot import load_snapshot
 from streaming.cross import CrossCounters
 from streaming.sample import Behavior
 from streaming.user_state import Candidate, UserState, build_request_sample
 from tests.serving.conftest import Stack, wait_for
 from tests.serving.test_api import req
-from trainer.batch import collate
-from trainer.snapshot import load_snapshot
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

@@ -10,12 +10,12 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from model import PRESETS
+from model.snapshot import SnapshotMeta, save_snapshot
 from serving.__main__ import parse_config
 from serving.hotswap import ModelHolder
 from serving.metrics import ServingMetrics
 from tests.serving.models import small_model
-from trainer.model import PRESETS
-from trainer.snapshot import SnapshotMeta, save_snapshot
 
 
 def _meta(v: int) -> SnapshotMeta:

@@ -10,10 +10,10 @@ from typing import cast
 import pytest
 import torch
 
+from model import Ranker
+from model.batch import Batch, collate
 from serving.scoring import UserCacheLRU, context_digest
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
-from trainer.batch import Batch, collate
-from trainer.model import Ranker
 
 SPEC = small_spec()
 

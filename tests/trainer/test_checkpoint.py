@@ -10,8 +10,10 @@ import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
+from model import Ranker, RankerConfig
+from model.batch import collate
+from model.features import FeatureSpec, TableSpec
 from tests.trainer.conftest import make_samples
-from trainer.batch import collate
 from trainer.checkpoint import (
     TrainedLog,
     latest_checkpoint,
@@ -20,9 +22,7 @@ from trainer.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from trainer.features import FeatureSpec, TableSpec
 from trainer.loop import Trainer, TrainerConfig
-from trainer.model import Ranker, RankerConfig
 from trainer.source import SourceConfig
 
 

@@ -6,9 +6,9 @@ import argparse
 
 import pytest
 
+from model import PRESETS, DLRMBaseline, Ranker
 from trainer.__main__ import DEFAULT_PRESET, _model, _parser, _spec, config_from_args
 from trainer.loop import TrainerConfig
-from trainer.model import PRESETS, DLRMBaseline, Ranker
 
 
 def test_every_flag_has_help_and_defaults_match_the_config() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from model.batch import collate
+from model.snapshot import latest_snapshot, load_snapshot
 from tests.trainer.conftest import make_samples, produce
-from trainer.batch import collate
-from trainer.snapshot import latest_snapshot, load_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]

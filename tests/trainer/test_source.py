@@ -58,9 +58,9 @@ def test_decode_sample_keeps_what_collate_keeps(keep_h: int, keep_r: int, seed: 
 
     import torch
 
+    from model.batch import collate
+    from model.features import FeatureSpec
     from streaming.sample import Behavior
-    from trainer.batch import collate
-    from trainer.features import FeatureSpec
     from trainer.source import decode_sample
 
     [s] = make_samples(1, seed=seed)

@@ -18,15 +18,15 @@ import torch
 from kafka import KafkaConsumer
 from prometheus_client import CollectorRegistry
 
+from model import Ranker, RankerConfig
+from model.batch import collate
+from model.features import FeatureSpec, TableSpec
+from model.snapshot import latest_snapshot, load_snapshot
 from streaming import schemas
 from streaming.sample import Sample
 from tests.trainer.conftest import make_samples, produce
-from trainer.batch import collate
 from trainer.checkpoint import latest_checkpoint
-from trainer.features import FeatureSpec, TableSpec
 from trainer.loop import Trainer, TrainerConfig
-from trainer.model import Ranker, RankerConfig
-from trainer.snapshot import latest_snapshot, load_snapshot
 from trainer.source import SourceConfig
 
 pytestmark = pytest.mark.kafka
@@ -137,8 +137,8 @@ def test_trains_snapshots_announces_and_skips_bad_records(bootstrap: str, topic_
     code = (
         "import json, sys, torch\n"
         "from streaming.sample import Sample\n"
-        "from trainer.batch import collate\n"
-        "from trainer.snapshot import load_snapshot\n"
+        "from model.batch import collate\n"
+        "from model.snapshot import load_snapshot\n"
         "snap = load_snapshot(sys.argv[1])\n"
         "samples = [Sample.decode(line) for line in open(sys.argv[2], 'rb').read().splitlines()]\n"
         "with torch.no_grad():\n"

@@ -24,7 +24,7 @@ it is new, not again in each later sample that repeats it.
 
 Example:
     >>> from streaming.sample import Behavior, Sample, Target
-    >>> from trainer.batch import collate
+    >>> from model.batch import collate
     >>> spec = FeatureSpec()
     >>> cw = CoWatch(spec, action_dim=8, rows=64, dim=8)
     >>> s = Sample("s", "u", [Target("e", "r", "i2", "home", 2.0)], history=[Behavior("i1", "home", "click", 1.0)])
@@ -42,9 +42,9 @@ import torch
 from torch import nn
 
 from kernels.attention import TokenGroup
-from trainer.batch import Batch
-from trainer.features import FeatureSpec
-from trainer.model.heads import token_item_rows
+from model.batch import Batch
+from model.features import FeatureSpec
+from model.heads import token_item_rows
 
 
 class CoWatch(nn.Module):

@@ -1,6 +1,6 @@
 """``Ranker``: the MTFM-style multi-scenario transformer (heterogeneous tokens, HTA blocks, GQA, GLN, MMoE).
 
-Per user the token sequence is ``[U.., H.., R.., T..]`` (see :mod:`trainer.batch`). MTGR's dynamic mask (U/H seen by
+Per user the token sequence is ``[U.., H.., R.., T..]`` (see :mod:`model.batch`). MTGR's dynamic mask (U/H seen by
 all, R only by later tokens, T only by itself) is applied inside :func:`kernels.hta_attention`. Each of the
 ``num_blocks`` blocks is one full layer (all tokens are queries) and ``target_layers`` target layers (only T tokens
 are queries and are updated). Because no context token (U/H/R) ever sees a T token, the context's hidden states and
@@ -21,18 +21,18 @@ from torch import nn
 
 from kernels.attention import AttentionKind, TokenGroup
 from kernels.dispatch import Kernel, get_kernel, use_triton
-from trainer.batch import Batch
-from trainer.features import FeatureSpec
-from trainer.model.cowatch import CoWatch
-from trainer.model.embedding import GROUP_FEATURES, TokenEmbedder
-from trainer.model.heads import (
+from model.batch import Batch
+from model.cowatch import CoWatch
+from model.embedding import GROUP_FEATURES, TokenEmbedder
+from model.features import FeatureSpec
+from model.heads import (
     CrossRates,
     MMoE,
     item_bias_logits,
     item_bias_table,
     target_item_rows,
 )
-from trainer.model.hta import HTALayer, KVLayout
+from model.hta import HTALayer, KVLayout
 
 _CTX_GROUPS = (TokenGroup.U, TokenGroup.H, TokenGroup.R)
 CROSS_RATES_SMOOTHING = 5.0  # pseudo-count of the cross-counter rates' shrinkage towards the task priors
@@ -66,15 +66,15 @@ class RankerConfig:
         num_experts / expert_dim: MMoE head.
         dropout: on each layer's residual branch.
         cross_rates: the user's smoothed lifetime label rates (overall, in the target's scenario and category),
-            read from the target's cross counters, as a direct logit term (:class:`trainer.model.heads.CrossRates`,
+            read from the target's cross counters, as a direct logit term (:class:`model.heads.CrossRates`,
             smoothed towards ``task_priors`` with :data:`CROSS_RATES_SMOOTHING`); ``cross_rates_init`` is the
             initial weight of the overall rate.
         task_priors: ``((task, p), ...)`` initial output bias = log-odds of ``p`` per task (others start at 0).
         cowatch: a target-aware kNN read of the history keyed by a streaming item co-occurrence sketch
-            (:class:`trainer.model.cowatch.CoWatch`: ``cowatch_rows`` x ``cowatch_dim`` sketch, one softmax read of
+            (:class:`model.cowatch.CoWatch`: ``cowatch_rows`` x ``cowatch_dim`` sketch, one softmax read of
             the context tokens' action embeddings per temperature in :data:`COWATCH_TEMPERATURES`), added to the
             logits. Its sketch is model state updated by :meth:`Ranker.observe` after each training step.
-        preset: name of the :mod:`trainer.model.presets` entry this config was built from ('' = built by hand);
+        preset: name of the :mod:`model.presets` entry this config was built from ('' = built by hand);
             provenance only (snapshots and reports name it), it changes nothing in the model.
 
     Every Ranker also has these first-order shortcuts, always on (they learn as fast as a shallow model early in a
@@ -130,7 +130,7 @@ class RankerConfig:
             value = d.pop(name, fixed)
             if (tuple(value) if isinstance(value, list) else value) != fixed:
                 raise ValueError(f"RankerConfig.{name}={value!r} is no longer supported: this build always has "
-                                 f"{name}={fixed!r} (train a new model, e.g. from a trainer.model.presets preset)")
+                                 f"{name}={fixed!r} (train a new model, e.g. from a model.presets preset)")
         d["task_priors"] = tuple((str(t), float(p)) for t, p in d.get("task_priors", ()))
         return RankerConfig(**d)
 
@@ -196,7 +196,7 @@ class Ranker(nn.Module):
 
     Example:
         >>> from streaming.sample import Sample, Target
-        >>> from trainer.batch import collate
+        >>> from model.batch import collate
         >>> spec = FeatureSpec()
         >>> batch = collate([Sample("s", "u", [Target("e", "r", "i", "home", 1.0)])], spec)
         >>> Ranker(spec, RankerConfig()).eval()(batch)["click"].shape
@@ -274,7 +274,7 @@ class Ranker(nn.Module):
             self.cowatch.observe(batch)
 
     def to_ranker(self) -> Ranker:
-        """The servable form of this model: itself (see :class:`trainer.model.SnapshotSource`)."""
+        """The servable form of this model: itself (see :class:`model.SnapshotSource`)."""
         return self
 
     def _head(self, x: torch.Tensor, x0: torch.Tensor, raw: torch.Tensor, scen: torch.Tensor,

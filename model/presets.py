@@ -1,6 +1,6 @@
 """Named model presets: the one place the Ranker's shapes live.
 
-A :class:`Preset` is a :class:`~trainer.model.ranker.RankerConfig` plus the feature-spec limits that belong to the
+A :class:`Preset` is a :class:`~model.ranker.RankerConfig` plus the feature-spec limits that belong to the
 model's shape (history length L, real-time length R, embedding-table rows). Every entry point takes
 ``--preset NAME`` (a key of :data:`PRESETS`): ``python -m trainer`` (default ``base``), ``python -m
 trainer.evaluate`` (default ``eval-ml100k``), ``python -m deploy demo`` (default ``laptop``) and ``python -m
@@ -32,8 +32,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from trainer.features import FeatureSpec, TableSpec
-from trainer.model.ranker import Ranker, RankerConfig
+from model.features import FeatureSpec, TableSpec
+from model.ranker import Ranker, RankerConfig
 
 # Initial output bias of the Ranker: rough label priors (MovieLens-100K: ~55% ratings >= 4, ~21% = 5), fixed
 # constants rather than rates measured on the evaluated stream.

@@ -10,8 +10,8 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 from torchrec.modules.embedding_configs import PoolingType
 
 from kernels.attention import TokenGroup
-from trainer.batch import Batch
-from trainer.features import FeatureSpec
+from model.batch import Batch
+from model.features import FeatureSpec
 
 
 def mlp(sizes: list[int], last_act: bool = False) -> nn.Sequential:
@@ -109,7 +109,7 @@ class CrossRates(nn.Module):
     ``all`` rate (a naive-Bayes start: user rate and item rate add in logit space) and 0 elsewhere.
 
     Example:
-        >>> from trainer.features import FeatureSpec
+        >>> from model.features import FeatureSpec
         >>> CrossRates(FeatureSpec(tasks=("click",)), (("click", 0.5),)).rate_names[:2]
         ('scn_imp_life', 'scn_click_life')
     """

@@ -43,7 +43,7 @@ SPARSE_FEATURES: tuple[str, ...] = (
 # Keys of the weighted per-target KJT (value = squashed float).
 FLOAT_FEATURES: tuple[str, ...] = ("dense", "cross")
 
-# Number of always-present per-target dense columns built by collate (see trainer.batch.TARGET_DENSE_COLUMNS).
+# Number of always-present per-target dense columns built by collate (see model.batch.TARGET_DENSE_COLUMNS).
 NUM_TARGET_DENSE = 3
 
 _MASK63 = (1 << 63) - 1

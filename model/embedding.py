@@ -15,8 +15,8 @@ from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTens
 from torchrec.modules.embedding_configs import PoolingType
 
 from kernels.attention import TokenGroup
-from trainer.batch import TARGET_DENSE_COLUMNS, Batch
-from trainer.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec
+from model.batch import TARGET_DENSE_COLUMNS, Batch
+from model.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec
 
 # Which pooled features describe each token group (the tokenizer of that group concatenates them).
 GROUP_FEATURES: dict[TokenGroup, tuple[str, ...]] = {
@@ -56,7 +56,7 @@ class FeatureEmbedding(nn.Module):
     def __init__(self, spec: FeatureSpec, device: torch.device | None = None) -> None:
         super().__init__()
         if spec.managed_collision:
-            from trainer.model.managed_collision import managed_collision_ebc
+            from model.managed_collision import managed_collision_ebc
 
             self.ebc: nn.Module = managed_collision_ebc(spec, _tables(spec, SPARSE_FEATURES), device)
         else:

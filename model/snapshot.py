@@ -1,4 +1,4 @@
-"""Snapshots of the servable :class:`~trainer.model.Ranker`: safetensors weights + JSON metadata, no pickle.
+"""Snapshots of the servable :class:`~model.Ranker`: safetensors weights + JSON metadata, no pickle.
 
 Layout of one snapshot (a directory, written atomically: temp dir + fsync + ``os.rename``)::
 
@@ -13,8 +13,8 @@ Loading rebuilds the model from the JSON (spec + config), checks the weights' SH
 Example:
     >>> import tempfile
     >>> from pathlib import Path
-    >>> from trainer.features import FeatureSpec
-    >>> from trainer.model import Ranker, RankerConfig
+    >>> from model.features import FeatureSpec
+    >>> from model import Ranker, RankerConfig
     >>> tmp = tempfile.TemporaryDirectory()
     >>> d = Path(tmp.name)
     >>> p = save_snapshot(d, Ranker(FeatureSpec(), RankerConfig()), SnapshotMeta(1, 0.0, 0.0, 0))
@@ -42,8 +42,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from trainer.features import FeatureSpec
-from trainer.model.ranker import Ranker, RankerConfig
+from model.features import FeatureSpec
+from model.ranker import Ranker, RankerConfig
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "weights.safetensors"

@@ -1,9 +1,9 @@
-"""The readable specification of :func:`trainer.batch.collate`; only tests and benchmarks import this module.
+"""The readable specification of :func:`model.batch.collate`; only tests and benchmarks import this module.
 
 :func:`collate_reference` builds each token from a dict of feature bags, one ``spec.bucket`` call per id.
-``tests/model/test_fast_paths.py`` checks that :func:`trainer.batch.collate` (memoised hashing, array-at-a-time
-tensors) builds the same :class:`~trainer.batch.Batch` bit for bit, and ``benchmarks/bench_serving.py`` times it as
-the serving path before the fast ones. Both build the Batch through :func:`trainer.batch._assemble`.
+``tests/model/test_fast_paths.py`` checks that :func:`model.batch.collate` (memoised hashing, array-at-a-time
+tensors) builds the same :class:`~model.batch.Batch` bit for bit, and ``benchmarks/bench_serving.py`` times it as
+the serving path before the fast ones. Both build the Batch through :func:`model.batch._assemble`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from kernels.attention import TokenGroup
+from model.batch import _NEG_INF, Batch, _assemble, _origin
+from model.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec, squash
 from streaming.sample import Behavior, Sample
-from trainer.batch import _NEG_INF, Batch, _assemble, _origin
-from trainer.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec, squash
 
 
 def collate_reference(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:

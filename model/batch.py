@@ -4,7 +4,7 @@ Layout (B users, N tokens, T targets; jagged, no padding)::
 
     user b's token sequence = [U_0 .. U_{G-1}, H_0 .. H_{h-1}, R_0 .. R_{r-1}, T_0 .. T_{t-1}]
     seq_offsets     (B+1,)   int64    user b owns token rows seq_offsets[b]:seq_offsets[b+1]; max_seq_len = longest
-    sparse          KeyedJaggedTensor keys trainer.features.SPARSE_FEATURES, one bag per token (stride N): a key
+    sparse          KeyedJaggedTensor keys model.features.SPARSE_FEATURES, one bag per token (stride N): a key
                                       is empty on tokens it does not describe (e.g. ``action`` on U and T tokens)
     float_features  KeyedJaggedTensor keys FLOAT_FEATURES, weighted, one bag per target (stride T)
     token_group     (N,)     int64    kernels.TokenGroup of each token (U=0, H=1, R=2, T=3)
@@ -38,8 +38,8 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from kernels.attention import TokenGroup
+from model.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec, squash
 from streaming.sample import Sample
-from trainer.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec, squash
 
 TARGET_DENSE_COLUMNS: tuple[str, ...] = ("has_position", "log_position", "target_dt")
 _NEG_INF = float("-inf")
@@ -152,7 +152,7 @@ def _assemble(samples: Sequence[Sample], sparse: KeyedJaggedTensor, float_featur
               tgt_dense: list[list[float]], labels: dict[str, list[float]], t_users: list[str], t_scen: list[str],
               t_eids: list[str]) -> Batch:
     """The :class:`Batch` from per-token/per-target lists (shared by :func:`collate` and
-    :func:`trainer.reference.collate_reference`)."""
+    :func:`model.reference.collate_reference`)."""
     return Batch(
         sparse=sparse,
         float_features=float_features,
@@ -206,7 +206,7 @@ def _i64(xs: Iterable[int]) -> torch.Tensor:
 
 
 def _squash_array(raw: Iterable[float]) -> torch.Tensor:
-    """Vectorised :func:`trainer.features.squash` of numbers -> float32 tensor (non-finite -> 0)."""
+    """Vectorised :func:`model.features.squash` of numbers -> float32 tensor (non-finite -> 0)."""
     x = np.frombuffer(array.array("d", raw), dtype=np.float64)  # array('d') rejects non-numbers like math.isfinite
     with np.errstate(invalid="ignore", over="ignore"):
         y = np.copysign(np.log1p(np.abs(x)), x)
@@ -219,7 +219,7 @@ def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
 
     History keeps the ``spec.max_history`` most recent behaviors, real-time the ``spec.max_realtime`` most recent.
     Non-finite behavior timestamps are replaced by the origin; non-finite float features count as 0.
-    (Same output as :func:`trainer.reference.collate_reference`, with memoised hashing and array-at-a-time tensors.)
+    (Same output as :func:`model.reference.collate_reference`, with memoised hashing and array-at-a-time tensors.)
 
     Example:
         >>> from streaming.sample import Target, Sample

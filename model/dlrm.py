@@ -18,24 +18,24 @@ import torch
 from torch import nn
 
 from kernels.attention import TokenGroup
-from trainer.batch import TARGET_DENSE_COLUMNS, Batch
-from trainer.features import FLOAT_FEATURES, FeatureSpec
-from trainer.model.embedding import GROUP_FEATURES, FeatureEmbedding
-from trainer.model.heads import (
+from model.batch import TARGET_DENSE_COLUMNS, Batch
+from model.embedding import GROUP_FEATURES, FeatureEmbedding
+from model.features import FLOAT_FEATURES, FeatureSpec
+from model.heads import (
     CrossRates,
     item_bias_logits,
     item_bias_table,
     mlp,
     target_item_rows,
 )
-from trainer.model.ranker import _user_of
+from model.ranker import _user_of
 
 
 @dataclass(frozen=True)
 class DLRMConfig:
     """Architecture of :class:`DLRMBaseline`.
 
-    The generic (not sequence-related) shortcuts mean the same as in :class:`trainer.model.ranker.RankerConfig`:
+    The generic (not sequence-related) shortcuts mean the same as in :class:`model.ranker.RankerConfig`:
     ``item_bias`` (per-item, per-task logit table), ``cross_rates`` (the user's smoothed rates from the cross
     counters), ``linear`` (a first-order term on the target's raw features: its item, scenario, context and
     time-gap embeddings, cross/dense values) and ``task_priors`` (initial output biases).
@@ -71,7 +71,7 @@ class DLRMBaseline(nn.Module):
 
     Example:
         >>> from streaming.sample import Sample, Target
-        >>> from trainer.batch import collate
+        >>> from model.batch import collate
         >>> spec = FeatureSpec()
         >>> batch = collate([Sample("s", "u", [Target("e", "r", "i", "home", 1.0)])], spec)
         >>> DLRMBaseline(spec, DLRMConfig())(batch)["conversion"].shape
@@ -169,4 +169,4 @@ class DLRMBaseline(nn.Module):
         return [p for p in self.parameters() if id(p) not in emb]
 
     def observe(self, batch: Batch) -> None:
-        """No model-side statistics (:class:`trainer.model.TrainableModel`): the baseline learns only by gradients."""
+        """No model-side statistics (:class:`model.TrainableModel`): the baseline learns only by gradients."""

@@ -3,16 +3,16 @@
 
 * :class:`TrainableModel`: scoring (``model(batch) -> {task: (T,) logits}``), the two parameter groups (row-wise
   Adagrad on embedding tables, AdamW on the rest), ``observe`` (model-side streaming statistics, updated after each
-  real training step) and ``config`` (a dataclass, logged with every checkpoint). :class:`~trainer.model.Ranker`
-  and :class:`~trainer.model.DLRMBaseline` implement it, and so does the DMP-sharded Ranker of
+  real training step) and ``config`` (a dataclass, logged with every checkpoint). :class:`~model.Ranker`
+  and :class:`~model.DLRMBaseline` implement it, and so does the DMP-sharded Ranker of
   :mod:`trainer.distributed`.
 * :class:`SnapshotSource`: a trainable model with a servable form, ``to_ranker()``: the Ranker to write as a serving
   snapshot (the Ranker itself; a sharded one gathers its tables and returns the Ranker on rank 0, None on the other
   ranks). A model without it (the DLRM baseline) is trained and checkpointed but never served.
 
 Example:
-    >>> from trainer.features import FeatureSpec
-    >>> from trainer.model import DLRMBaseline, DLRMConfig, Ranker, RankerConfig
+    >>> from model.features import FeatureSpec
+    >>> from model import DLRMBaseline, DLRMConfig, Ranker, RankerConfig
     >>> ranker, dlrm = Ranker(FeatureSpec(), RankerConfig()), DLRMBaseline(FeatureSpec(), DLRMConfig())
     >>> isinstance(ranker, SnapshotSource), isinstance(dlrm, TrainableModel), isinstance(dlrm, SnapshotSource)
     (True, True, False)
@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from trainer.batch import Batch
+from model.batch import Batch
 
 if TYPE_CHECKING:
-    from trainer.model.ranker import Ranker
+    from model.ranker import Ranker
 
 
 @runtime_checkable

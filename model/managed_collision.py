@@ -19,7 +19,7 @@ from torchrec.modules.mc_modules import (
     MCHManagedCollisionModule,
 )
 
-from trainer.features import FeatureSpec
+from model.features import FeatureSpec
 
 
 def managed_collision_ebc(
