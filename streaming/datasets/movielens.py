@@ -25,12 +25,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +104,22 @@ def year_bucket(year: int | None) -> str:
     if year < 1950:
         return "pre1950"
     return f"{year // 10 * 10}s"
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building millions of acyclic objects (events, parsed rows).
+
+    Each allocation burst triggers full collections that rescan everything built so far: building the 1.8M events
+    of MovieLens-1M takes ~3x longer with the collector running. Reference counting still frees everything.
+    """
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def ensure_movielens(cache_dir: Path = DEFAULT_CACHE, quiet: bool = True) -> Path:
@@ -213,18 +231,41 @@ def load_movielens(path: Path | None = None, config: MovieLensConfig | None = No
         item_feats[str(iid)] = {"genres": "|".join(genres), "year": year_bucket(y)}
         item_scn[str(iid)] = scenario_of(genres)
 
+    scenarios = [item_scn.get(str(i), FALLBACK_SCENARIO) for i in inter["item_id"]]
+    return ratings_to_events(inter["user_id"].astype(str).tolist(), inter["item_id"].astype(str).tolist(),
+                             rating.tolist(), ts.tolist(), scenarios, user_feats, item_feats, cfg)
+
+
+def ratings_to_events(users: Sequence[str], items: Sequence[str], ratings: Sequence[float],
+                      timestamps: Sequence[float], scenarios: Sequence[str],
+                      user_feats: Mapping[str, Mapping[str, str]],
+                      item_feats: Mapping[str, Mapping[str, str]], config: MovieLensConfig,
+                      prefix: str = "ml") -> list[Event]:
+    """Rating rows (parallel sequences, one entry per rating) as events in event-time order.
+
+    The MovieLens mapping shared by the 100K and 1M adapters: an impression per rating (``<prefix>-imp-<u>-<i>-<ts>``,
+    request ``<prefix>-<u>-<ts>``), ``click`` at ``ts + click_delay_s`` when ``rating >= click_threshold`` and
+    ``like`` at ``ts + like_delay_s`` when ``rating >= like_threshold``; feedback carries its impression's scenario.
+
+    Example:
+        >>> evs = ratings_to_events(["1"], ["7"], [5.0], [100.0], ["drama"], {}, {}, MovieLensConfig())
+        >>> [(type(e).__name__, e.event_id) for e in evs]
+        [('Impression', 'ml-imp-1-7-100'), ('Feedback', 'ml-click-1-7-100'), ('Feedback', 'ml-like-1-7-100')]
+    """
     events: list[Event] = []
-    for uu, ii, r, t in zip(inter["user_id"], inter["item_id"], rating.tolist(), ts.tolist(), strict=True):
-        u, i = str(uu), str(ii)
-        t_s = f"{int(t)}" if float(t).is_integer() else f"{t}"
-        scn = item_scn.get(i, FALLBACK_SCENARIO)
-        req = f"ml-{u}-{t_s}"
-        events.append(Impression(
-            event_id=f"ml-imp-{u}-{i}-{t_s}", ts=float(t), user_id=u, scenario=scn, request_id=req, item_id=i,
-            item=dict(item_feats.get(i, {})), user=dict(user_feats.get(u, {})),
-        ))
-        if r >= cfg.click_threshold:
-            events.append(Feedback(f"ml-click-{u}-{i}-{t_s}", float(t) + cfg.click_delay_s, u, scn, req, i, "click"))
-        if r >= cfg.like_threshold:
-            events.append(Feedback(f"ml-like-{u}-{i}-{t_s}", float(t) + cfg.like_delay_s, u, scn, req, i, "like"))
-    return sort_events(events)
+    with gc_paused():
+        for u, i, r, t, scn in zip(users, items, ratings, timestamps, scenarios, strict=True):
+            t_s = f"{int(t)}" if float(t).is_integer() else f"{t}"
+            req = f"{prefix}-{u}-{t_s}"
+            events.append(Impression(
+                event_id=f"{prefix}-imp-{u}-{i}-{t_s}", ts=float(t), user_id=u, scenario=scn, request_id=req,
+                item_id=i, item=dict(item_feats.get(i, {})), user=dict(user_feats.get(u, {})),
+            ))
+            if r >= config.click_threshold:
+                events.append(Feedback(f"{prefix}-click-{u}-{i}-{t_s}", float(t) + config.click_delay_s, u, scn,
+                                       req, i, "click"))
+            if r >= config.like_threshold:
+                events.append(Feedback(f"{prefix}-like-{u}-{i}-{t_s}", float(t) + config.like_delay_s, u, scn,
+                                       req, i, "like"))
+        events = sort_events(events)
+    return events
