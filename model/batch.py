@@ -40,6 +40,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from kernels.attention import TokenGroup
 from model.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec, squash
 from streaming.sample import Sample
+from streaming.spec import keep_last
 
 TARGET_DENSE_COLUMNS: tuple[str, ...] = ("has_position", "log_position", "target_dt")
 _NEG_INF = float("-inf")
@@ -272,8 +273,8 @@ def collate(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
             vals[UF].extend(ub)
             group.append(U)
             tts.append(_NEG_INF)
-        hist = s.history[-spec.max_history :] if spec.max_history else []
-        rt = s.realtime[-spec.max_realtime :] if spec.max_realtime else []
+        hist = keep_last(s.history, spec.max_history)
+        rt = keep_last(s.realtime, spec.max_realtime)
         for g, part in ((H, hist), (R, rt)):
             for b in part:
                 ts = b.ts if math.isfinite(b.ts) else origin

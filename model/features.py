@@ -3,7 +3,8 @@
 Everything categorical is *open-keyed* (MTFM's "alignment-free" scenarios): a scenario string, an item id and every
 ``key=value`` pair of a sample's ``user``/``item``/``context`` dicts is hashed into a fixed-size table, so a new
 scenario or a new feature key needs no code change. Open-keyed float features (``Target.dense`` and ``Target.cross``)
-become a weighted bag: the embedding of the hashed *key* times a squashed value ``sign(x) * log1p(|x|)``.
+become a weighted bag: the embedding of the hashed *key* times a squashed value ``sign(x) * log1p(|x|)``
+(:func:`streaming.cross.squash`; :func:`streaming.cross.unsquash_count` reads a count back).
 
 Hashing is :func:`stable_hash` (blake2b, 8 bytes): identical in every process and on every machine, unlike
 Python's salted ``hash()``. The spec travels inside every snapshot, so trainer and serving can never disagree.
@@ -26,7 +27,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from streaming.cross import squash
 from streaming.sample import TASKS
+from streaming.spec import DEFAULT_HISTORY_LEN
+
+__all__ = ["FLOAT_FEATURES", "NUM_TARGET_DENSE", "SPARSE_FEATURES", "SPEC_VERSION", "FeatureSpec", "TableSpec",
+           "squash", "stable_hash"]  # squash is streaming.cross's (the transform of every float feature)
 
 SPEC_VERSION = 1
 
@@ -58,13 +64,6 @@ def stable_hash(s: str) -> int:
         True
     """
     return int.from_bytes(hashlib.blake2b(s.encode(), digest_size=8).digest(), "little") & _MASK63
-
-
-def squash(x: float) -> float:
-    """``sign(x) * log1p(|x|)``; non-finite values (NaN, inf) become 0 so one bad counter cannot poison a batch."""
-    if not math.isfinite(x):
-        return 0.0
-    return math.copysign(math.log1p(abs(x)), x)
 
 
 @dataclass(frozen=True)
@@ -113,7 +112,7 @@ class FeatureSpec:
     """
 
     tables: dict[str, TableSpec] = field(default_factory=_default_tables)
-    max_history: int = 256
+    max_history: int = DEFAULT_HISTORY_LEN  # the worker's default L (streaming.spec); must be <= the worker's L
     max_realtime: int = 64
     num_user_tokens: int = 2
     include_user_id: bool = True

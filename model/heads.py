@@ -12,6 +12,7 @@ from torchrec.modules.embedding_configs import PoolingType
 from kernels.attention import TokenGroup
 from model.batch import Batch
 from model.features import FeatureSpec
+from streaming.cross import DIMS, lifetime_count_names, unsquash_count
 
 
 def mlp(sizes: list[int], last_act: bool = False) -> nn.Sequential:
@@ -102,8 +103,9 @@ class CrossRates(nn.Module):
 
     The streaming core's cross features (``streaming.cross``: per user, counts strictly before the target) arrive
     squashed in the weighted ``cross`` bag, where a deep model learns the rate × count interaction slowly. This
-    reads the lifetime counts ``{dim}_imp_life`` and ``{dim}_{task}_life`` (dim = scenario, category, all) back out
-    of the bag (``expm1`` of the squashed value), smooths them towards a prior,
+    reads the lifetime counts ``{dim}_imp_life`` and ``{dim}_{task}_life`` (dim = scenario, category, all:
+    :func:`streaming.cross.lifetime_count_names`) back out of the bag (:func:`streaming.cross.unsquash_count` of the
+    squashed value), smooths them towards a prior,
     ``z = logit((pos + m p0) / (imp + m)) − logit(p0)`` (targets without counters get 0), and returns
     ``(T, tasks)`` logits ``z @ W`` with ``W`` (dims × tasks, tasks) initialised to ``init`` on the same task's
     ``all`` rate (a naive-Bayes start: user rate and item rate add in logit space) and 0 elsewhere.
@@ -114,16 +116,12 @@ class CrossRates(nn.Module):
         ('scn_imp_life', 'scn_click_life')
     """
 
-    DIMS = ("scn", "cat", "all")
-
     def __init__(self, spec: FeatureSpec, priors: tuple[tuple[str, float], ...] = (), smoothing: float = 5.0,
                  init: float = 1.0) -> None:
         super().__init__()
         self.tasks, self.smoothing = spec.tasks, smoothing
-        names: list[str] = []
-        for dim in self.DIMS:
-            names += [f"{dim}_imp_life", *(f"{dim}_{t}_life" for t in spec.tasks)]
-        self.rate_names = tuple(names)
+        names = lifetime_count_names(spec.tasks)  # dims outer: imp, then one count per task
+        self.rate_names = names
         n = spec.tables["cross"].num_embeddings
         ids = [spec.bucket("cross", name) % n for name in names]
         if len(set(ids)) != len(ids):
@@ -134,10 +132,10 @@ class CrossRates(nn.Module):
         p = dict(priors)
         self.register_buffer("prior", torch.tensor([p.get(t, 0.5) for t in spec.tasks]), persistent=False)
         k = len(spec.tasks)
-        self.proj = nn.Linear(len(self.DIMS) * k, k, bias=False)
+        self.proj = nn.Linear(len(DIMS) * k, k, bias=False)
         nn.init.zeros_(self.proj.weight)
         with torch.no_grad():
-            a = self.DIMS.index("all")
+            a = DIMS.index("all")
             for i in range(k):
                 self.proj.weight[i, a * k + i] = init
 
@@ -150,8 +148,8 @@ class CrossRates(nn.Module):
         owner = torch.repeat_interleave(torch.arange(T, device=col.device), jt.lengths(), output_size=col.numel())
         keep = col >= 0
         counts = torch.zeros(T, len(self.rate_names), device=col.device)
-        counts[owner[keep], col[keep]] = torch.expm1(jt.weights()[keep].float().clamp(min=0))
-        c = counts.view(T, len(self.DIMS), 1 + k)  # per dim: imp, then one count per task
+        counts[owner[keep], col[keep]] = unsquash_count(jt.weights()[keep].float())
+        c = counts.view(T, len(DIMS), 1 + k)  # per dim: imp, then one count per task
         m = self.smoothing
         rate = (c[..., 1:] + m * prior) / (c[..., :1] + m)  # (T, dims, tasks)
         z = torch.logit(rate.clamp(1e-4, 1 - 1e-4)) - torch.logit(prior)

@@ -18,6 +18,7 @@ from kernels.attention import TokenGroup
 from model.batch import _NEG_INF, Batch, _assemble, _origin
 from model.features import FLOAT_FEATURES, SPARSE_FEATURES, FeatureSpec, squash
 from streaming.sample import Behavior, Sample
+from streaming.spec import keep_last
 
 
 def collate_reference(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
@@ -91,8 +92,8 @@ def collate_reference(samples: Sequence[Sample], spec: FeatureSpec) -> Batch:
             ubags[spec.user_token(k)].append(spec.bucket("user_feat", f"{k}={v}"))
         for ub in ubags:
             token({"user_feat": ub}, TokenGroup.U, _NEG_INF)
-        hist = s.history[-spec.max_history :] if spec.max_history else []
-        rt = s.realtime[-spec.max_realtime :] if spec.max_realtime else []
+        hist = keep_last(s.history, spec.max_history)
+        rt = keep_last(s.realtime, spec.max_realtime)
         for b in hist:
             behavior(b, TokenGroup.H, origin)
         for b in rt:

@@ -17,30 +17,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from streaming.cross import CrossSpec
 from streaming.events import DEFAULT_ACTION_TASKS
-from streaming.sample import TASKS
+from streaming.spec import DEFAULT_HISTORY_LEN, DEFAULT_MAX_TARGETS, SampleSpec
+
+__all__ = ["CoreConfig", "CrossSpec"]  # CrossSpec lives in streaming.cross; imported from here too
 
 
 def _default_action_tasks() -> Mapping[str, str]:
     return MappingProxyType(dict(DEFAULT_ACTION_TASKS))
-
-
-@dataclass(frozen=True)
-class CrossSpec:
-    """Which in-stream cross features exist: counters per scenario, per item category, and overall.
-
-    ``windows_s`` are the recent windows (seconds) besides the lifetime count; ``category_key`` names the item
-    feature used as the category (items without it count under ``""``). Carried inside each published
-    :class:`streaming.user_state.UserState` so serving computes the same features with the same settings.
-    """
-
-    category_key: str = "category"
-    windows_s: tuple[float, ...] = (3600.0, 86400.0)
-    tasks: tuple[str, ...] = TASKS
-
-    @property
-    def max_window_s(self) -> float:
-        return max(self.windows_s, default=0.0)
 
 
 @dataclass(frozen=True)
@@ -50,8 +35,9 @@ class CoreConfig:
     - ``attribution_window_s``: a feedback labels an impression if its ts is in [imp.ts, imp.ts + window].
     - ``allowed_lateness_s``: watermark = min(max impression ts, max feedback ts) − lateness. Events with
       ts at or below the watermark when they arrive are *late* (see the late policy in ``streaming/core.py``).
-    - ``history_len``: L, the number of behaviors in H.
-    - ``max_targets``: a sample is closed when it holds this many targets.
+    - ``history_len``: L, the number of behaviors in H (and in the published user state).
+    - ``max_targets``: a sample is closed when it holds this many targets. L, ``max_targets`` and ``cross`` are the
+      shape of the sample contract: :meth:`sample_spec` (what the worker publishes for trainers and serving).
     - ``span_s``: a sample holds a user's consecutive released targets with ts in [span_start, span_start + span_s).
     - ``late_horizon_s``: how long (event time, after an impression's window closed) released impressions and seen
       event ids are remembered, to recognise duplicates and late feedback.
@@ -69,8 +55,8 @@ class CoreConfig:
 
     attribution_window_s: float = 1800.0
     allowed_lateness_s: float = 60.0
-    history_len: int = 256
-    max_targets: int = 64
+    history_len: int = DEFAULT_HISTORY_LEN
+    max_targets: int = DEFAULT_MAX_TARGETS
     span_s: float = 1800.0
     late_horizon_s: float = 3600.0
     action_tasks: Mapping[str, str] = field(default_factory=_default_action_tasks)
@@ -97,6 +83,10 @@ class CoreConfig:
     @property
     def tasks(self) -> tuple[str, ...]:
         return self.cross.tasks
+
+    def sample_spec(self) -> SampleSpec:
+        """The shape of the samples (and user states) this config produces: L, max_targets and the cross layout."""
+        return SampleSpec(history_len=self.history_len, max_targets=self.max_targets, cross=self.cross)
 
     def task_of(self, action: str) -> str | None:
         return self.action_tasks.get(action)

@@ -49,6 +49,7 @@ from streaming.events import Event, Impression
 from streaming.join import JoinCounts, Tally, UserMachine
 from streaming.outputs import DeadLetter, LateLabel, Output
 from streaming.sample import Sample
+from streaming.spec import keep_last
 from streaming.user_state import UserState
 
 __all__ = ["CoreConfig", "CoreCounters", "DeadLetter", "LateLabel", "Output", "StreamCore", "run_offline"]
@@ -207,7 +208,7 @@ class StreamCore:
 
     def _user_state(self, m: UserMachine, copy_state: bool) -> UserState:
         L = self.config.history_len
-        behaviors = [b for _, _, b in m.behaviors[-L:]] if L else []
+        behaviors = [b for _, _, b in keep_last(m.behaviors, L)]
         latest = max(m.user_key[0], behaviors[-1].ts if behaviors else -INF)
         counters, user = m.counters, m.user
         if copy_state:

@@ -29,11 +29,89 @@ import math
 from bisect import bisect_left, insort
 from dataclasses import dataclass, field
 from operator import itemgetter, truediv
-from typing import Any
+from typing import Any, Protocol, Self, TypeVar, overload
 
-from streaming.config import CrossSpec
+from streaming.sample import TASKS
 
-_DIMS = ("scn", "cat", "all")
+# The dims of every cross feature, in feature-name order: the target's scenario, the item's category, overall.
+DIMS: tuple[str, ...] = ("scn", "cat", "all")
+LIFE = "life"  # the window name of lifetime counts
+
+
+@dataclass(frozen=True)
+class CrossSpec:
+    """Which in-stream cross features exist: counters per scenario, per item category, and overall.
+
+    ``windows_s`` are the recent windows (seconds) besides the lifetime count; ``category_key`` names the item
+    feature used as the category (items without it count under ``""``). Carried inside each published
+    :class:`streaming.user_state.UserState` so serving computes the same features with the same settings, and in
+    the worker's :class:`streaming.spec.SampleSpec`.
+
+    Example:
+        >>> CrossSpec().max_window_s
+        86400.0
+    """
+
+    category_key: str = "category"
+    windows_s: tuple[float, ...] = (3600.0, 86400.0)
+    tasks: tuple[str, ...] = TASKS
+
+    @property
+    def max_window_s(self) -> float:
+        return max(self.windows_s, default=0.0)
+
+
+def squash(x: float) -> float:
+    """``sign(x) * log1p(|x|)``, the value a model reads for a float feature (a cross count or rate, a dense
+    feature); non-finite values (NaN, inf) become 0 so one bad counter cannot poison a batch.
+
+    Example:
+        >>> round(squash(3.0), 6), squash(float("nan"))
+        (1.386294, 0.0)
+    """
+    if not math.isfinite(x):
+        return 0.0
+    return math.copysign(math.log1p(abs(x)), x)
+
+
+class _Tensorish(Protocol):
+    def clamp(self, min: float) -> Self: ...  # `min`: torch's keyword
+    def expm1(self) -> Self: ...
+
+
+_A = TypeVar("_A", bound=_Tensorish)
+
+
+@overload
+def unsquash_count(y: float) -> float: ...
+@overload
+def unsquash_count(y: _A) -> _A: ...
+def unsquash_count(y: Any) -> Any:
+    """The count ``c >= 0`` whose :func:`squash` is ``y``: ``expm1(max(y, 0))``, for a float or elementwise for a
+    tensor (anything with ``clamp(min=)`` and ``expm1()``, e.g. ``torch.Tensor``).
+
+    Example:
+        >>> round(unsquash_count(squash(7.0)), 9), unsquash_count(-1.0)
+        (7.0, 0.0)
+    """
+    if isinstance(y, int | float):
+        return math.expm1(max(float(y), 0.0))
+    return y.clamp(min=0.0).expm1()
+
+
+def count_name(dim: str, kind: str, window: str) -> str:
+    """The feature name of one count: ``count_name("scn", "imp", "1h") == "scn_imp_1h"``."""
+    return f"{dim}_{kind}_{window}"
+
+
+def lifetime_count_names(tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """The lifetime counts per dim (dims outer): ``{dim}_imp_life`` then ``{dim}_{task}_life`` per task.
+
+    Example:
+        >>> lifetime_count_names(("click",))[:3]
+        ('scn_imp_life', 'scn_click_life', 'cat_imp_life')
+    """
+    return tuple(count_name(dim, kind, LIFE) for dim in DIMS for kind in ("imp", *tasks))
 
 
 def window_name(w: float) -> str:
@@ -46,9 +124,9 @@ def window_name(w: float) -> str:
 
 def feature_names(spec: CrossSpec) -> list[str]:
     """All cross feature names for ``spec``, in a stable order."""
-    wins = [window_name(w) for w in spec.windows_s] + ["life"]
+    wins = [window_name(w) for w in spec.windows_s] + [LIFE]
     names: list[str] = []
-    for dim in _DIMS:
+    for dim in DIMS:
         for win in wins:
             names.append(f"{dim}_imp_{win}")
             for task in spec.tasks:
@@ -123,17 +201,17 @@ class _Layout:
     __slots__ = ("by_counts", "dens", "keys", "kinds", "names", "nums", "one", "wins", "zeros")
 
     def __init__(self, spec: CrossSpec) -> None:
-        wins_n = [window_name(w) for w in spec.windows_s] + ["life"]
+        wins_n = [window_name(w) for w in spec.windows_s] + [LIFE]
         self.wins = tuple(spec.windows_s)
         self.kinds = ("imp", *spec.tasks)
         ncol = len(wins_n)  # recent windows + life
         nk = len(self.kinds)
-        self.one = len(_DIMS) * nk * ncol  # index of the trailing 1 in c
+        self.one = len(DIMS) * nk * ncol  # index of the trailing 1 in c
         self.zeros = [0] * len(self.wins)
         names: list[str] = []
         nums: list[int] = []
         dens: list[int] = []
-        for di, dim in enumerate(_DIMS):
+        for di, dim in enumerate(DIMS):
             for j, win in enumerate(wins_n):
                 imp = (di * nk) * ncol + j
                 names.append(f"{dim}_imp_{win}")
@@ -194,7 +272,7 @@ def _query_keys(lay: _Layout, scenario: str, category: str) -> tuple[str, ...]:
         if len(lay.keys) > 100_000:
             lay.keys.clear()
         per_kind = [_keys(kind, scenario, category) for kind in lay.kinds]
-        keys = lay.keys[k] = tuple(ks[d] for d in range(len(_DIMS)) for ks in per_kind)
+        keys = lay.keys[k] = tuple(ks[d] for d in range(len(DIMS)) for ks in per_kind)
     return keys
 
 

@@ -35,6 +35,7 @@ from streaming.cross import CrossCounters, cross_features
 from streaming.events import Feedback, Impression, event_from_dict
 from streaming.outputs import DeadLetter, LateLabel, Output
 from streaming.sample import Behavior, Sample, Target, make_sample_id
+from streaming.spec import keep_last
 
 INF = math.inf
 Key = tuple[str, str]  # (request_id, item_id)
@@ -319,10 +320,7 @@ class UserMachine:
                 real.append(b)
             else:
                 break
-        if cfg.history_len == 0:
-            hist = []
-        elif len(hist) > cfg.history_len:
-            hist = hist[-cfg.history_len:]
+        hist = keep_last(hist, cfg.history_len)
         sid = make_sample_id(x.event_id for x in targets)
         max_ts = max(end, op.label_ts, real[-1].ts if real else -INF)
         out.append(Sample(sid, self.user_id, targets, user=dict(op.user), history=hist, realtime=real, span_start=start,
@@ -353,7 +351,8 @@ class UserMachine:
             floor = min(floor, self.open.targets[0].ts)
         if floor == INF or floor == -INF:
             return
-        # keep every behavior with ts >= floor plus the last L before it
+        # keep every behavior with ts >= floor plus the last L before it (what keep_last(H, L) of a later sample
+        # or user state can still need)
         i = 0
         n = len(self.behaviors)
         while i < n and self.behaviors[i][0] < floor:

@@ -27,13 +27,14 @@ from typing import Any
 
 import orjson
 
-from streaming.config import CrossSpec
-from streaming.cross import CrossCounters, cross_features
+from streaming.cross import CrossCounters, CrossSpec, cross_features
 from streaming.fastjson import dumps
 from streaming.sample import Behavior, Sample, Target, fragments, make_sample_id
+from streaming.spec import DEFAULT_HISTORY_LEN, keep_last
 
 USER_STATE_VERSION = 1
-DEFAULT_HISTORY_LEN = 256
+__all__ = ["DEFAULT_HISTORY_LEN", "USER_STATE_VERSION", "Candidate", "UserState", "UserStateError",
+           "build_request_sample"]
 
 
 class UserStateError(ValueError):
@@ -146,8 +147,8 @@ def build_request_sample(state: UserState | None, user_id: str, scenario: str, c
     user: dict[str, str] = {}
     if state is not None:
         history = [b for b in state.behaviors if b.ts < now]
-        if state.history_len >= 0:
-            history = history[-state.history_len:] if state.history_len else []
+        if state.history_len >= 0:  # a (malformed) negative L keeps every behavior
+            history = keep_last(history, state.history_len)
         counters = state.counters
         user = dict(state.user)
     request_id = context.get("request_id", "")

@@ -35,6 +35,7 @@ from typing import Any, Generic, Literal, TypeVar
 import orjson
 
 from streaming.sample import Sample, SampleError
+from streaming.spec import keep_last
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ def decode_sample(raw: bytes, keep_history: int | None = None, keep_realtime: in
         for key, keep in (("history", keep_history), ("realtime", keep_realtime)):
             seq = obj.get(key)
             if keep is not None and isinstance(seq, list) and len(seq) > keep:
-                obj[key] = seq[len(seq) - keep :]
+                obj[key] = keep_last(seq, keep)
     return Sample.from_json(obj)
 
 
