@@ -206,6 +206,9 @@ class Ranker(nn.Module):
     def __init__(self, spec: FeatureSpec, config: RankerConfig) -> None:
         super().__init__()
         self.spec, self.config = spec, config
+        # The worker's sample spec (streaming.spec.SampleSpec JSON) this model is trained on, checked at the
+        # trainer's start; model.snapshot records it in SnapshotMeta.sample_spec. None = unknown.
+        self.sample_spec: dict[str, Any] | None = None
         c = config
         self.embedder = TokenEmbedder(spec, c.d_model)
         self.blocks = nn.ModuleList(

@@ -71,6 +71,10 @@ class SnapshotMeta:
             it) of the ``samples`` records consumed up to this snapshot; None when unknown (no record had a
             timestamp, or a snapshot written before the field existed). Serving's data freshness = the time the
             snapshot started serving − this.
+        sample_spec: the streaming worker's sample spec (:class:`streaming.spec.SampleSpec` JSON, with its
+            ``hash``) the trainer validated the model against at start; None when unknown (no worker had published
+            one, or a snapshot written before the field existed). Serving refuses a snapshot whose spec differs
+            from its worker's. ``save_snapshot`` fills it from ``Ranker.sample_spec`` when not given.
 
     Example:
         >>> SnapshotMeta(3, created_at=1.0, max_event_ts=2.0, samples_trained=10).format_version
@@ -83,6 +87,7 @@ class SnapshotMeta:
     samples_trained: int
     format_version: int = FORMAT_VERSION
     max_produce_ts: float | None = None
+    sample_spec: dict[str, Any] | None = None
 
 
 @dataclass
@@ -115,6 +120,8 @@ def save_snapshot(directory: Path, model: Ranker, meta: SnapshotMeta) -> Path:
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    if meta.sample_spec is None and model.sample_spec is not None:
+        meta = dataclasses.replace(meta, sample_spec=dict(model.sample_spec))
     final = directory / snapshot_name(meta.version)
     if final.exists():
         raise SnapshotError(f"snapshot {final} already exists")
@@ -192,6 +199,7 @@ def load_snapshot(path: Path, map_location: str | torch.device = "cpu") -> Loade
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise SnapshotError(f"{path}: weights do not fit the model: {e}") from None
+    model.sample_spec = meta.sample_spec
     model.to(map_location).eval()
     return LoadedSnapshot(model=model, spec=spec, config=config, meta=meta, path=path)
 

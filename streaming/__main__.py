@@ -7,6 +7,7 @@ import logging
 import sys
 
 from streaming.config import CoreConfig, CrossSpec
+from streaming.spec import DEFAULT_HISTORY_LEN, DEFAULT_MAX_TARGETS
 
 
 def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -15,7 +16,9 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
                        description="Consume impressions+feedback, produce user-level samples, dead letters and "
                                    "per-user state; metrics on --metrics-host:--metrics-port. At start it creates "
                                    "its topics with --partitions partitions (or adopts existing ones with that "
-                                   "count; another count is an error, exit code 2).")
+                                   "count; another count is an error, exit code 2) and publishes the sample spec "
+                                   "(--history-len, --max-targets, cross layout) to SAMPLES_TOPIC.spec (another "
+                                   "spec already there is an error, exit code 2).")
     p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap host:port")
     p.add_argument("--app-id", default="streamrec-stream", help="Faust app id (consumer group, table topic prefix)")
     p.add_argument("--impressions-topic", default="impressions", help="input topic of impressions")
@@ -48,8 +51,8 @@ def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[typ
                         "(streaming/batch_drain.py); slower, same results")
     p.add_argument("--window-s", type=float, default=1800.0, help="attribution window, seconds (event time)")
     p.add_argument("--lateness-s", type=float, default=60.0, help="allowed lateness, seconds (event time)")
-    p.add_argument("--history-len", type=int, default=256, help="L, behaviors in H")
-    p.add_argument("--max-targets", type=int, default=64, help="max targets per sample")
+    p.add_argument("--history-len", type=int, default=DEFAULT_HISTORY_LEN, help="L, behaviors in H")
+    p.add_argument("--max-targets", type=int, default=DEFAULT_MAX_TARGETS, help="max targets per sample")
     p.add_argument("--span-s", type=float, default=1800.0, help="max event-time span of a sample, seconds")
     p.add_argument("--late-horizon-s", type=float, default=3600.0,
                    help="event time to remember released impressions and event ids after the window")
@@ -65,6 +68,7 @@ def run_worker(a: argparse.Namespace) -> int:
     from prometheus_client import REGISTRY, start_http_server
 
     from streaming.app import BrokerUnavailable, StreamWorker, TopicConflict, WorkerConfig, ensure_topics
+    from streaming.spec_topic import SpecConflict, SpecUnavailable, publish_spec
 
     core = CoreConfig(attribution_window_s=a.window_s, allowed_lateness_s=a.lateness_s, history_len=a.history_len,
                       max_targets=a.max_targets, span_s=a.span_s, late_horizon_s=a.late_horizon_s,
@@ -85,7 +89,9 @@ def run_worker(a: argparse.Namespace) -> int:
     w = StreamWorker(cfg, core, REGISTRY)
     try:
         created = ensure_topics(cfg.bootstrap, w.topic_specs(), cfg.connect_timeout_s)
-    except (TopicConflict, BrokerUnavailable) as e:
+        # the shape of the samples (L, max targets, cross layout) on <samples-topic>.spec, for trainers and serving
+        publish_spec(cfg.bootstrap, cfg.samples_topic, core.sample_spec(), cfg.connect_timeout_s)
+    except (TopicConflict, BrokerUnavailable, SpecConflict, SpecUnavailable) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if created:

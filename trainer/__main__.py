@@ -22,6 +22,7 @@ from model.features import FeatureSpec
 from trainer.loop import Trainer, TrainerConfig
 from trainer.optim import OptimConfig
 from trainer.progressive import ProgressiveConfig
+from trainer.sample_spec import SampleSpecMismatch, check_sample_spec
 from trainer.source import SourceConfig
 
 DEFAULT_PRESET = "base"
@@ -46,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="where to start on partitions without a checkpointed offset (default %(default)s)")
     k.add_argument("--dedupe-capacity", type=int, default=s.dedupe_capacity,
                    help="recently trained sample ids remembered (and checkpointed) to skip replays (default %(default)s)")
+    k.add_argument("--sample-spec-wait-s", type=float, default=5.0,
+                   help="at start, wait this long for the streaming worker's sample spec on TOPIC.spec and refuse "
+                        "(exit code 2) a model that does not fit it (--max-history above its L, other tasks); "
+                        "none by then: warn and train unchecked (default %(default)s)")
     k.add_argument("--prefetch", type=int, default=s.prefetch,
                    help="batches decoded/collated ahead of the training step on a thread, 0 = synchronous (default %(default)s)")
     r = ap.add_argument_group("run directory, checkpoints and snapshots")
@@ -172,13 +177,25 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    spec = _spec(args)
+    try:  # the worker's sample spec, recorded into every snapshot (None: none published)
+        sample_spec = check_sample_spec(args.bootstrap, args.topic, spec, args.sample_spec_wait_s)
+    except SampleSpecMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    def model_fn(a: argparse.Namespace, s: FeatureSpec) -> Ranker | DLRMBaseline:
+        m = _model(a, s)
+        if isinstance(m, Ranker) and sample_spec is not None:
+            m.sample_spec = sample_spec.to_json()
+        return m
+
     if args.distributed:
         from trainer.distributed import run_distributed
 
-        return run_distributed(args, _spec, _model, config_from_args)
-    spec = _spec(args)
+        return run_distributed(args, _spec, model_fn, config_from_args)
     config = config_from_args(args)
-    trainer = Trainer(config, _model(args, spec), spec)
+    trainer = Trainer(config, model_fn(args, spec), spec)
     if args.metrics_port:
         from prometheus_client import start_http_server
 

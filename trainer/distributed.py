@@ -95,6 +95,7 @@ class ShardedRanker(nn.Module):
         super().__init__()
         self.dmp = dmp
         self.spec, self.config = spec, template.config
+        self.sample_spec = template.sample_spec  # recorded into the snapshots to_ranker builds
         self._shapes = {k: tuple(v.shape) for k, v in template.state_dict().items()}
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -168,6 +169,7 @@ class ShardedRanker(nn.Module):
             return None
         model = Ranker(self.spec, self.config)
         model.load_state_dict(full, strict=True)
+        model.sample_spec = self.sample_spec
         return model
 
 
