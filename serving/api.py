@@ -44,6 +44,7 @@ from serving.metrics import ServingMetrics
 from serving.scoring import InputError, NonFiniteScore, ScoreResult, ServedModel, score_request
 from serving.user_state import UserStateReplica
 from streaming.fastjson import dumps
+from streaming.spec import SampleSpec, spec_topic
 from streaming.user_state import Candidate
 
 log = logging.getLogger(__name__)
@@ -271,11 +272,12 @@ class ServingParts:
     """What one app owns: its metrics (in ``registry``), the model holder, the user-state replica and the scoring
     thread pool; :meth:`running` starts and stops them around the app's life."""
 
-    def __init__(self, config: ServingConfig, registry: CollectorRegistry) -> None:
+    def __init__(self, config: ServingConfig, registry: CollectorRegistry,
+                 sample_spec: SampleSpec | None = None) -> None:
         self.config = config
         self.registry = registry
         self.metrics = ServingMetrics(registry)
-        self.holder = ModelHolder(self.metrics, preset=config.preset)
+        self.holder = ModelHolder(self.metrics, preset=config.preset, sample_spec=sample_spec)
         self.replica = UserStateReplica(self.metrics)
         self.executor = ThreadPoolExecutor(max_workers=config.scoring_workers, thread_name_prefix="score")
 
@@ -288,7 +290,8 @@ class ServingParts:
             return
         if cfg.kafka_bootstrap is not None:
             self.replica.follow(cfg.kafka_bootstrap, cfg.user_state_topic)
-        self.holder.start(cfg.snapshot_dir, cfg.snapshot_poll_s, cfg.kafka_bootstrap, cfg.snapshots_topic)
+        self.holder.start(cfg.snapshot_dir, cfg.snapshot_poll_s, cfg.kafka_bootstrap, cfg.snapshots_topic,
+                          spec_topic(cfg.samples_topic))
 
     def stop(self) -> None:
         """Stop the snapshot machinery and the replica; drop queued scoring work."""
@@ -440,10 +443,11 @@ def openapi_with_limits(app: FastAPI, max_candidates: int) -> dict[str, Any]:
 
 
 def create_app(config: ServingConfig, registry: CollectorRegistry | None = None, *,
-               start_background: bool = True) -> FastAPI:
+               start_background: bool = True, sample_spec: SampleSpec | None = None) -> FastAPI:
     """Build the serving app. With ``start_background`` the lifespan starts the snapshot loader/poller/follower and
-    the user-state replica (and stops them on shutdown); tests may drive ``app.state.holder`` themselves."""
-    parts = ServingParts(config, registry if registry is not None else CollectorRegistry())
+    the user-state replica (and stops them on shutdown); tests may drive ``app.state.holder`` themselves.
+    ``sample_spec``: the streaming worker's, read at start (snapshots trained on other samples are rejected)."""
+    parts = ServingParts(config, registry if registry is not None else CollectorRegistry(), sample_spec)
     app = FastAPI(title="streamrec serving", version="1", lifespan=lambda _app: parts.running(start_background),
                   description="User-level scoring with hot-swapped snapshots of the streamrec ranker.")
     app.state.config = config

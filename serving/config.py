@@ -32,6 +32,9 @@ class ServingConfig:
             never reuses a connection the server is closing.
         preset: serve only snapshots of this model preset (``RankerConfig.preset``, a key of
             :data:`model.PRESETS`); others are rejected (``wrong_preset``). None serves any snapshot.
+        samples_topic: the streaming worker's samples topic; its sample spec is read from ``<samples_topic>.spec``
+            (snapshots trained on other samples are rejected, ``wrong_sample_spec``).
+        sample_spec_wait_s: at start, how long to wait for that spec (0: take what is there; it is followed later).
     """
 
     host: str = "127.0.0.1"
@@ -48,6 +51,8 @@ class ServingConfig:
     keep_alive_s: int = 15
     log_level: str = "info"
     preset: str | None = None
+    samples_topic: str = "samples"
+    sample_spec_wait_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -58,5 +63,7 @@ class ServingConfig:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if self.torch_threads < 1 or self.scoring_workers < 1 or self.keep_alive_s < 1:
             raise ValueError("torch_threads, scoring_workers and keep_alive_s must be >= 1")
+        if self.sample_spec_wait_s < 0:
+            raise ValueError(f"sample_spec_wait_s must be >= 0, got {self.sample_spec_wait_s}")
         if self.snapshot_poll_s < 0:
             raise ValueError(f"snapshot_poll_s must be >= 0, got {self.snapshot_poll_s}")

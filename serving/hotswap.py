@@ -9,7 +9,11 @@ Two sources feed one loader thread (so loads never overlap):
 
 Verification before a swap: the snapshot loads (:func:`load_snapshot`; a corrupt or incompatible file raises
 :class:`SnapshotError`), it is strictly newer than the served one, it was trained from the expected model preset
-(when the server names one: ``python -m serving --preset``), it scores the same task set as the served model
+(when the server names one: ``python -m serving --preset``), it was trained on samples of the streaming worker's
+sample spec (when serving knows that spec, from ``<samples topic>.spec``: a snapshot whose recorded
+``SnapshotMeta.sample_spec`` differs, or whose feature spec does not fit the worker's samples, is rejected as
+``wrong_sample_spec``; a snapshot that recorded none is checked on its feature spec only), it scores the same task
+set as the served model
 (clients rely on the response's keys), and a smoke request (a cold-start user, two candidates) gives finite scores
 for every task. Then ``ModelHolder.current`` is replaced — a single attribute write. Requests read ``current``
 once at their start and keep that object to the end, so in-flight requests finish on the old model, which is freed
@@ -35,10 +39,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from model.contract import problems
 from model.snapshot import LoadedSnapshot, SnapshotError, latest_snapshot, load_snapshot
 from serving.follow import TopicFollower
 from serving.metrics import ModelTimes, ServingMetrics
 from serving.scoring import ServedModel, build_batch_sample, score_sample
+from streaming.spec import SampleSpec
 from streaming.user_state import Candidate
 
 log = logging.getLogger(__name__)
@@ -66,15 +72,35 @@ def _version_key(v: Any) -> tuple[int, Any]:
         return (1, str(v))
 
 
-def verify(loaded: LoadedSnapshot, path: str, current: ServedModel | None, preset: str | None = None) -> ServedModel:
-    """Check ``loaded`` may replace ``current`` (and comes from model preset ``preset`` unless None); raise
-    :class:`Rejected` otherwise."""
+def check_sample_spec(loaded: LoadedSnapshot, worker: SampleSpec) -> None:
+    """Raise :class:`Rejected` (``wrong_sample_spec``) unless ``loaded`` was trained on ``worker``'s samples: its
+    recorded sample spec (if any) equals ``worker`` and its feature spec fits it (:func:`model.contract.problems`)."""
+    recorded = loaded.meta.sample_spec
+    if recorded is not None:
+        try:
+            trained_on = SampleSpec.from_json(recorded)
+        except ValueError as e:
+            raise Rejected("wrong_sample_spec", f"unreadable recorded sample spec: {e}") from None
+        diff = trained_on.differences(worker, "in the snapshot", "in the worker's")
+        if diff:
+            raise Rejected("wrong_sample_spec", f"trained on other samples: {'; '.join(diff)}")
+    found = problems(loaded.spec, worker)
+    if found:
+        raise Rejected("wrong_sample_spec", f"the model does not fit the worker's samples: {'; '.join(found)}")
+
+
+def verify(loaded: LoadedSnapshot, path: str, current: ServedModel | None, preset: str | None = None,
+           sample_spec: SampleSpec | None = None) -> ServedModel:
+    """Check ``loaded`` may replace ``current`` (and comes from model preset ``preset`` unless None, and fits the
+    worker's ``sample_spec`` unless None); raise :class:`Rejected` otherwise."""
     meta = loaded.meta
     if current is not None and _version_key(meta.version) <= _version_key(current.meta.version):
         raise Rejected("stale", f"version {meta.version} is not newer than the served {current.meta.version}")
     if preset is not None and loaded.config.preset != preset:
         raise Rejected("wrong_preset", f"trained from model preset {loaded.config.preset or '(none recorded)'!r}, "
                                        f"this server serves preset {preset!r} (python -m serving --preset)")
+    if sample_spec is not None:
+        check_sample_spec(loaded, sample_spec)
     model = loaded.model.eval()
     try:
         sample = build_batch_sample(None, "__smoke__", "__smoke__", SMOKE_CANDIDATES, {}, time.time())
@@ -103,16 +129,20 @@ class ModelHolder:
     """
 
     def __init__(self, metrics: ServingMetrics,
-                 load: Callable[[Path], LoadedSnapshot] = load_snapshot, preset: str | None = None) -> None:
+                 load: Callable[[Path], LoadedSnapshot] = load_snapshot, preset: str | None = None,
+                 sample_spec: SampleSpec | None = None) -> None:
         self.metrics = metrics
         self.current: ServedModel | None = None
         self._load = load
         self.preset = preset  # serve only snapshots of this model preset (None: any)
+        # the streaming worker's sample spec (None: unknown); updated by on_sample_spec
+        self.sample_spec = sample_spec
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
         self._tried: dict[str, str] = {}  # path → outcome ("served", "stale" or a rejection reason); bounded below
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._follower: TopicFollower | None = None
+        self._spec_follower: TopicFollower | None = None
         self._snapshot_dir: Path | None = None
         metrics.track_model(self._times)
 
@@ -147,6 +177,19 @@ class ModelHolder:
         self.metrics.announcements.labels(outcome="valid").inc()
         self.offer(path, ann.get("version"))
 
+    def on_sample_spec(self, rec: Any) -> None:
+        """Handle one ``<samples>.spec`` topic record: the worker's current :class:`SampleSpec`, checked against every
+        snapshot loaded from now on."""
+        try:
+            spec = SampleSpec.from_json(rec.value)
+        except (ValueError, TypeError) as e:
+            log.warning("ignoring an unreadable sample spec at offset %s: %s", getattr(rec, "offset", "?"), e)
+            return
+        if spec != self.sample_spec:
+            log.info("worker sample spec %s: history_len %d, max_targets %d, tasks %s", spec.fingerprint(),
+                     spec.history_len, spec.max_targets, list(spec.tasks))
+        self.sample_spec = spec
+
     def poll_dir(self, snapshot_dir: Path) -> None:
         """Offer the newest snapshot in ``snapshot_dir`` (if any) for loading."""
         try:
@@ -179,7 +222,7 @@ class ModelHolder:
                 raise Rejected("missing", str(e)) from None
             except Exception as e:  # a loader that fails in any other way still must not take the service down
                 raise Rejected("load_error", f"{type(e).__name__}: {e}") from None
-            served = verify(loaded, path, self.current, self.preset)
+            served = verify(loaded, path, self.current, self.preset, self.sample_spec)
         except Rejected as e:
             self._remember(path, e.reason)
             if e.reason == "stale":
@@ -226,8 +269,10 @@ class ModelHolder:
             self._stop.wait(every_s)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    def start(self, snapshot_dir: Path, poll_s: float, bootstrap: str | None, topic: str) -> None:
-        """Start the loader, the directory poller (``poll_s > 0``; else one initial scan) and the topic follower."""
+    def start(self, snapshot_dir: Path, poll_s: float, bootstrap: str | None, topic: str,
+              sample_spec_topic: str | None = None) -> None:
+        """Start the loader, the directory poller (``poll_s > 0``; else one initial scan), the topic follower and
+        (``sample_spec_topic``) the follower of the worker's sample spec."""
         self._snapshot_dir = Path(snapshot_dir)
         self._threads.append(threading.Thread(target=self._loader, name="snapshot-loader", daemon=True))
         if poll_s > 0:
@@ -237,6 +282,9 @@ class ModelHolder:
             self.poll_dir(snapshot_dir)
         for t in self._threads:
             t.start()
+        if bootstrap is not None and sample_spec_topic:
+            self._spec_follower = TopicFollower(bootstrap, sample_spec_topic, self.on_sample_spec, start="beginning")
+            self._spec_follower.start()
         if bootstrap is not None:
             self._follower = TopicFollower(
                 bootstrap, topic, self.on_announcement, start="last",
@@ -246,8 +294,9 @@ class ModelHolder:
     def stop(self) -> None:
         self._stop.set()
         self._queue.put(None)
-        if self._follower is not None:
-            self._follower.stop()
+        for f in (self._follower, self._spec_follower):
+            if f is not None:
+                f.stop()
         for t in self._threads:
             t.join(5.0)
 
