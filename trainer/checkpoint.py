@@ -54,7 +54,7 @@ def save_checkpoint(directory: str | os.PathLike[str], step: int, payload: dict[
     """Atomically write ``payload`` as ``<directory>/ckpt-<step>.pt`` and return its path."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    final = d / f"ckpt-{step:012d}.pt"
+    final = checkpoint_path(d, step)
     fd, tmp = tempfile.mkstemp(prefix=".ckpt-", suffix=".tmp", dir=d)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -68,6 +68,20 @@ def save_checkpoint(directory: str | os.PathLike[str], step: int, payload: dict[
         raise
     _fsync_dir(d)
     return final
+
+
+def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
+    """Where the checkpoint of ``step`` lives: ``<directory>/ckpt-<step:012d>.pt``."""
+    return Path(directory) / f"ckpt-{step:012d}.pt"
+
+
+def checkpoint_step(path: Path) -> int:
+    """The step number in a checkpoint file name ``ckpt-<step>.pt``.
+
+    >>> checkpoint_step(checkpoint_path("runs/checkpoints", 42))
+    42
+    """
+    return int(path.stem.split("-", 1)[1])
 
 
 def list_checkpoints(directory: str | os.PathLike[str]) -> list[Path]:
