@@ -36,6 +36,7 @@ class HTALayer(nn.Module):
     """HSTU-style attention layer with grouped-query heads and Group LayerNorm (MTGR/MTFM).
 
     Shapes: ``x`` (N, d) tokens; queries are a subset of rows (all rows in a full layer, T rows in a target layer).
+    ``group_norm=False`` gives both norms one affine shared by every group (plain LayerNorm; weights (1, d)).
 
     Example:
         >>> layer = HTALayer(d_model=8, q_heads=3, kv_heads=1, head_dim=4)
@@ -51,24 +52,30 @@ class HTALayer(nn.Module):
         head_dim: int,
         kind: AttentionKind = AttentionKind.SOFTMAX,
         dropout: float = 0.0,
+        group_norm: bool = True,
     ) -> None:
         super().__init__()
         if q_heads % kv_heads:
             raise ValueError(f"q_heads ({q_heads}) must be a multiple of kv_heads ({kv_heads})")
         self.q_heads, self.kv_heads, self.head_dim, self.kind = q_heads, kv_heads, head_dim, kind
         a = q_heads * head_dim
-        self.norm_in_weight = nn.Parameter(torch.ones(NUM_GROUPS, d_model))
-        self.norm_in_bias = nn.Parameter(torch.zeros(NUM_GROUPS, d_model))
+        g = NUM_GROUPS if group_norm else 1  # affines per norm: one per token group, or one shared
+        self.norm_in_weight = nn.Parameter(torch.ones(g, d_model))
+        self.norm_in_bias = nn.Parameter(torch.zeros(g, d_model))
         self.q_proj = nn.Linear(d_model, a)
         self.kv_proj = nn.Linear(d_model, 2 * kv_heads * head_dim)
         self.gate_proj = nn.Linear(d_model, a)  # HSTU's U(X): silu-gated pointwise modulation of the output
-        self.norm_out_weight = nn.Parameter(torch.ones(NUM_GROUPS, a))
-        self.norm_out_bias = nn.Parameter(torch.zeros(NUM_GROUPS, a))
+        self.norm_out_weight = nn.Parameter(torch.ones(g, a))
+        self.norm_out_bias = nn.Parameter(torch.zeros(g, a))
         self.out_proj = nn.Linear(a, d_model)
         self.dropout = nn.Dropout(dropout)
 
+    def _norm_group(self, group: torch.Tensor) -> torch.Tensor:
+        """Each row's affine: its token group, or row 0 of the one shared affine (``group_norm=False``)."""
+        return group if self.norm_in_weight.shape[0] > 1 else torch.zeros_like(group)
+
     def norm_in(self, x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-        return group_layer_norm(x, group, self.norm_in_weight, self.norm_in_bias)
+        return group_layer_norm(x, self._norm_group(group), self.norm_in_weight, self.norm_in_bias)
 
     def kv(self, xn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised tokens (N, d) -> keys, values (N, kv_heads, head_dim)."""
@@ -120,6 +127,7 @@ class HTALayer(nn.Module):
 
     def _finish(self, x: torch.Tensor, xn: torch.Tensor, group: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
         """Attention output (Nq, Hq, D) -> Group LayerNorm -> HSTU gate -> output projection -> residual."""
-        a = group_layer_norm(a.reshape(a.shape[0], self.q_heads * self.head_dim), group, self.norm_out_weight, self.norm_out_bias)
+        a = group_layer_norm(a.reshape(a.shape[0], self.q_heads * self.head_dim), self._norm_group(group),
+                             self.norm_out_weight, self.norm_out_bias)
         y = self.out_proj(a * F.silu(self.gate_proj(xn)))
         return x + self.dropout(y)

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torchrec import KeyedJaggedTensor
 
 from kernels.attention import AttentionKind, TokenGroup
 from kernels.dispatch import Kernel, get_kernel, use_triton
@@ -33,6 +34,7 @@ from model.heads import (
     target_item_rows,
 )
 from model.hta import HTALayer, KVLayout
+from model.prompts import PromptTokens, TokenSequence
 
 _CTX_GROUPS = (TokenGroup.U, TokenGroup.H, TokenGroup.R)
 CROSS_RATES_SMOOTHING = 5.0  # pseudo-count of the cross-counter rates' shrinkage towards the task priors
@@ -74,8 +76,21 @@ class RankerConfig:
             (:class:`model.cowatch.CoWatch`: ``cowatch_rows`` x ``cowatch_dim`` sketch, one softmax read of
             the context tokens' action embeddings per temperature in :data:`COWATCH_TEMPERATURES`), added to the
             logits. Its sketch is model state updated by :meth:`Ranker.observe` after each training step.
+        cross_features: the targets' cross features (the weighted ``cross`` bag) reach the model; False empties
+            that bag in every batch the Ranker reads (the ``no_cross`` ablation; ``cross_rates`` must be off too).
+        group_norm: MTGR's Group LayerNorm (one affine per token group) in every layer; False = one shared
+            LayerNorm affine (the ``no_group_norm`` ablation).
+        dynamic_mask: MTGR's dynamic mask (U/H seen by all, R only by later tokens, T only by itself); False =
+            the plain time-causal mask: every token sees U, itself and every strictly earlier token of any group
+            (so targets see earlier targets; the ``no_dynamic_mask`` ablation).
+        prompt_tokens: MDL-style prompt tokens (:class:`model.prompts.PromptTokens`): a learned token for the
+            sample's scenario mix and one per task, prepended to every user's sequence as U tokens.
         preset: name of the :mod:`model.presets` entry this config was built from ('' = built by hand);
             provenance only (snapshots and reports name it), it changes nothing in the model.
+        variant: the :data:`model.presets.ABLATIONS` entry applied to that preset ('' = none); provenance only.
+
+    With ``dynamic_mask`` off or ``prompt_tokens`` on a target's score depends on its user's other targets, so
+    :meth:`Ranker.score_candidates` runs :meth:`Ranker.forward` on the batch instead of the context cache.
 
     Every Ranker also has these first-order shortcuts, always on (they learn as fast as a shallow model early in a
     stream while attention catches up): the *wide* input — each target token's own input representation (its
@@ -105,13 +120,20 @@ class RankerConfig:
     cowatch: bool = False
     cowatch_rows: int = 16384
     cowatch_dim: int = 128
+    cross_features: bool = True
+    group_norm: bool = True
+    dynamic_mask: bool = True
+    prompt_tokens: bool = False
     preset: str = ""
+    variant: str = ""
 
     def __post_init__(self) -> None:
         if self.q_heads % self.kv_heads:
             raise ValueError(f"q_heads ({self.q_heads}) must be a multiple of kv_heads ({self.kv_heads})")
         if self.num_blocks < 1 or self.target_layers < 0:
             raise ValueError("num_blocks must be >= 1 and target_layers >= 0")
+        if self.cross_rates and not self.cross_features:
+            raise ValueError("cross_rates reads the cross features: it needs cross_features=True")
 
     @property
     def num_layers(self) -> int:
@@ -184,6 +206,17 @@ def _cpu_fast_path(x: torch.Tensor) -> bool:
     return not x.is_cuda and not use_triton(x) and get_kernel() is Kernel.AUTO and not torch.is_grad_enabled()
 
 
+def _empty_bag(kjt: KeyedJaggedTensor, key: str) -> KeyedJaggedTensor:
+    """``kjt`` (weighted) with every bag of ``key`` emptied (the other keys unchanged)."""
+    names: list[str] = kjt.keys()
+    jts = kjt.to_dict()
+    keep = [k for k in names if k != key]
+    return KeyedJaggedTensor(
+        keys=names, values=torch.cat([jts[k].values() for k in keep]), weights=torch.cat([jts[k].weights() for k in keep]),
+        lengths=torch.cat([torch.zeros_like(jts[k].lengths()) if k == key else jts[k].lengths() for k in names]),
+        stride=kjt.stride())
+
+
 def _positions(offsets: torch.Tensor, n: int) -> torch.Tensor:
     """(B+1,) offsets -> (n,) index of each row inside its user's sequence."""
     return torch.arange(n, device=offsets.device) - offsets[_user_of(offsets, n)]
@@ -213,7 +246,7 @@ class Ranker(nn.Module):
         self.embedder = TokenEmbedder(spec, c.d_model)
         self.blocks = nn.ModuleList(
             nn.ModuleList(
-                HTALayer(c.d_model, c.q_heads, c.kv_heads, c.head_dim, c.attention, c.dropout)
+                HTALayer(c.d_model, c.q_heads, c.kv_heads, c.head_dim, c.attention, c.dropout, group_norm=c.group_norm)
                 for _ in range(1 + c.target_layers)
             )
             for _ in range(c.num_blocks)
@@ -241,6 +274,28 @@ class Ranker(nn.Module):
         for task, p in c.task_priors:
             if task in spec.tasks:
                 self.head.set_output_bias(task, math.log(p / (1.0 - p)))
+        # created last and only when on: a model without prompts draws the same initial weights as before
+        self.prompts = PromptTokens(spec, c.d_model) if c.prompt_tokens else None
+
+    def _inputs(self, batch: Batch) -> Batch:
+        """``batch`` as this model reads it: without the targets' cross features when ``cross_features`` is off."""
+        if self.config.cross_features:
+            return batch
+        return dataclasses.replace(batch, float_features=_empty_bag(batch.float_features, "cross"))
+
+    def _mask_group(self, group: torch.Tensor) -> torch.Tensor:
+        """Token groups as the attention mask reads them. The plain time-causal mask (``dynamic_mask`` off) is the
+        dynamic mask with every H/R/T token treated as an R token: each token sees U, itself and every strictly
+        earlier token (Group LayerNorm keeps the real groups)."""
+        if self.config.dynamic_mask:
+            return group
+        return group.masked_fill(group != TokenGroup.U, int(TokenGroup.R))
+
+    @property
+    def target_dependent(self) -> bool:
+        """True when a target's score depends on its user's other targets (no dynamic mask, or prompt tokens):
+        :meth:`score_candidates` then runs :meth:`forward` instead of the context cache."""
+        return not self.config.dynamic_mask or self.config.prompt_tokens
 
     def _user_logit(self, batch: Batch, raw: dict[TokenGroup, torch.Tensor]) -> torch.Tensor:
         """(B, tasks) per-user first-order logits from the raw U/H features."""
@@ -298,41 +353,48 @@ class Ranker(nn.Module):
         return out
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        batch = self._inputs(batch)
         raw: dict[TokenGroup, torch.Tensor] = {}
         toks, scen = self.embedder(batch, inputs=raw)
         N = batch.num_tokens
         rows = torch.cat([batch.group_rows[g] for g in TokenGroup])
         x = toks[TokenGroup.U].new_zeros(N, self.config.d_model)
         x = x.index_copy(0, rows, torch.cat([toks[g] for g in TokenGroup]))  # (N, d) in sequence order
-        group, t_rows = batch.token_group, batch.group_rows[TokenGroup.T]
-        kv = KVLayout(batch.seq_offsets, batch.token_ts, group, batch.max_seq_len)
-        pos = _positions(batch.seq_offsets, N)
+        seq = TokenSequence(x, batch.token_group, batch.token_ts, batch.seq_offsets, batch.max_seq_len,
+                            batch.group_rows[TokenGroup.T], batch.target_pos)
+        if self.prompts is not None:  # (N + B P) tokens: each user's prompts in front
+            seq = self.prompts.prepend(batch, seq)
+        x, group, t_rows = seq.x, seq.group, seq.t_rows
+        kv = KVLayout(seq.offsets, seq.ts, self._mask_group(group), seq.max_len)
+        pos = _positions(seq.offsets, x.shape[0])
         t_group = group[t_rows]
         x0 = toks[TokenGroup.T]  # (T, d) the targets' input tokens, rows in t_rows order
         for full, layer in self.layers():
             xn = layer.norm_in(x, group)
             k, v = layer.kv(xn)
             if full:  # every token is a query
-                x = layer.query_update(x, xn, group, k, v, kv, batch.seq_offsets, pos, batch.max_seq_len)
+                x = layer.query_update(x, xn, group, k, v, kv, seq.offsets, pos, seq.max_len)
             else:  # only targets are queries and are updated; U/H/R pass through
                 xt = layer.query_update(
-                    x[t_rows], xn[t_rows], t_group, k, v, kv, batch.target_offsets, batch.target_pos,
+                    x[t_rows], xn[t_rows], t_group, k, v, kv, batch.target_offsets, seq.t_pos,
                     batch.max_targets,
                 )
                 x = x.index_copy(0, t_rows, xt)
         t_user = _user_of(batch.target_offsets, batch.num_targets)
         item_logit = self._item_logit(batch)
-        if self.cowatch is not None:
+        if self.cowatch is not None:  # on the batch's own layout (no prompts)
             rows_all = self.cowatch.sketch_rows(batch)
             tok_user = _user_of(batch.seq_offsets, N)
-            cw = self.cowatch(rows_all, self._actions(batch, raw, N), batch.token_ts, group, tok_user, rows_all[t_rows],
-                              batch.token_ts[t_rows], t_user)
+            b_t_rows = batch.group_rows[TokenGroup.T]
+            cw = self.cowatch(rows_all, self._actions(batch, raw, N), batch.token_ts, batch.token_group, tok_user,
+                              rows_all[b_t_rows], batch.token_ts[b_t_rows], t_user)
             item_logit = item_logit + cw
         return self._head(x[t_rows], x0, raw[TokenGroup.T], scen, self._user_logit(batch, raw), t_user, item_logit)
 
     @torch.no_grad()
     def encode_user(self, batch: Batch) -> UserCache:
         """Run every user's U/H/R tokens through the model once; keep each layer's keys/values (targets ignored)."""
+        batch = self._inputs(batch)
         raw: dict[TokenGroup, torch.Tensor] = {}
         toks, _ = self.embedder(batch, _CTX_GROUPS, inputs=raw)
         ctx_offsets = batch.seq_offsets - batch.target_offsets  # (B+1,)
@@ -344,7 +406,7 @@ class Ranker(nn.Module):
         x = x.index_copy(0, dst, torch.cat([toks[g] for g in _CTX_GROUPS]))
         ts = batch.token_ts.new_empty(n_ctx).index_copy(0, dst, batch.token_ts[ctx_rows])
         group = batch.token_group.new_empty(n_ctx).index_copy(0, dst, batch.token_group[ctx_rows])
-        kv = KVLayout(ctx_offsets, ts, group, batch.max_context_len)
+        kv = KVLayout(ctx_offsets, ts, self._mask_group(group), batch.max_context_len)
         pos = _positions(ctx_offsets, n_ctx)
         keys, values = [], []
         for full, layer in self.layers():
@@ -368,10 +430,14 @@ class Ranker(nn.Module):
         """Score ``batch``'s targets against ``cache`` (same users, same order); equals ``forward(batch)``.
 
         Only the T tokens of ``batch`` are embedded and run; each attends to its user's cached context keys/values
-        and to itself. Candidate timestamps are re-expressed relative to the cache's time origin.
+        and to itself. Candidate timestamps are re-expressed relative to the cache's time origin. A
+        :attr:`target_dependent` model runs :meth:`forward` on ``batch`` (the cache cannot hold what it needs).
         """
         if batch.user_ids != cache.user_ids:
             raise ValueError("score_candidates: batch users differ from the cache's users (same order required)")
+        if self.target_dependent:
+            return self.forward(batch)
+        batch = self._inputs(batch)
         raw: dict[TokenGroup, torch.Tensor] = {}
         toks, scen = self.embedder(batch, (TokenGroup.T,), inputs=raw)
         x = x0 = toks[TokenGroup.T]  # (T, d)
