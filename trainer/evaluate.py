@@ -5,14 +5,20 @@ Pipeline (all in-process, deterministic for a seed)::
     events  = adapter(dataset)                             # streaming.datasets: event-time order
     samples = streaming.core.run_offline(events, core)      # the same pure join/aggregation core as the worker
     batches = [collate(samples[i:i+B], spec) ...]           # emission order, the same batches for every model
-    for each model:                                         # Ranker (MTFM-style), DLRM baseline, popularity
+    for each model:                                         # Ranker (MTFM-style), DLRM, popularity, LR
         for batch in batches:                               # progressive validation: predict, then train
             probs = model(batch) (before the update) ; learn(batch)
 
 The neural models are trained by :meth:`trainer.loop.Trainer.train_step` — the continual trainer's own step
 (row-wise Adagrad on embeddings, AdamW on dense, multi-task BCE; one pass, as in streaming). The popularity
 baseline (:class:`trainer.baselines.PopularityBaseline`) predicts a smoothed per-item rate and counts each batch
-after scoring it.
+after scoring it; the online logistic regression (``lr``, :class:`trainer.baselines.LogisticRegressionBaseline`,
+not run by default) scores a batch, then takes one Adagrad step on it.
+
+The pieces are reusable (``trainer.quality`` runs its suites with them): :func:`default_core` (the core settings
+per dataset), :func:`make_samples` (the core's samples, optionally only a prefix of ``limit_targets`` targets),
+:func:`build_batches`, :func:`collect_targets`, :func:`run_model` (one model's progressive predictions) and
+:func:`score`.
 
 Metrics (per model × task, overall and per scenario), computed exactly from the stored progressive
 predictions with :func:`trainer.progressive.exact_auc` / :func:`trainer.progressive.grouped_auc`:
@@ -51,17 +57,18 @@ from model.batch import Batch, collate
 from model.features import FeatureSpec
 from model.presets import MOVIELENS_PRIORS, shaped_spec
 from streaming.config import CoreConfig, CrossSpec
-from streaming.core import run_offline
+from streaming.core import StreamCore, run_offline
 from streaming.datasets import DatasetError, summarize
 from streaming.datasets.load import add_dataset_args, load_dataset
 from streaming.events import Event
 from streaming.sample import Sample
-from trainer.baselines import PopularityBaseline
+from trainer.baselines import LogisticRegressionBaseline, LRConfig, PopularityBaseline
 from trainer.loop import Trainer, TrainerConfig
 from trainer.optim import OptimConfig
 from trainer.progressive import exact_auc, grouped_auc, user_hash
 
-MODELS = ("ranker", "dlrm", "popularity")
+MODELS = ("ranker", "dlrm", "popularity", "lr")  # every model the evaluation can run
+DEFAULT_MODELS = ("ranker", "dlrm", "popularity")  # the published report's models
 METRICS = ("auc", "gauc", "logloss")
 # The preset behind the published MovieLens-100K numbers (docs/results/eval); its label priors also initialise the
 # DLRM baseline's output biases.
@@ -79,7 +86,7 @@ class EvalConfig:
     """What to evaluate and how (built only in :func:`main`).
 
     Attributes:
-        models: which of ``ranker``, ``dlrm``, ``popularity`` to run, side by side on the same batches.
+        models: which of ``ranker``, ``dlrm``, ``popularity``, ``lr`` to run, side by side on the same batches.
         batch_samples: user-level samples per training step.
         seed: torch seed (model init) — the only randomness.
         points: time slices on the plots.
@@ -97,10 +104,11 @@ class EvalConfig:
             cross-counter rates, prior output biases); only the Ranker has the wide input token into its head, the
             per-user term and the target-aware co-watch read of the history — see docs/experiments.md.
         popularity_smoothing: pseudo-count m of the popularity baseline.
+        lr: the online logistic regression's settings.
         core: the streaming core's settings (join window, sample span, cross features).
     """
 
-    models: tuple[str, ...] = MODELS
+    models: tuple[str, ...] = DEFAULT_MODELS
     batch_samples: int = 8
     seed: int = 0
     points: int = 12
@@ -114,6 +122,7 @@ class EvalConfig:
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(embedding_lr=0.2))
     ranker_optim: OptimConfig | None = None
     popularity_smoothing: float = 10.0
+    lr: LRConfig = field(default_factory=LRConfig)
     core: CoreConfig = field(default_factory=CoreConfig)
 
     def __post_init__(self) -> None:
@@ -176,6 +185,61 @@ class EvalResult:
 
 
 # ---------------------------------------------------------------------------------------------- running models
+def default_core(dataset: str, *, attribution_window_s: float | None = None, category_key: str | None = None,
+                 skip_action: str | None = "skip") -> CoreConfig:
+    """The core settings the evaluation uses for ``dataset``: MovieLens (100K and 1M) gets the 60 s attribution
+    window and the ``genres`` category; every dataset gets ``skip`` behaviors (None = none). Explicit values win.
+
+    Example:
+        >>> c = default_core("movielens-1m"); c.attribution_window_s, c.cross.category_key, c.skip_action
+        (60.0, 'genres', 'skip')
+    """
+    movielens = dataset.startswith("movielens")
+    window = attribution_window_s
+    if window is None:
+        window = MOVIELENS_WINDOW_S if movielens else CoreConfig.attribution_window_s
+    cat = category_key or ("genres" if movielens else "category")
+    return CoreConfig(attribution_window_s=window, skip_action=skip_action or None, cross=CrossSpec(category_key=cat))
+
+
+def make_samples(events: Sequence[Event], core: CoreConfig, limit_targets: int | None = None) -> list[Sample]:
+    """The core's samples in emission order (:func:`streaming.core.run_offline`); with ``limit_targets``, only the
+    first that many targets of that stream: the core stops once the samples it emitted hold enough targets (the
+    samples are exactly the full run's first ones, the last one cut to the limit), so a prefix costs only its share
+    of the core's time.
+
+    Example:
+        >>> from streaming.datasets.synthetic import SyntheticConfig, generate
+        >>> ev = generate(SyntheticConfig(num_users=5, requests_per_user=4))
+        >>> sum(len(s.targets) for s in make_samples(ev, CoreConfig(), limit_targets=7))
+        7
+    """
+    if limit_targets is None:
+        return run_offline(events, core)
+    if limit_targets < 1:
+        raise ValueError("limit_targets must be >= 1")
+    sc = StreamCore(core)
+    out: list[Sample] = []
+    n = 0
+
+    def take(outputs: Sequence[object]) -> bool:
+        nonlocal n
+        for o in outputs:
+            if isinstance(o, Sample):
+                keep = o.targets[: limit_targets - n]
+                out.append(o if len(keep) == len(o.targets) else dataclasses.replace(o, targets=keep))
+                n += len(keep)
+                if n >= limit_targets:
+                    return True
+        return False
+
+    for ev in events:
+        if take(sc.on_event(ev)):
+            return out
+    take(sc.flush_all())
+    return out
+
+
 def build_batches(samples: Sequence[Sample], spec: FeatureSpec, batch_samples: int) -> list[tuple[list[Sample], Batch]]:
     """Consecutive groups of samples (emission order) and their collated batches."""
     out = []
@@ -228,6 +292,37 @@ def run_neural(model: torch.nn.Module, batches: Sequence[tuple[list[Sample], Bat
     handle.remove()
     return Predictions({t: np.concatenate(v) if v else np.zeros(0) for t, v in probs.items()},
                        time.perf_counter() - t0)
+
+
+def run_lr(batches: Sequence[tuple[list[Sample], Batch]], tasks: Sequence[str], config: LRConfig) -> Predictions:
+    """Progressive predictions of the online logistic regression (score a batch, then one Adagrad step on it)."""
+    lr = LogisticRegressionBaseline(tasks, config)
+    probs: dict[str, list[np.ndarray]] = {t: [] for t in tasks}
+    t0 = time.perf_counter()
+    for group, batch in batches:
+        h = lr.featurize(group)
+        for t, p in lr.predict(h).items():
+            probs[t].append(p.double().numpy())
+        lr.update(h, {t: batch.labels[t] for t in tasks})
+    return Predictions({t: np.concatenate(v) if v else np.zeros(0) for t, v in probs.items()},
+                       time.perf_counter() - t0)
+
+
+def run_model(name: str, batches: Sequence[tuple[list[Sample], Batch]], spec: FeatureSpec, config: EvalConfig,
+              progress: bool = False) -> Predictions:
+    """Progressive predictions of model ``name`` (one of :data:`MODELS`) over ``batches``, seeded by
+    ``config.seed``; ``config`` supplies the model's settings."""
+    torch.manual_seed(config.seed)
+    if name == "ranker":
+        return run_neural(Ranker(spec, config.ranker), batches, spec, config.ranker_optim or config.optim,
+                          config.seed, progress)
+    if name == "dlrm":
+        return run_neural(DLRMBaseline(spec, config.dlrm), batches, spec, config.optim, config.seed, progress)
+    if name == "lr":
+        return run_lr(batches, spec.tasks, config.lr)
+    if name == "popularity":
+        return run_popularity(batches, spec.tasks, config.popularity_smoothing)
+    raise ValueError(f"unknown model {name!r} (one of {MODELS})")
 
 
 def run_popularity(batches: Sequence[tuple[list[Sample], Batch]], tasks: Sequence[str],
@@ -306,17 +401,7 @@ def evaluate(events: Sequence[Event], config: EvalConfig, progress: bool = False
     batches = build_batches(samples, spec, config.batch_samples)
     t_collate = time.perf_counter() - t0
     tg = collect_targets(batches, spec.tasks)
-    preds: dict[str, Predictions] = {}
-    for name in config.models:
-        torch.manual_seed(config.seed)
-        if name == "ranker":
-            preds[name] = run_neural(Ranker(spec, config.ranker), batches, spec, config.ranker_optim or config.optim,
-                                     config.seed, progress)
-        elif name == "dlrm":
-            preds[name] = run_neural(DLRMBaseline(spec, config.dlrm), batches, spec, config.optim, config.seed,
-                                     progress)
-        else:
-            preds[name] = run_popularity(batches, spec.tasks, config.popularity_smoothing)
+    preds = {name: run_model(name, batches, spec, config, progress) for name in config.models}
     metrics, timeline, slice_end = compute_metrics(preds, tg, config.points)
     counts = summarize(events)
     dataset = {
@@ -501,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(p, default="movielens")
     p.add_argument("--out", type=Path, default=Path("reports/eval"), help="report directory")
-    p.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of ranker,dlrm,popularity")
+    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                   help=f"comma-separated subset of {','.join(MODELS)} (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="torch seed (model init)")
     p.add_argument("--limit", type=int, help="use only the first N events (event-time order)")
     p.add_argument("--batch-samples", type=int, default=EvalConfig.batch_samples, help="samples per training step")
@@ -546,11 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     if not events:
         print("error: the dataset has no events", file=sys.stderr)
         return 2
-    cat = ns.category_key or ("genres" if ns.dataset.startswith("movielens") else "category")
     optim = OptimConfig(embedding_lr=ns.embedding_lr, dense_lr=ns.dense_lr)
-    window = ns.attribution_window_s
-    if window is None:
-        window = MOVIELENS_WINDOW_S if ns.dataset.startswith("movielens") else CoreConfig.attribution_window_s
     cw, cr = ns.cowatch_dim, ns.cross_rates_init
     preset = PRESETS[ns.preset].with_changes(
         max_history=ns.max_history, d_model=ns.d_model, num_blocks=ns.num_blocks, target_layers=ns.target_layers,
@@ -566,8 +648,9 @@ def main(argv: list[str] | None = None) -> int:
             max_realtime=preset.max_realtime, max_table_rows=preset.max_table_rows, ranker=preset.ranker,
             dlrm=dataclasses.replace(dlrm, embed_dim=ns.dlrm_dim), optim=optim,
             ranker_optim=None if ns.ranker_dense_lr is None else dataclasses.replace(optim, dense_lr=ns.ranker_dense_lr),
-            popularity_smoothing=ns.smoothing, core=CoreConfig(
-                attribution_window_s=window, skip_action=ns.skip_action or None, cross=CrossSpec(category_key=cat)))
+            popularity_smoothing=ns.smoothing, core=default_core(
+                ns.dataset, attribution_window_s=ns.attribution_window_s, category_key=ns.category_key,
+                skip_action=ns.skip_action or None))
     except ValueError as e:
         p.error(str(e))
     t0 = time.perf_counter()
