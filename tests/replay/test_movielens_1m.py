@@ -6,7 +6,6 @@ The real data is never needed: only ``test_movielens_1m_real_data`` reads it, an
 from __future__ import annotations
 
 import argparse
-import collections
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from streaming.datasets import DatasetError, event_order, summarize
 from streaming.datasets.load import add_dataset_args, load_dataset
 from streaming.datasets.movielens_1m import (
     AGE_SCENARIOS,
-    DEFAULT_CACHE_1M,
     SHA256,
     MovieLens1MConfig,
     age_scenario,
@@ -25,8 +23,6 @@ from streaming.datasets.movielens_1m import (
     load_movielens_1m,
 )
 from streaming.events import Feedback, Impression, encode_event, parse_event
-
-REPO = Path(__file__).resolve().parents[2]
 
 # users: one per age code, so every age group appears; (id, gender, age code, occupation code, zip)
 USERS = [("1", "F", 1, 10, "48067"), ("2", "M", 56, 16, "70072"), ("3", "M", 25, 15, "55117"),
@@ -174,18 +170,3 @@ def test_age_scenario_groups_follow_the_age_ranges(code: int) -> None:
 def test_age_scenario_rejects_codes_grouplens_does_not_use(code: int) -> None:
     with pytest.raises(KeyError):
         age_scenario(code)
-
-
-@pytest.mark.slow
-def test_movielens_1m_real_data() -> None:
-    """The real MovieLens-1M, only when already in the cache (never downloaded by the tests)."""
-    cache = REPO / DEFAULT_CACHE_1M
-    if not all((cache / n).is_file() for n in SHA256):
-        pytest.skip(f"MovieLens-1M is not cached in {cache} (python -m streaming.replay --dataset movielens-1m "
-                    "--check fetches it)")
-    events = load_movielens_1m(ensure_movielens_1m(cache))
-    assert summarize(events) == {"impression": 1_000_209, "feedback": 801_591, "click": 575_281, "like": 226_310}
-    imps = [e for e in events if isinstance(e, Impression)]
-    assert len({e.user_id for e in imps}) == 6_040 and len({e.item_id for e in imps}) == 3_706
-    assert collections.Counter(e.scenario for e in imps) == {"age_u25": 210_747, "age_25_34": 395_556,
-                                                             "age_35p": 393_906}
