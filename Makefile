@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint bench kafka-start kafka-stop kafka-status clean
+.PHONY: help setup demo test lint bench eval kafka-start kafka-stop kafka-status clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -25,6 +25,13 @@ lint: setup ## ruff + mypy
 
 bench: setup ## Benchmarks (throughput, latency, ratios); results are printed and written to reports/bench/
 	@$(PY) -m deploy bench
+
+eval: setup ## Quality suites (main, unified, scaling, ablations) into docs/results/quality.json, then docs/results.md (hours on a CPU)
+	@$(PY) -m trainer.quality --suite main
+	@$(PY) -m trainer.quality --suite unified
+	@$(PY) -m trainer.quality --suite scaling
+	@$(PY) -m trainer.quality --suite ablations --limit-targets 300000
+	@$(PY) -m deploy results
 
 kafka-start: setup ## Start the local Kafka broker on 127.0.0.1:9092, keeping its data (PORT=... to change, FRESH=1 wipes)
 	@$(PY) -m deploy kafka start --port $${PORT:-9092} $${FRESH:+--fresh}
