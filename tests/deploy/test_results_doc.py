@@ -145,3 +145,65 @@ def test_relative_links_resolve(page: Path) -> None:
         elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
             broken.append(f"{target} (no such anchor)")
     assert not broken, f"{page.relative_to(REPO)}: {broken}"
+
+
+def _q(suite: str, model: str, seed: int, auc: float, scenario: str = "*", task: str = "click", preset: str = "p",
+       variant: str = "", dataset: str = "movielens-1m", **extra: Any) -> dict[str, Any]:
+    return {"suite": suite, "dataset": dataset, "preset": preset, "model": model, "variant": variant, "seed": seed,
+            "scenario": scenario, "task": task, "auc": auc, "gauc": auc - 0.1, "n_targets": 100 if scenario == "*" else 40,
+            "wall_s": 10.0 + seed, "targets_per_s": 1000.0, "commit": "abc1234",
+            "command": f"python -m trainer.quality --suite {suite}", "limit_targets": None, **extra}
+
+
+def _quality_fixture() -> list[dict[str, Any]]:
+    recs = []
+    for seed, d in ((0, 0.0), (1, 0.02)):
+        recs += [_q("main", "ranker", seed, 0.70 + d), _q("main", "lr", seed, 0.60, preset=""),
+                 _q("main", "ranker", seed, 0.65 + d, scenario="age_u25"), _q("main", "lr", seed, 0.55, "age_u25", preset=""),
+                 _q("unified", "ranker", seed, 0.70 + d, variant="unified"),
+                 _q("unified", "ranker", seed, 0.69 + d, variant="per-scenario"),
+                 _q("unified", "ranker", seed, 0.66, "age_u25", variant="unified"),
+                 _q("unified", "ranker", seed, 0.62, "age_u25", variant="per-scenario"),
+                 _q("scaling", "ranker", seed, 0.70 + d, preset="small", flops_per_target=2e6),
+                 _q("scaling", "ranker", seed, 0.72 + d, preset="large", flops_per_target=8e7),
+                 _q("ablations", "ranker", seed, 0.70 + d, base_preset="p"),
+                 _q("ablations", "ranker", seed, 0.68 + 2 * d, variant="no_cross", base_preset="p")]
+    return recs
+
+
+def test_quality_tables_render_from_a_synthetic_records_file(tmp_path: Path) -> None:
+    (tmp_path / "quality.json").write_text(json.dumps(_quality_fixture()))
+    text = results.build(tmp_path, tmp_path)
+    lines = text.splitlines()
+    # main: mean ± half range over the seeds, wall s and targets/s, per model/preset
+    assert "| ranker (p) | click | 71.00 ± 1.00 | 61.00 ± 1.00 | 0, 1 | 100 | 10.5 | 1,000 |" in lines
+    assert "| lr | click | 60.00 ± 0.00 | 50.00 ± 0.00 | 0, 1 | 100 | 10.5 | 1,000 |" in lines
+    assert "| age_u25 | 40 | 56.00 ± 1.00 | 45.00 ± 0.00 |" in lines  # per-scenario GAUC, ranker then lr
+    # unified vs per-scenario: the difference is paired by seed
+    assert "| all scenarios | click | 100 | 71.00 ± 1.00 | 61.00 ± 1.00 | 70.00 ± 1.00 | 60.00 ± 1.00 | -1.00 ± 0.00 |" in lines
+    assert "| age_u25 | click | 40 | 66.00 ± 0.00 | 56.00 ± 0.00 | 62.00 ± 0.00 | 52.00 ± 0.00 | -4.00 ± 0.00 |" in lines
+    # scaling: sorted by FLOPs, the plot linked under the table
+    small = lines.index("| small | click | 2.00 | 71.00 ± 1.00 | 61.00 ± 1.00 | 0, 1 | 10.5 | 1,000 |")
+    assert lines[small + 1] == "| large | click | 80.00 | 73.00 ± 1.00 | 63.00 ± 1.00 | 0, 1 | 10.5 | 1,000 |"
+    assert "![quality vs FLOPs per target](results/quality_scaling.png)" in lines
+    # ablations: variant − baseline per seed (-2 then 0 points) -> -1.00 ± 1.00
+    assert "| baseline | p | click | 71.00 ± 1.00 | 61.00 ± 1.00 | — | — | 0, 1 | 100 |" in lines
+    assert "| no_cross | p | click | 70.00 ± 2.00 | 60.00 ± 2.00 | -1.00 ± 1.00 | -1.00 ± 1.00 | 0, 1 | 100 |" in lines
+    # every table sits under its command and preset, no number outside a table (the rule docs/results.md follows)
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("|") and not lines[i - 1].startswith("|")]
+    assert len(starts) == 5
+    for i in starts:
+        assert re.match(r"^Command: `python -m trainer\.quality --suite \w+` · preset: `[^`]+`$", lines[i - 2]), lines[i]
+    stray = [ln for ln in lines if re.search(r"\d", ln) and not ln.startswith(("|", "Command:", "#", "Source:"))]
+    assert stray == []
+    assert results.main(["--results-dir", str(tmp_path), "--out", str(tmp_path / "results.md")]) == 0
+    assert (tmp_path / "results.md").read_text() == text
+    assert (tmp_path / "quality_scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_quality_record_without_its_command_is_refused(tmp_path: Path) -> None:
+    recs = _quality_fixture()
+    recs[3]["command"] = ""
+    (tmp_path / "quality.json").write_text(json.dumps(recs))
+    with pytest.raises(results.ResultsError, match="nothing reproduces it"):
+        results.build(tmp_path, tmp_path)
