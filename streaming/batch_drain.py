@@ -14,13 +14,19 @@ rebalancing, tables, changelogs and recovery are unchanged. Records of every oth
 recovery, other agents) take Faust's normal path. The handler runs inline in the fetch loop: the next fetch waits
 for it (back-pressure), and a handler that raises stops the worker like a crashing agent would (nothing acked).
 
-Semantics kept from Faust's loop: records at or below the partition's read offset are dropped (re-fetched after a
+Semantics kept from Faust's loop: records below the partition's read offset are dropped (re-fetched after a
 seek), gaps in offsets are recorded so commits can pass them, a batch taken under an older consumer generation (a
 rebalance happened) is dropped unacked and re-fetched from the committed offsets by the partition's new owner, and
-while Faust's flow is stopped (a rebalance) nothing is fetched. Records fetched under the new generation (after the
-rebalance's seek) start the next batch instead of being dropped with the old one, and batch-topic records never
-take Faust's per-message path (its agent would process them after later batches: the worker would skip them as
-already processed and lose them).
+while Faust's flow is stopped (a rebalance) nothing is fetched.
+
+Where Faust's own loop can lose records around a rebalance, the drain does not: records fetched under the new
+generation start the next batch instead of being dropped with the old one; batch-topic records never take Faust's
+per-message path (its agent would process them after later batches, and the worker would skip them as already
+processed); records fetched before the generation's seek to the committed offsets (Faust resumes the partitions
+first and seeks after, so the consumer briefly reads on from its old position) are dropped and read again after
+it; and where a partition's offsets jump past the next expected one (the committed offset after a seek, the last
+handled + 1 after a batch) the partition is read again from it once (a jump still there is real: compaction or
+transaction markers).
 
 Every private Faust member this takes (the fetch-loop hook, the read offsets, the ack bookkeeping, ...) is reached
 through :mod:`streaming.faust_compat`, which lists them with the Faust version they were written against; this
@@ -43,7 +49,7 @@ from typing import Any, cast
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, Message
 
-from streaming.faust_compat import ConsumerInternals, DrainHookApp, DrainHookConsumer
+from streaming.faust_compat import ConsumerInternals, DrainHookApp, DrainHookConsumer, read_offsets
 
 BatchHandler = Callable[[Sequence[Any]], Awaitable[None]]  # records with topic/partition/offset/key/value
 
@@ -54,6 +60,13 @@ class BatchDrainConsumer(DrainHookConsumer):
     Batch-topic records reach the handler as aiokafka ``ConsumerRecord``s (``topic``, ``partition``, ``offset``,
     ``key``, ``value``), without Faust's per-record ``Message`` and generator step.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sought_generation: int | None = None  # the consumer generation of Faust's last seek to committed
+        self._held_before_seek: set[TP] = set()  # partitions whose records were dropped waiting for that seek
+        self._next: dict[TP, int] = {}  # {tp: the offset expected next (committed after a seek, last handled + 1)}
+        self._reread_from: dict[TP, int] = {}  # {tp: the expected offset it was last read again from after a jump}
 
     async def fetch_loop(self, fetcher: Any, internals: ConsumerInternals) -> None:  # pragma: no cover - real broker
         app = cast(BatchDrainApp, self.app)
@@ -127,36 +140,86 @@ class BatchDrainConsumer(DrainHookConsumer):
 
     async def _filter(self, internals: ConsumerInternals, batch: list[tuple[TP, Any]],
                       ) -> tuple[dict[TP, list[int]], list[Any], dict[TP, int | None]]:
-        """Faust's filter: skip offsets below the read offset (re-fetched after a seek); record a gap where offsets
-        jump (compaction, transaction markers) so commits can pass it. Returns ({tp: offsets to ack}, the records
-        to handle, {tp: the read offset once they are handled})."""
+        """Faust's filter, plus two guards against records fetched from a stale position.
+
+        Skips offsets below the read offset and below the next expected offset (already delivered, re-fetched
+        after a seek). Drops a partition's records while its read offset is unknown and this generation's seek to
+        the committed offsets has not happened yet (they come from the previous position: the seek reads them
+        again). Where a partition's first offset is past the next expected one (the committed offset after a
+        seek, the last handled + 1 after a batch), reads the partition again from the expected offset once: the
+        records in between were fetched and dropped somewhere (e.g. around a rebalance). A jump still there on the
+        re-read is real (compaction, transaction markers) and is recorded as a gap so commits can pass it.
+
+        Returns ({tp: offsets to ack}, the records to handle, {tp: the read offset once they are handled}).
+        """
         read_offset = internals.read_offset
         acks_enabled_for = self.app.topics.acks_enabled_for
+        seek_pending = self.sought_generation != self.app.consumer_generation_id
         seen: dict[TP, int | None] = {}
         offsets: dict[TP, list[int]] = {}
+        held: set[TP] = set()  # partitions whose remaining records this batch drops (they are read again)
+        expect: dict[TP, int] = {}  # {tp: the offset expected next within this batch}
         fresh = []
         for tp, rec in batch:
-            if tp not in seen:
-                seen[tp] = read_offset.get(tp)
-                offsets[tp] = []
-            r_offset, offset = seen[tp], rec.offset
-            if r_offset is not None and offset < r_offset:
+            if tp in held:
                 continue
-            if r_offset and offset - r_offset > 1 and acks_enabled_for(tp.topic):
-                await internals.add_gap(tp, r_offset + 1, offset)
+            if tp not in seen:
+                r = read_offset.get(tp)
+                if r is None and seek_pending:
+                    held.add(tp)
+                    self._held_before_seek.add(tp)
+                    continue
+                seen[tp] = r
+                offsets[tp] = []
+                if tp in self._next:
+                    expect[tp] = self._next[tp]
+            r_offset, offset, expected = seen[tp], rec.offset, expect.get(tp)
+            if (r_offset is not None and offset < r_offset) or (expected is not None and offset < expected):
+                continue
+            if expected is not None and offset > expected:
+                if self._reread_from.get(tp) != expected:
+                    self._reread_from[tp] = expected
+                    held.add(tp)
+                    await self.seek(tp, expected)
+                    continue
+                if acks_enabled_for(tp.topic):
+                    await internals.add_gap(tp, expected, offset)
+            expect[tp] = offset + 1
             seen[tp] = offset
             offsets[tp].append(offset)
             fresh.append(rec)
         return offsets, fresh, seen
 
+    async def perform_seek(self) -> None:
+        """Faust's seek of the stream partitions to their committed offsets after a rebalance's recovery: records
+        the generation it was done for (until then :meth:`_filter` drops records of partitions without a read
+        offset) and the committed offsets as the next expected ones, then seeks again any partition whose records
+        were dropped meanwhile (they may have been fetched after Faust's seek, so nothing else reads them again)."""
+        generation = self.app.consumer_generation_id
+        await super().perform_seek()
+        if self.app.consumer_generation_id == generation:
+            for tp in self.sought(generation):
+                await self.seek(tp, self._next[tp])
+
+    def sought(self, generation: int) -> list[TP]:
+        """Bookkeeping once Faust sought the stream partitions to their committed offsets (its read offsets now)
+        for ``generation``; returns the partitions whose records were dropped waiting for it, to seek again."""
+        self.sought_generation = generation
+        self._next = {tp: o for tp, o in read_offsets(self).items() if o is not None}
+        self._reread_from.clear()
+        held, self._held_before_seek = self._held_before_seek, set()
+        return [tp for tp in held if tp in self._next]
+
     def _acknowledge(self, internals: ConsumerInternals, offsets: dict[TP, list[int]],
                      seen: dict[TP, int | None]) -> None:
         """After the handler returned: ack the batch's offsets (Faust's ack bookkeeping) and advance the read
-        offsets."""
+        offsets and the next expected ones."""
         acks_enabled_for = self.app.topics.acks_enabled_for
         for tp, offs in offsets.items():
             if acks_enabled_for(tp.topic):
                 internals.ack_offsets(tp, offs)
+            if offs:
+                self._next[tp] = offs[-1] + 1
             if seen[tp] is not None:
                 internals.read_offset[tp] = seen[tp]
 

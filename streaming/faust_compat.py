@@ -101,9 +101,17 @@ PRIVATE_MEMBERS: tuple[PrivateMember, ...] = (
 PUBLIC_MEMBERS: tuple[tuple[str, str], ...] = (
     ("Consumer", "callback"), ("Consumer", "wait_first"), ("Consumer", "suspend_flow"), ("Consumer", "flow_active"),
     ("Consumer", "getmany"), ("Consumer", "commit"), ("Consumer", "highwater"), ("Consumer", "sleep"),
-    ("Consumer", "should_stop"), ("App", "consumer_generation_id"), ("App", "topics"), ("App", "monitor"),
+    ("Consumer", "should_stop"), ("Consumer", "seek"), ("Consumer", "perform_seek"),
+    ("App", "consumer_generation_id"), ("App", "topics"), ("App", "monitor"),
     ("Transport", "Consumer"),
 )
+
+
+def read_offsets(consumer: faust_aiokafka.Consumer) -> MutableMapping[TP, int | None]:
+    """The consumer's ``{tp: last delivered offset}`` (``Consumer._read_offset``; after Faust's seek to the
+    committed offsets it holds those offsets)."""
+    offsets: MutableMapping[TP, int | None] = consumer._read_offset  # type: ignore[attr-defined]
+    return offsets
 
 
 class ConsumerInternals:
@@ -117,7 +125,7 @@ class ConsumerInternals:
     def __init__(self, consumer: faust_aiokafka.Consumer, fetcher: Any) -> None:
         self._c: Any = consumer
         self._fetcher: Any = fetcher
-        self.read_offset: MutableMapping[TP, int | None] = self._c._read_offset  # {tp: last delivered offset}
+        self.read_offset: MutableMapping[TP, int | None] = read_offsets(consumer)  # {tp: last delivered offset}
 
     def stopping(self) -> bool:
         """The consumer or the fetcher service is stopping (Faust's loop condition)."""

@@ -45,6 +45,8 @@ class ScriptedInternals:
         self.script = list(script)
         self.read_offset: dict[TP, int | None] = {}
         self.acked: list[int] = []
+        self.gaps: list[tuple[int, int]] = []
+        self.seeks: list[int] = []
 
     def stopping(self) -> bool:
         return not self.script
@@ -67,7 +69,12 @@ class ScriptedInternals:
         return record
 
     async def add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
-        pass
+        self.gaps.append((offset_from, offset_to))
+
+    async def seek(self, tp: TP, offset: int) -> None:
+        """``Consumer.seek``: the next fetch starts at ``offset``, which becomes the read offset."""
+        self.seeks.append(offset)
+        self.read_offset[tp] = offset
 
     def ack_offsets(self, tp: TP, offsets: list[int]) -> None:
         self.acked += offsets
@@ -95,6 +102,7 @@ def _run(script: list[Step], during_handler: Sequence[Callable[[Any], None]] = (
     on_handle = list(during_handler)
     app.drain_batches([TOPIC], handle, max_records=1000, within_s=0.05)
     app.consumer_generation_id = 1
+    consumer.sought_generation = 1  # Faust's seek to the committed offsets is done for generation 1
     consumer.highwater = lambda tp: None
     per_message: list[Any] = []
 
@@ -103,6 +111,9 @@ def _run(script: list[Step], during_handler: Sequence[Callable[[Any], None]] = (
 
     consumer._deliver_others = deliver_others
     internals = ScriptedInternals(consumer, [functools.partial(step, consumer) for step in script])
+    consumer.seek = internals.seek
+    consumer.internals = internals
+    consumer._read_offset = internals.read_offset
     asyncio.run(asyncio.wait_for(consumer.fetch_loop(None, internals), 10))
     return handled, per_message, internals
 
@@ -117,6 +128,7 @@ def test_records_fetched_after_a_rebalance_reach_the_handler_once() -> None:
     with it (nothing would fetch them again)."""
     def rebalance_then_refetch(consumer: Any) -> list[Record]:
         consumer.app.consumer_generation_id = 2
+        _faust_seek(consumer, committed=0)
         return _records(0, 9)
 
     handled, per_message, internals = _run([lambda c: _records(0, 4), rebalance_then_refetch, _empty, _empty])
@@ -150,3 +162,56 @@ def test_a_batch_during_which_a_revocation_began_is_not_acked() -> None:
     handled, _, internals = _run([lambda c: _records(0, 4), _empty, _empty], during_handler=[revoke])
     assert handled == [list(range(5))]
     assert TP0 not in internals.read_offset
+
+
+def _faust_seek(consumer: Any, committed: int) -> list[TP]:
+    """What Faust's recovery does at the end of a rebalance: seek the stream partitions to their committed
+    offsets, which become the read offsets (``Consumer.perform_seek``); returns the partitions the drain's
+    override then seeks again (their records were dropped waiting for the seek)."""
+    consumer.internals.read_offset[TP0] = committed
+    again: list[TP] = consumer.sought(consumer.app.consumer_generation_id)
+    return again
+
+
+def test_records_fetched_before_the_rebalance_seek_are_read_again_after_it() -> None:
+    """After a rebalance the consumer still fetches from the old position (5..9: 0..4 were prefetched and dropped)
+    until Faust seeks to the committed offset 0. Those records are not handled (0..4 would be skipped for good);
+    after the seek 0..9 are handled in order."""
+    def rebalance(consumer: Any) -> list[Record]:
+        consumer.app.consumer_generation_id = 2
+        consumer.internals.read_offset.pop(TP0, None)  # Faust forgets a revoked partition's read offset
+        return _records(5, 9)
+
+    def seek_then_fetch(consumer: Any) -> list[Record]:
+        assert _faust_seek(consumer, committed=0) == [TP0]  # its records were dropped: seek it again too
+        return _records(0, 9)
+
+    handled, _, _ = _run([rebalance, _empty, seek_then_fetch, _empty, _empty])
+    assert [o for batch in handled for o in batch] == list(range(10))
+
+
+def test_an_offset_jump_is_read_again_once_and_a_real_gap_is_passed() -> None:
+    """Offsets jump from 4 to 10: the partition is read again from 4 (5..9 exist: they were fetched and dropped
+    somewhere) and handled in order; a jump that is still there on the re-read (12 → 20: compaction, transaction
+    markers) is real and recorded as a gap so commits can pass it."""
+    def jump(consumer: Any) -> list[Record]:
+        return _records(10, 12)
+
+    handled, _, internals = _run([lambda c: _records(0, 4), _empty, jump, _empty, lambda c: _records(5, 12), _empty,
+                                  lambda c: _records(20, 21), _empty, lambda c: _records(20, 21), _empty, _empty])
+    assert [o for batch in handled for o in batch] == [*range(13), 20, 21]
+    assert internals.seeks == [5, 13]
+
+
+def test_a_stale_fetch_right_after_the_rebalance_seek_does_not_skip_the_committed_offset() -> None:
+    """Faust seeks to the committed offset 6, but a fetch made from the old position (7: 6 was prefetched and
+    dropped at the revocation) comes back after the seek. Record 6 is read again, not skipped."""
+    def rebalance_and_seek(consumer: Any) -> list[Record]:
+        consumer.app.consumer_generation_id = 2
+        _faust_seek(consumer, committed=6)
+        return _records(7, 9)
+
+    handled, _, internals = _run([lambda c: _records(0, 5), _empty, rebalance_and_seek, _empty,
+                                  lambda c: _records(6, 9), _empty, _empty])
+    assert [o for batch in handled for o in batch] == list(range(10))
+    assert internals.seeks == [6]

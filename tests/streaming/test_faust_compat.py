@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import faust.tables.recovery
 import faust.types.tuples
 import pytest
 from faust.transport.consumer import Fetcher
@@ -96,13 +97,18 @@ def test_every_public_member_the_drain_uses_is_there() -> None:
 def test_faust_still_calls_the_two_hooks() -> None:
     """Faust's Fetcher awaits ``consumer._drain_messages(fetcher)`` and the app builds its transport with
     ``_new_transport()``: if either call moved, the overrides would be dead code and the worker would silently take
-    the per-event path."""
+    the per-event path. Its recovery seeks the stream partitions with ``consumer.perform_seek()`` (the drain's
+    override marks the generation as sought)."""
     problems = []
     if "consumer._drain_messages(self)" not in inspect.getsource(Fetcher):
         problems.append("Fetcher no longer awaits consumer._drain_messages(self): the batch fetch loop is never run")
     transport = inspect.getsource(inspect.unwrap(faust.App.transport.fget))  # type: ignore[attr-defined]
     if "self._new_transport()" not in transport:
         problems.append("App.transport no longer calls self._new_transport(): the drain's consumer is never built")
+    recovery = inspect.getsource(faust.tables.recovery.Recovery)
+    if recovery.count("consumer.perform_seek()") < 2:
+        problems.append("Recovery no longer seeks the stream partitions with consumer.perform_seek() after a "
+                        "rebalance: the drain would never learn that this generation's seek happened")
     app = _app()
     if type(app.transport).Consumer is not BatchDrainConsumer:
         problems.append(f"the app's transport is {type(app.transport).__name__}, not BatchDrainTransport")
