@@ -84,6 +84,17 @@ DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
 DEFAULT_OUT = Path("docs/results/quality.json")
 KEY = ("suite", "dataset", "preset", "model", "variant", "seed", "scenario", "task")
 OVERALL = "*"
+EPILOG = """suites (per dataset and seed):
+  main       ranker (each --presets entry), dlrm, popularity, lr; datasets movielens-1m, movielens
+  unified    ranker on every scenario (variant unified) vs one ranker per scenario trained on that scenario's
+             targets only (variant per-scenario; histories keep every scenario); dataset movielens-1m
+  scaling    ranker for each preset of model.presets.SCALING (+ flops_per_target); dataset movielens-1m
+  ablations  ranker for each --presets entry (variant "") and each model.presets.ABLATIONS variant of it;
+             dataset movielens-1m
+
+Records {suite, dataset, preset, model, variant, seed, scenario ("*" = overall), task, auc, gauc, n_targets,
+wall_s, targets_per_s, commit, command, limit_targets} are merged into --out: a rerun replaces the records with
+its keys and keeps the rest. python -m deploy results renders docs/results.md from them."""
 Batches = list[tuple[list[Sample], Batch]]
 
 
@@ -399,7 +410,7 @@ def _csv(text: str) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainer.quality", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n\n".join(__doc__.split("\n\n")[1:3]).replace("``", ""))
+                                epilog=EPILOG)
     p.add_argument("--suite", choices=SUITES, required=True, help="which suite to run")
     p.add_argument("--datasets", help="comma-separated datasets (default per suite: "
                    + "; ".join(f"{k} {','.join(v)}" for k, v in DEFAULT_DATASETS.items()) + ")")

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 ENTRY_POINTS = [
-    ["streaming"], ["streaming", "worker"], ["streaming.replay"], ["trainer"], ["trainer.evaluate"], ["serving"],
+    ["streaming"], ["streaming", "worker"], ["streaming.replay"], ["trainer"], ["trainer.evaluate"], ["trainer.quality"], ["serving"],
     ["kernels"], ["deploy"], ["deploy", "demo"], ["deploy", "kafka"], ["deploy", "bench"], ["deploy", "dashboards"],
 ]
 
