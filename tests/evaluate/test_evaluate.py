@@ -17,7 +17,8 @@ from model.features import FeatureSpec
 from streaming.core import run_offline
 from streaming.datasets.synthetic import SyntheticConfig, generate
 from trainer.baselines import PopularityBaseline
-from trainer.evaluate import EvalConfig, build_batches, evaluate, run_neural, score, write_report
+from trainer.eval_report import write_report
+from trainer.evaluate import EvalConfig, build_batches, evaluate, run_neural, score
 from trainer.optim import OptimConfig
 
 ROOT = Path(__file__).resolve().parents[2]
