@@ -29,7 +29,7 @@ bench: setup ## Benchmarks (throughput, latency, ratios); results are printed an
 eval: setup ## Quality suites (main, unified, scaling, ablations) into docs/results/quality.json, then docs/results.md (hours on a CPU)
 	@$(PY) -m trainer.quality --suite main
 	@$(PY) -m trainer.quality --suite unified
-	@$(PY) -m trainer.quality --suite scaling
+	@$(PY) -m trainer.quality --suite scaling --limit-targets 300000
 	@$(PY) -m trainer.quality --suite ablations --limit-targets 300000
 	@$(PY) -m deploy results
 
