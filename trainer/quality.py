@@ -187,9 +187,10 @@ def merge_records(old: Iterable[dict[str, Any]], new: Iterable[dict[str, Any]]) 
 
 
 def write_records(path: Path, records: Sequence[dict[str, Any]]) -> None:
-    """One record per line (diffable), written atomically."""
+    """One record per line (diffable), written atomically (a temp file per process: suites may run side by side,
+    each merging into what is on disk just before it writes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     body = ",\n".join(json.dumps(r, sort_keys=True, allow_nan=False) for r in records)
     tmp.write_text("[\n" + body + "\n]\n" if records else "[]\n", encoding="utf-8")
     os.replace(tmp, path)
