@@ -19,6 +19,7 @@ from pathlib import Path
 
 from model import PRESETS, DLRMBaseline, DLRMConfig, Preset, Ranker
 from model.features import FeatureSpec
+from streaming import cli
 from trainer.loop import Trainer, TrainerConfig
 from trainer.optim import OptimConfig
 from trainer.progressive import ProgressiveConfig
@@ -26,61 +27,50 @@ from trainer.sample_spec import SampleSpecMismatch, check_sample_spec
 from trainer.source import SourceConfig
 
 DEFAULT_PRESET = "base"
+_RUN_FIELDS = ("trained_log", "snapshot_every_s", "snapshot_every_samples", "snapshot_idle_s", "snapshot_keep",
+               "checkpoint_every_s", "checkpoint_keep", "log_every_s")
+_PROGRESSIVE_NAMES = {"window": "eval-window"}  # flag names that are not the field's
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m trainer", description=(__doc__ or "").replace("``", "").replace("::\n", ":\n"),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    d, s, o, pr = TrainerConfig(), SourceConfig(), OptimConfig(), ProgressiveConfig()
+    # Flags that are one config field are generated from the dataclasses (streaming/cli.py: type, choices and
+    # default from the field); the rest (computed or preset-dependent defaults, process settings) are written here.
     k = ap.add_argument_group("Kafka source and batching")
-    k.add_argument("--bootstrap", default=s.bootstrap, help="Kafka bootstrap servers (default %(default)s)")
-    k.add_argument("--topic", default=s.topic, help="samples topic to train on (default %(default)s)")
-    k.add_argument("--deadletter-topic", default=s.deadletter_topic,
-                   help="forward undecodable samples here with a reason; '' = count only (default %(default)s)")
-    k.add_argument("--snapshots-topic", default=d.snapshots_topic,
-                   help="announce each snapshot here as JSON; '' = don't announce (default %(default)s)")
-    k.add_argument("--batch-samples", type=int, default=s.batch_samples,
-                   help="user-level samples per training batch (default %(default)s)")
-    k.add_argument("--batch-timeout-s", type=float, default=s.batch_timeout_s,
-                   help="emit a partial batch this many seconds after its first sample (default %(default)s)")
-    k.add_argument("--start", choices=["earliest", "latest"], default=s.start,
-                   help="where to start on partitions without a checkpointed offset (default %(default)s)")
-    k.add_argument("--dedupe-capacity", type=int, default=s.dedupe_capacity,
-                   help="recently trained sample ids remembered (and checkpointed) to skip replays (default %(default)s)")
+    cli.add_config_args(k, SourceConfig, exclude=("rank", "world_size"), help={
+        "batch_samples": "user-level samples per training batch",
+        "batch_timeout_s": "emit a partial batch this many seconds after its first sample",
+        "dedupe_capacity": "recently trained sample ids remembered (and checkpointed) to skip replays"})
+    cli.add_config_args(k, TrainerConfig, include=("snapshots_topic",),
+                    help={"snapshots_topic": "announce each snapshot here as JSON; '' = don't announce"})
     k.add_argument("--sample-spec-wait-s", type=float, default=5.0,
                    help="at start, wait this long for the streaming worker's sample spec on TOPIC.spec and refuse "
                         "(exit code 2) a model that does not fit it (--max-history above its L, other tasks); "
-                        "none by then: warn and train unchecked (default %(default)s)")
-    k.add_argument("--prefetch", type=int, default=s.prefetch,
-                   help="batches decoded/collated ahead of the training step on a thread, 0 = synchronous (default %(default)s)")
+                        "none by then: warn and train unchecked (default: %(default)s)")
     r = ap.add_argument_group("run directory, checkpoints and snapshots")
-    r.add_argument("--run-dir", type=Path, default=d.run_dir, help="parent of the defaults below (default %(default)s)")
-    r.add_argument("--snapshot-dir", type=Path, default=None, help="serving snapshots (default RUN_DIR/snapshots)")
-    r.add_argument("--checkpoint-dir", type=Path, default=None, help="resume checkpoints (default RUN_DIR/checkpoints)")
-    r.add_argument("--metrics-log", type=Path, default=None, help="JSONL metrics log (default RUN_DIR/metrics.jsonl)")
-    r.add_argument("--trained-log", type=Path, default=None,
-                   help="append trained sample ids here, committed with each checkpoint (exactly-once audit; off by default)")
-    r.add_argument("--snapshot-every-s", type=float, default=d.snapshot_every_s,
-                   help="snapshot cadence in seconds, 0 = off (default %(default)s)")
-    r.add_argument("--snapshot-every-samples", type=int, default=d.snapshot_every_samples,
-                   help="also snapshot after this many newly trained samples, 0 = off (default %(default)s)")
-    r.add_argument("--snapshot-idle-s", type=float, default=d.snapshot_idle_s,
-                   help="also snapshot as soon as the trainer has caught up with the topic, at most once per this "
-                        "many seconds, 0 = off (default %(default)s)")
-    r.add_argument("--snapshot-keep", type=int, default=d.snapshot_keep, help="snapshots kept (default %(default)s)")
-    r.add_argument("--checkpoint-every-s", type=float, default=d.checkpoint_every_s,
-                   help="checkpoint cadence between snapshots, 0 = only with snapshots (default %(default)s)")
-    r.add_argument("--checkpoint-keep", type=int, default=d.checkpoint_keep, help="checkpoints kept (default %(default)s)")
-    r.add_argument("--log-every-s", type=float, default=d.log_every_s,
-                   help="metrics JSONL line + Prometheus quality refresh cadence (default %(default)s)")
+    cli.add_config_args(r, TrainerConfig, include=("run_dir",))
+    r.add_argument("--snapshot-dir", type=Path, default=None, help="serving snapshots (default: RUN_DIR/snapshots)")
+    r.add_argument("--checkpoint-dir", type=Path, default=None, help="resume checkpoints (default: RUN_DIR/checkpoints)")
+    r.add_argument("--metrics-log", type=Path, default=None, help="JSONL metrics log (default: RUN_DIR/metrics.jsonl)")
+    cli.add_config_args(r, TrainerConfig, include=_RUN_FIELDS, help={
+        "trained_log": "append trained sample ids here, committed with each checkpoint (exactly-once audit; "
+                       "None = off; with --distributed, RANK's file is DIR/rankRANK/NAME)",
+        "snapshot_every_s": "snapshot cadence in seconds, 0 = off",
+        "snapshot_every_samples": "also snapshot after this many newly trained samples, 0 = off",
+        "snapshot_idle_s": "also snapshot as soon as the trainer has caught up with the topic, at most once per "
+                           "this many seconds, 0 = off",
+        "snapshot_keep": "snapshots kept", "checkpoint_keep": "checkpoints kept",
+        "checkpoint_every_s": "checkpoint cadence between snapshots, 0 = only with snapshots",
+        "log_every_s": "metrics JSONL line + Prometheus quality refresh cadence, seconds"})
     t = ap.add_argument_group("training")
     t.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                    help="named model shape (model/presets.py; the flags below override single fields): "
                         + "; ".join(f"{n} = {p.description}" for n, p in sorted(PRESETS.items()))
-                        + " (default %(default)s)")
+                        + " (default: %(default)s)")
     t.add_argument("--model", choices=["ranker", "dlrm"], default="ranker",
                    help="ranker = the multi-scenario HTA transformer; dlrm = the DLRM baseline on the preset's "
-                        "feature spec (default %(default)s)")
+                        "feature spec (default: %(default)s)")
     t.add_argument("--d-model", type=int, default=None, help="ranker width (default: the preset's)")
     t.add_argument("--num-blocks", type=int, default=None, help="ranker blocks (default: the preset's)")
     t.add_argument("--target-layers", type=int, default=None, help="ranker target-only layers per block (default: the preset's)")
@@ -93,21 +83,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--max-table-rows", type=int, default=None,
                    help="cap every embedding table at this many hash buckets, 0 = FeatureSpec's sizes "
                         "(default: the preset's)")
-    t.add_argument("--embedding-lr", type=float, default=o.embedding_lr, help="row-wise Adagrad lr (default %(default)s)")
-    t.add_argument("--dense-lr", type=float, default=o.dense_lr, help="AdamW lr (default %(default)s)")
-    t.add_argument("--weight-decay", type=float, default=o.weight_decay, help="AdamW weight decay (default %(default)s)")
-    t.add_argument("--grad-clip", type=float, default=o.grad_clip, help="dense grad-norm clip, 0 = off (default %(default)s)")
-    t.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device,
-                   help="auto = CUDA when available (default %(default)s)")
-    t.add_argument("--seed", type=int, default=d.seed, help="model init seed (default %(default)s)")
-    t.add_argument("--threads", type=int, default=0, help="torch intra-op threads, 0 = torch default (default %(default)s)")
+    cli.add_config_args(t, OptimConfig)
+    cli.add_config_args(t, TrainerConfig, include=("device", "seed"),
+                    help={"device": "auto = CUDA when available", "seed": "model init seed"})
+    t.add_argument("--threads", type=int, default=0, help="torch intra-op threads, 0 = torch default (default: %(default)s)")
     e = ap.add_argument_group("progressive validation and metrics")
-    e.add_argument("--eval-window", type=int, default=pr.window,
-                   help="targets per scenario×task in the windowed metrics (default %(default)s)")
-    e.add_argument("--auc-thresholds", type=int, default=pr.auc_thresholds,
-                   help="bins of the constant-memory lifetime AUC (default %(default)s)")
-    e.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address (default %(default)s)")
-    e.add_argument("--metrics-port", type=int, default=9102, help="Prometheus port, 0 = off (default %(default)s)")
+    cli.add_config_args(e, ProgressiveConfig, names=_PROGRESSIVE_NAMES,
+                    help={"window": "targets per scenario×task in the windowed metrics"})
+    e.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address (default: %(default)s)")
+    e.add_argument("--metrics-port", type=int, default=9102, help="Prometheus port, 0 = off (default: %(default)s)")
     x = ap.add_argument_group("stopping and scale-out")
     x.add_argument("--max-samples", type=int, default=None, help="stop after training this many samples")
     x.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
@@ -115,8 +99,8 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--distributed", action="store_true",
                    help="multi-rank under torchrun: shard embeddings with TorchRec DMP, partitions p %% WORLD_SIZE == RANK")
     x.add_argument("--sharding", choices=["table_wise", "column_wise", "row_wise"], default="table_wise",
-                   help="TorchRec sharding of every table with --distributed; row_wise is not offered on CPU (default %(default)s)")
-    x.add_argument("--log-level", default="INFO", help="Python logging level (default %(default)s)")
+                   help="TorchRec sharding of every table with --distributed; row_wise is not offered on CPU (default: %(default)s)")
+    x.add_argument("--log-level", default="INFO", help="Python logging level (default: %(default)s)")
     return ap
 
 
@@ -143,30 +127,18 @@ def _model(args: argparse.Namespace, spec: FeatureSpec) -> Ranker | DLRMBaseline
 
 def config_from_args(args: argparse.Namespace, rank: int = 0, world_size: int = 1) -> TrainerConfig:
     """The frozen :class:`TrainerConfig` of parsed flags."""
-    source = SourceConfig(
-        bootstrap=args.bootstrap, topic=args.topic, deadletter_topic=args.deadletter_topic,
-        batch_samples=args.batch_samples, batch_timeout_s=args.batch_timeout_s, start=args.start,
-        dedupe_capacity=args.dedupe_capacity, prefetch=args.prefetch, rank=rank, world_size=world_size,
-    )
-    optim = OptimConfig(embedding_lr=args.embedding_lr, dense_lr=args.dense_lr, weight_decay=args.weight_decay,
-                        grad_clip=args.grad_clip)
+    source = cli.config_from_args(SourceConfig, args, rank=rank, world_size=world_size)
     # Ranks share the snapshot directory (rank 0 writes); each keeps its own checkpoints, offsets and logs.
     per_rank = (lambda p: p) if world_size == 1 else (lambda p: p / f"rank{rank}")
-    run_dir = per_rank(args.run_dir)
     snapshot_dir = args.snapshot_dir if world_size == 1 else (args.snapshot_dir or args.run_dir / "snapshots")
     checkpoint_dir = per_rank(args.checkpoint_dir) if args.checkpoint_dir else None
     trained_log = per_rank(args.trained_log.parent) / args.trained_log.name if args.trained_log else None
-    return TrainerConfig(
-        source=source, optim=optim,
-        progressive=ProgressiveConfig(window=args.eval_window, auc_thresholds=args.auc_thresholds),
-        run_dir=run_dir, snapshot_dir=snapshot_dir, checkpoint_dir=checkpoint_dir,
+    return cli.config_from_args(
+        TrainerConfig, args, source=source, optim=cli.config_from_args(OptimConfig, args),
+        progressive=cli.config_from_args(ProgressiveConfig, args, names=_PROGRESSIVE_NAMES),
+        run_dir=per_rank(args.run_dir), snapshot_dir=snapshot_dir, checkpoint_dir=checkpoint_dir,
         metrics_log=per_rank(args.metrics_log.parent) / args.metrics_log.name if args.metrics_log else None,
-        trained_log=trained_log, snapshot_every_s=args.snapshot_every_s,
-        snapshot_every_samples=args.snapshot_every_samples, snapshot_idle_s=args.snapshot_idle_s,
-        snapshot_keep=args.snapshot_keep,
-        checkpoint_every_s=args.checkpoint_every_s, checkpoint_keep=args.checkpoint_keep,
-        snapshots_topic=args.snapshots_topic, log_every_s=args.log_every_s, device=args.device, seed=args.seed,
-    )
+        trained_log=trained_log)
 
 
 def main(argv: list[str] | None = None) -> int:
