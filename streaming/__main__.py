@@ -6,82 +6,60 @@ import argparse
 import logging
 import sys
 
-from streaming.config import CoreConfig, CrossSpec
-from streaming.spec import DEFAULT_HISTORY_LEN, DEFAULT_MAX_TARGETS
+from streaming import cli
+from streaming.config import CoreConfig, CrossSpec, WorkerConfig
 
 
 def _worker_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("worker", help="run the Faust join/aggregation worker",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Consume impressions+feedback, produce user-level samples, dead letters and "
                                    "per-user state; metrics on --metrics-host:--metrics-port. At start it creates "
                                    "its topics with --partitions partitions (or adopts existing ones with that "
                                    "count; another count is an error, exit code 2) and publishes the sample spec "
                                    "(--history-len, --max-targets, cross layout) to SAMPLES_TOPIC.spec (another "
                                    "spec already there is an error, exit code 2).")
-    p.add_argument("--bootstrap", default="127.0.0.1:9092", help="Kafka bootstrap host:port")
-    p.add_argument("--app-id", default="streamrec-stream", help="Faust app id (consumer group, table topic prefix)")
-    p.add_argument("--impressions-topic", default="impressions", help="input topic of impressions")
-    p.add_argument("--feedback-topic", default="feedback", help="input topic of feedback")
-    p.add_argument("--samples-topic", default="samples", help="output topic of user-level samples")
-    p.add_argument("--deadletter-topic", default="deadletter", help="output topic of bad input and corrections")
-    p.add_argument("--user-state-topic", default="user_state", help="compacted output topic of per-user state")
-    p.add_argument("--partitions", type=int, default=8,
-                   help="partition count of every topic of the worker: inputs, outputs and table changelogs")
-    p.add_argument("--connect-timeout-s", type=float, default=60.0,
-                   help="at start, how long to wait for the broker to create/check the topics before exiting")
-    p.add_argument("--store", default="memory://", help="Faust table store: memory:// or rocksdb:// (needs rocksdict)")
-    p.add_argument("--data-dir", default="runs/stream", help="Faust data directory")
-    p.add_argument("--batch-max", type=int, default=2000, help="max events per processed batch")
-    p.add_argument("--batch-within-s", type=float, default=0.2, help="max wait to fill a batch, seconds")
-    p.add_argument("--commit-interval-s", type=float, default=1.0, help="offset commit interval, seconds")
-    p.add_argument("--session-timeout-s", type=float, default=30.0,
-                   help="consumer group session timeout: how long a dead worker holds its partitions")
-    p.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus metrics bind address")
-    p.add_argument("--metrics-port", type=int, default=9101, help="Prometheus metrics port (0: disabled)")
-    p.add_argument("--snapshot-every-s", type=float, default=30.0,
-                   help="seconds between state snapshots (in between, each batch's events are logged)")
-    p.add_argument("--no-user-state", action="store_true", help="do not publish UserState records")
+    # One flag per config field (streaming/cli.py: type and default from the dataclass); by hand: the switches that
+    # are not a field (--gc-gen0, --log-level) or invert one (--agent-delivery).
+    cli.add_config_args(p, WorkerConfig, exclude=_WORKER_BY_HAND, names=_WORKER_NAMES)
     p.add_argument("--gc-gen0", type=int, default=50_000,
                    help="Python GC generation-0 threshold (Python's default: 700). The join state is millions of "
                         "small live objects; default-threshold collections cost ~30%% of the core's time (0: keep "
-                        "Python's default)")
+                        "Python's default) (default: %(default)s)")
     p.add_argument("--agent-delivery", action="store_true",
                    help="deliver input through the Faust agent's per-event stream instead of whole fetches "
                         "(streaming/batch_drain.py); slower, same results")
-    p.add_argument("--window-s", type=float, default=1800.0, help="attribution window, seconds (event time)")
-    p.add_argument("--lateness-s", type=float, default=60.0, help="allowed lateness, seconds (event time)")
-    p.add_argument("--history-len", type=int, default=DEFAULT_HISTORY_LEN, help="L, behaviors in H")
-    p.add_argument("--max-targets", type=int, default=DEFAULT_MAX_TARGETS, help="max targets per sample")
-    p.add_argument("--span-s", type=float, default=1800.0, help="max event-time span of a sample, seconds")
-    p.add_argument("--late-horizon-s", type=float, default=3600.0,
-                   help="event time to remember released impressions and event ids after the window")
-    p.add_argument("--skip-action", default=None,
-                   help="behavior action given to an impression released with no positive label, e.g. skip "
-                        "(implicit negative feedback in H/R; None or '': no such behaviors)")
-    p.add_argument("--category-key", default="category", help="item feature used for category cross features")
-    p.add_argument("--log-level", default="info", help="log level")
+    cli.add_config_args(p, CoreConfig, exclude=("action_tasks", "cross"), names=_CORE_NAMES, help={
+        "attribution_window_s": "attribution window, seconds (event time)",
+        "allowed_lateness_s": "allowed lateness, seconds (event time)",
+        "history_len": "L, behaviors in H", "max_targets": "max targets per sample",
+        "span_s": "max event-time span of a sample, seconds",
+        "late_horizon_s": "event time to remember released impressions and event ids after the window",
+        "skip_action": "behavior action given to an impression released with no positive label, e.g. skip "
+                       "(implicit negative feedback in H/R; '': no such behaviors)"})
+    cli.add_config_args(p, CrossSpec, include=("category_key",),
+                        help={"category_key": "item feature used for category cross features"})
+    p.add_argument("--log-level", default="info", help="log level (default: %(default)s)")
+
+
+_WORKER_BY_HAND = ("batch_drain", "log_chunk_bytes")  # --agent-delivery inverts batch_drain; log_chunk_bytes: no flag
+_WORKER_NAMES = {"publish_user_state": "user-state"}  # --user-state / --no-user-state
+_CORE_NAMES = {"attribution_window_s": "window-s", "allowed_lateness_s": "lateness-s"}
+
+
+def worker_configs(a: argparse.Namespace) -> tuple[WorkerConfig, CoreConfig]:
+    """The frozen configs of parsed ``worker`` flags."""
+    core = cli.config_from_args(CoreConfig, a, names=_CORE_NAMES, cross=cli.config_from_args(CrossSpec, a))
+    return cli.config_from_args(WorkerConfig, a, names=_WORKER_NAMES, batch_drain=not a.agent_delivery), core
 
 
 def run_worker(a: argparse.Namespace) -> int:
     import faust
     from prometheus_client import REGISTRY, start_http_server
 
-    from streaming.app import BrokerUnavailable, StreamWorker, TopicConflict, WorkerConfig, ensure_topics
+    from streaming.app import BrokerUnavailable, StreamWorker, TopicConflict, ensure_topics
     from streaming.spec_topic import SpecConflict, SpecUnavailable, publish_spec
 
-    core = CoreConfig(attribution_window_s=a.window_s, allowed_lateness_s=a.lateness_s, history_len=a.history_len,
-                      max_targets=a.max_targets, span_s=a.span_s, late_horizon_s=a.late_horizon_s,
-                      skip_action=a.skip_action or None, cross=CrossSpec(category_key=a.category_key))
-    cfg = WorkerConfig(bootstrap=a.bootstrap, app_id=a.app_id, impressions_topic=a.impressions_topic,
-                       feedback_topic=a.feedback_topic, samples_topic=a.samples_topic,
-                       deadletter_topic=a.deadletter_topic, user_state_topic=a.user_state_topic,
-                       partitions=a.partitions, store=a.store, data_dir=a.data_dir, batch_max=a.batch_max,
-                       batch_within_s=a.batch_within_s, commit_interval_s=a.commit_interval_s,
-                       session_timeout_s=a.session_timeout_s,
-                       metrics_host=a.metrics_host, metrics_port=a.metrics_port,
-                       publish_user_state=not a.no_user_state, snapshot_every_s=a.snapshot_every_s,
-                       batch_drain=not a.agent_delivery, connect_timeout_s=a.connect_timeout_s)
+    cfg, core = worker_configs(a)
     if a.gc_gen0 > 0:
         import gc
 
@@ -111,10 +89,15 @@ def run_worker(a: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m streaming", description=__import__("streaming").__doc__)
     sub = parser.add_subparsers(dest="cmd")
     _worker_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
     a = parser.parse_args(argv)
     if a.cmd == "worker":
         logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")

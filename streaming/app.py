@@ -54,7 +54,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry
 
 from streaming.batch_drain import BatchDrainApp
-from streaming.config import CoreConfig
+from streaming.config import CoreConfig, WorkerConfig  # WorkerConfig: imported from here too
 from streaming.core import CoreCounters, StreamCore
 from streaming.events import Event, EventError, EventKind, parse_event
 from streaming.fastjson import dumps
@@ -63,33 +63,6 @@ from streaming.outputs import DeadLetter, LateLabel, Output
 from streaming.sample import Sample
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkerConfig:
-    """Kafka/Faust settings of the worker (the join semantics live in :class:`CoreConfig`)."""
-
-    bootstrap: str = "127.0.0.1:9092"
-    app_id: str = "streamrec-stream"
-    impressions_topic: str = "impressions"
-    feedback_topic: str = "feedback"
-    samples_topic: str = "samples"
-    deadletter_topic: str = "deadletter"
-    user_state_topic: str = "user_state"
-    partitions: int = 8
-    store: str = "memory://"
-    data_dir: str = "runs/stream"
-    batch_max: int = 2000
-    batch_within_s: float = 0.2
-    commit_interval_s: float = 1.0
-    session_timeout_s: float = 30.0
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9101
-    publish_user_state: bool = True
-    snapshot_every_s: float = 30.0
-    log_chunk_bytes: int = 512 * 1024
-    batch_drain: bool = True
-    connect_timeout_s: float = 60.0  # at start: how long to wait for the broker to create/check the topics
 
 
 @dataclass(frozen=True)

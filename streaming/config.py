@@ -1,7 +1,7 @@
-"""Configuration of the pure streaming core (join, history, cross features, aggregation).
+"""Configuration of the pure streaming core (join, history, cross features, aggregation) and of its Faust worker.
 
 Built only at entry points (``python -m streaming worker ...``, the replay tool, offline evaluation); everything
-else receives the frozen :class:`CoreConfig`.
+else receives the frozen :class:`CoreConfig` (and the worker its :class:`WorkerConfig`).
 
 Example:
     >>> cfg = CoreConfig(attribution_window_s=600.0)
@@ -21,7 +21,7 @@ from streaming.cross import CrossSpec
 from streaming.events import DEFAULT_ACTION_TASKS
 from streaming.spec import DEFAULT_HISTORY_LEN, DEFAULT_MAX_TARGETS, SampleSpec
 
-__all__ = ["CoreConfig", "CrossSpec"]  # CrossSpec lives in streaming.cross; imported from here too
+__all__ = ["CoreConfig", "CrossSpec", "WorkerConfig"]  # CrossSpec lives in streaming.cross; imported from here too
 
 
 def _default_action_tasks() -> Mapping[str, str]:
@@ -95,3 +95,59 @@ class CoreConfig:
         return hash((self.attribution_window_s, self.allowed_lateness_s, self.history_len, self.max_targets,
                      self.span_s, self.late_horizon_s, tuple(sorted(self.action_tasks.items())), self.skip_action,
                      self.cross))
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Kafka/Faust settings of the worker (:mod:`streaming.app`; the join semantics live in :class:`CoreConfig`).
+
+    Attributes:
+        bootstrap: Kafka bootstrap host:port.
+        app_id: Faust app id (consumer group, table topic prefix).
+        impressions_topic: input topic of impressions.
+        feedback_topic: input topic of feedback.
+        samples_topic: output topic of user-level samples.
+        deadletter_topic: output topic of bad input and corrections.
+        user_state_topic: compacted output topic of per-user state.
+        partitions: partition count of every topic of the worker: inputs, outputs and table changelogs.
+        store: Faust table store: memory:// or rocksdb:// (needs rocksdict).
+        data_dir: Faust data directory.
+        batch_max: max events per processed batch.
+        batch_within_s: max wait to fill a batch, seconds.
+        commit_interval_s: offset commit interval, seconds.
+        session_timeout_s: consumer group session timeout: how long a dead worker holds its partitions.
+        metrics_host: Prometheus metrics bind address.
+        metrics_port: Prometheus metrics port (0: disabled).
+        publish_user_state: publish per-user :class:`~streaming.user_state.UserState` records.
+        snapshot_every_s: seconds between state snapshots (in between, each batch's events are logged).
+        log_chunk_bytes: largest record of the batch log, bytes (keep it under the broker's message.max.bytes).
+        batch_drain: deliver input as whole fetches (:mod:`streaming.batch_drain`) instead of the Faust agent's
+            per-event stream (slower, same results).
+        connect_timeout_s: at start, how long to wait for the broker to create/check the topics before exiting.
+
+    Example:
+        >>> WorkerConfig().partitions, WorkerConfig(partitions=2).samples_topic
+        (8, 'samples')
+    """
+
+    bootstrap: str = "127.0.0.1:9092"
+    app_id: str = "streamrec-stream"
+    impressions_topic: str = "impressions"
+    feedback_topic: str = "feedback"
+    samples_topic: str = "samples"
+    deadletter_topic: str = "deadletter"
+    user_state_topic: str = "user_state"
+    partitions: int = 8
+    store: str = "memory://"
+    data_dir: str = "runs/stream"
+    batch_max: int = 2000
+    batch_within_s: float = 0.2
+    commit_interval_s: float = 1.0
+    session_timeout_s: float = 30.0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9101
+    publish_user_state: bool = True
+    snapshot_every_s: float = 30.0
+    log_chunk_bytes: int = 512 * 1024
+    batch_drain: bool = True
+    connect_timeout_s: float = 60.0
