@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,14 +23,15 @@ class ServingConfig:
             every user is a cold start).
         snapshots_topic: topic on which the trainer announces snapshots (JSON {version, path, ...}).
         user_state_topic: compacted topic with the streaming worker's per-user state (key = user_id).
-        snapshot_dir: directory the trainer writes snapshots into; polled every ``snapshot_poll_s`` seconds
-            (0 disables polling: announcements only).
+        snapshot_dir: directory the trainer writes snapshots into.
+        snapshot_poll_s: seconds between scans of ``snapshot_dir`` (0 disables polling: announcements only).
         max_candidates: most candidates one /v1/score request may carry (more → 422).
         max_body_bytes: largest accepted request body (more → 413).
         torch_threads: intra-op threads torch uses for scoring (``torch.set_num_threads``).
         scoring_workers: threads that run scoring off the event loop.
         keep_alive_s: idle HTTP keep-alive timeout; keep it above clients' pool expiry (httpx: 5 s) so a client
             never reuses a connection the server is closing.
+        log_level: level of the ``serving`` loggers (libraries log at WARNING).
         preset: serve only snapshots of this model preset (``RankerConfig.preset``, a key of
             :data:`model.PRESETS`); others are rejected (``wrong_preset``). None serves any snapshot.
         samples_topic: the streaming worker's samples topic; its sample spec is read from ``<samples_topic>.spec``
@@ -49,7 +51,7 @@ class ServingConfig:
     torch_threads: int = 1
     scoring_workers: int = 2
     keep_alive_s: int = 15
-    log_level: str = "info"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     preset: str | None = None
     samples_topic: str = "samples"
     sample_spec_wait_s: float = 0.0
