@@ -48,7 +48,8 @@ def parse_config(argv: list[str] | None = None) -> ServingConfig:
     p = _parser()
     a = p.parse_args(argv)
     try:
-        return cli.config_from_args(ServingConfig, a, kafka_bootstrap=None if a.no_kafka else a.bootstrap)
+        return cli.config_from_args(ServingConfig, a, kafka_bootstrap=None if a.no_kafka else a.bootstrap,
+                                    preset=a.preset)
     except ValueError as e:
         p.error(str(e))
 

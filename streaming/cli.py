@@ -10,7 +10,8 @@ Supported field types (anything else is a ``TypeError`` naming the field: exclud
 * ``int``, ``float``, ``str``, :class:`~pathlib.Path`;
 * ``bool``: ``--flag`` / ``--no-flag`` (:class:`argparse.BooleanOptionalAction`);
 * ``X | None``: the flag of ``X``; an empty value (``--flag ''``) is None;
-* ``tuple[X, ...]`` and ``tuple[X, Y]`` of scalars: one comma-separated value (``--windows-s 60,3600``);
+* ``tuple[X, ...]`` and ``tuple[X, Y]`` of scalars: one comma-separated value (``--windows-s 60,3600``;
+  blanks around and between commas are dropped, ``''`` is the empty tuple);
 * ``Literal[...]`` and :class:`~enum.Enum` subclasses: choices (an enum by value).
 
 Help comes from, first to last: the ``help`` mapping, ``field(metadata={"help": ...})``, the class docstring's
@@ -59,6 +60,11 @@ __all__ = ["add_config_args", "config_fields", "config_from_args", "default_text
 T = TypeVar("T")
 _SCALARS: tuple[type, ...] = (int, float, str, Path)
 _FIELD = "_config_field"  # attribute set on each generated argparse action: (dataclass, field name)
+_GENERATED = "_config_flags"  # namespace attribute: {dest: "module.Class.field"} of the generated flags
+
+
+def _key(cls: type, name: str) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}.{name}"
 
 
 def add_config_args(
@@ -84,6 +90,12 @@ def add_config_args(
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
     added = []
+    # dest -> field of every generated flag, a parser default (so in every parsed namespace; argument groups and
+    # subcommands share or copy it): config_from_args reads only these, never a hand-written flag of the same name
+    generated = parser.get_default(_GENERATED)
+    if generated is None:
+        generated = {}
+        parser.set_defaults(**{_GENERATED: generated})
     for f in config_fields(cls, include, exclude):
         flag = _flag(f.name, prefix, names)
         default = _default(f)
@@ -96,19 +108,21 @@ def add_config_args(
         text = text.rstrip().removesuffix(".")  # docstring entries are sentences; "(default: X)" ends the help
         action.help = f"{text} (default: {default_text(default)})".replace("%", "%%")
         setattr(action, _FIELD, (cls, f.name))
+        generated[action.dest] = _key(cls, f.name)
         added.append(f.name)
     return added
 
 
 def config_from_args(cls: type[T], ns: argparse.Namespace, *, prefix: str = "",
                      names: Mapping[str, str] | None = None, **overrides: Any) -> T:
-    """``cls(**fields)`` from the parsed namespace: every field whose flag was added (same ``prefix`` and ``names``
-    as :func:`add_config_args`), then ``overrides`` (nested configs, fields flagged by hand); the rest keep their
-    dataclass defaults."""
+    """``cls(**fields)`` from the parsed namespace: every field whose flag :func:`add_config_args` added (same
+    ``prefix`` and ``names``), then ``overrides`` (nested configs, fields flagged by hand); the rest keep their
+    dataclass defaults (a hand-written flag with a field's name is not read: pass it in ``overrides``)."""
+    generated = getattr(ns, _GENERATED, {})
     values = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]  # a dataclass, else cls(**...) fails
         dest = _flag(f.name, prefix, names).replace("-", "_")
-        if f.init and hasattr(ns, dest):
+        if f.init and generated.get(dest) == _key(cls, f.name):
             values[f.name] = getattr(ns, dest)
     values.update(overrides)
     return cls(**values)
@@ -273,7 +287,7 @@ def _by_value(cls: type[enum.Enum]) -> Callable[[str], enum.Enum]:
 
 def _comma_list(elem: Callable[[int], type], length: int | None) -> Callable[[str], tuple[Any, ...]]:
     def parse(s: str) -> tuple[Any, ...]:
-        parts = [p.strip() for p in s.split(",")] if s.strip() else []
+        parts = [p.strip() for p in s.split(",") if p.strip()]  # "a, b," = (a, b); "" = ()
         if length is not None and len(parts) != length:
             raise argparse.ArgumentTypeError(f"expected {length} comma-separated values, got {len(parts)}: {s!r}")
         out = []
