@@ -54,6 +54,7 @@ from model import PRESETS, DLRMBaseline, DLRMConfig, Ranker, RankerConfig
 from model.batch import Batch, collate
 from model.features import FeatureSpec
 from model.presets import MOVIELENS_PRIORS, shaped_spec
+from streaming import cli
 from streaming.config import CoreConfig, CrossSpec
 from streaming.core import StreamCore, run_offline
 from streaming.datasets import DatasetError, summarize
@@ -415,17 +416,21 @@ def evaluate(events: Sequence[Event], config: EvalConfig, progress: bool = False
 
 
 # ---------------------------------------------------------------------------------------------- report
-def main(argv: list[str] | None = None) -> int:
+_EVAL_FLAGS = ("models", "batch_samples", "seed", "points", "popularity_smoothing")
+_EVAL_NAMES = {"popularity_smoothing": "smoothing"}
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataset_args(p, default="movielens")
     p.add_argument("--out", type=Path, default=Path("reports/eval"), help="report directory")
-    p.add_argument("--models", default=",".join(DEFAULT_MODELS),
-                   help=f"comma-separated subset of {','.join(MODELS)} (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="torch seed (model init)")
+    # One flag per EvalConfig field that is one value (streaming/cli.py: default from the dataclass); the nested
+    # configs' flags below stay by hand (preset- or dataset-dependent defaults).
+    cli.add_config_args(p, EvalConfig, include=_EVAL_FLAGS, names=_EVAL_NAMES, help={
+        "models": f"comma-separated subset of {','.join(MODELS)}", "seed": "torch seed (model init)",
+        "points": "time slices in the plots", "popularity_smoothing": "popularity baseline pseudo-count"})
     p.add_argument("--limit", type=int, help="use only the first N events (event-time order)")
-    p.add_argument("--batch-samples", type=int, default=EvalConfig.batch_samples, help="samples per training step")
-    p.add_argument("--points", type=int, default=EvalConfig.points, help="time slices in the plots")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
                    help="the Ranker's shape and feature limits (model/presets.py; the Ranker flags below "
@@ -451,9 +456,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedding-lr", type=float, default=o.embedding_lr, help="row-wise Adagrad lr (both models)")
     p.add_argument("--dense-lr", type=float, default=o.dense_lr, help="AdamW lr (both models)")
     p.add_argument("--ranker-dense-lr", type=float, help="AdamW lr of the Ranker only (default: --dense-lr)")
-    p.add_argument("--smoothing", type=float, default=EvalConfig.popularity_smoothing,
-                   help="popularity baseline pseudo-count")
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     ns = p.parse_args(argv)
     torch.set_num_threads(max(1, ns.threads))
     try:
@@ -476,13 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     if cr is not None:
         dlrm = dataclasses.replace(dlrm, cross_rates=cr != 0, cross_rates_init=cr)
     try:
-        config = EvalConfig(
-            models=tuple(m.strip() for m in ns.models.split(",") if m.strip()), batch_samples=ns.batch_samples,
-            seed=ns.seed, points=ns.points, preset=preset.name, max_history=preset.max_history,
+        config = cli.config_from_args(
+            EvalConfig, ns, names=_EVAL_NAMES, preset=preset.name, max_history=preset.max_history,
             max_realtime=preset.max_realtime, max_table_rows=preset.max_table_rows, ranker=preset.ranker,
             dlrm=dataclasses.replace(dlrm, embed_dim=ns.dlrm_dim), optim=optim,
             ranker_optim=None if ns.ranker_dense_lr is None else dataclasses.replace(optim, dense_lr=ns.ranker_dense_lr),
-            popularity_smoothing=ns.smoothing, core=default_core(
+            core=default_core(
                 ns.dataset, attribution_window_s=ns.attribution_window_s, category_key=ns.category_key,
                 skip_action=ns.skip_action or None))
     except ValueError as e:
