@@ -59,6 +59,7 @@ from model import PRESETS, Preset
 from model import presets as model_presets
 from model.batch import Batch
 from model.features import FeatureSpec
+from streaming import cli
 from streaming.config import CoreConfig
 from streaming.datasets import DatasetError
 from streaming.datasets.load import DATASETS, add_dataset_args, load_dataset
@@ -408,30 +409,33 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.quality", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=EPILOG)
     p.add_argument("--suite", choices=SUITES, required=True, help="which suite to run")
     p.add_argument("--datasets", help="comma-separated datasets (default per suite: "
                    + "; ".join(f"{k} {','.join(v)}" for k, v in DEFAULT_DATASETS.items()) + ")")
-    p.add_argument("--presets", default=DEFAULT_PRESET,
-                   help=f"comma-separated preset names (model/presets.py: {', '.join(sorted(PRESETS))}): the Rankers "
-                        "of main, the base presets of ablations, the one of unified (default %(default)s)")
-    p.add_argument("--models", default=",".join(MAIN_MODELS), help="the models of main (default %(default)s)")
-    p.add_argument("--seeds", default="0,1", help="comma-separated torch seeds (default %(default)s)")
-    p.add_argument("--limit-targets", type=int, help="only the first N targets of each dataset's stream")
-    p.add_argument("--batch-samples", type=int, default=EvalConfig.batch_samples, help="samples per training step")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="records JSON to merge into (default %(default)s)")
+    # QualityConfig's fields with a default (streaming/cli.py: type and default from the dataclass); --suite
+    # (required), --datasets (default per suite) and the recorded command are by hand.
+    cli.add_config_args(p, QualityConfig, exclude=("suite", "datasets", "command"), help={
+        "presets": f"comma-separated preset names (model/presets.py: {', '.join(sorted(PRESETS))}): the Rankers "
+                   "of main, the base presets of ablations, the one of unified",
+        "seeds": "comma-separated torch seeds", "models": "the models of main",
+        "limit_targets": "only the first N targets of each dataset's stream ('' = all)",
+        "batch_samples": "samples per training step", "out": "records JSON to merge into"})
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = _parser()
     ns = p.parse_args(argv)
     args = sys.argv[1:] if argv is None else argv
     try:
-        cfg = QualityConfig(
-            suite=ns.suite, datasets=_csv(ns.datasets) if ns.datasets else DEFAULT_DATASETS[ns.suite],
-            presets=_csv(ns.presets), seeds=tuple(int(s) for s in _csv(ns.seeds)), models=_csv(ns.models),
-            limit_targets=ns.limit_targets, batch_samples=ns.batch_samples, out=ns.out,
+        cfg = cli.config_from_args(
+            QualityConfig, ns, suite=ns.suite, datasets=_csv(ns.datasets) if ns.datasets else DEFAULT_DATASETS[ns.suite],
             command="python -m trainer.quality " + " ".join(args))
     except ValueError as e:
         p.error(str(e))

@@ -187,6 +187,10 @@ def _entry_point_parser(name: str) -> argparse.ArgumentParser:
         from trainer.__main__ import _parser as trainer_parser
 
         return trainer_parser()
+    if name == "trainer.quality":
+        from trainer.quality import _parser as quality_parser
+
+        return quality_parser()
     if name == "trainer.evaluate":
         from trainer.evaluate import _parser as evaluate_parser
 
@@ -200,21 +204,26 @@ def _entry_point_parser(name: str) -> argparse.ArgumentParser:
     return streaming_parser()
 
 
-@pytest.mark.parametrize("name", ["trainer", "streaming", "serving", "trainer.evaluate"])
+def _field_default(cls: type, name: str) -> Any:
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if callable(f.default_factory) else f.default
+
+
+@pytest.mark.parametrize("name", ["trainer", "streaming", "serving", "trainer.evaluate", "trainer.quality"])
 def test_entry_point_flags_default_to_their_config_and_help_shows_it(name: str) -> None:
     """Drift is impossible: every generated flag's default and ``(default: X)`` are the dataclass field's."""
     parser = _entry_point_parser(name)
     actions = generated_actions(parser)
     assert len(actions) >= 5, name
     for cls, field_name, action in actions:
-        default = getattr(cls(), field_name)
+        default = _field_default(cls, field_name)
         assert action.default == default, field_name
         assert action.help and action.help.endswith(f"(default: {default_text(default)})".replace("%", "%%"))
     help_text = " ".join(parser.format_help().split())
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     help_text += " ".join(" ".join(p.format_help().split()) for s in subs for p in s.choices.values())
     for cls, field_name, _ in actions:
-        assert f"(default: {default_text(getattr(cls(), field_name))})" in help_text, field_name
+        assert f"(default: {default_text(_field_default(cls, field_name))})" in help_text, field_name
 
 
 def test_worker_flags_build_its_configs() -> None:
