@@ -386,7 +386,7 @@ class StreamWorker:
         dead_topic = self.dead_out.get_topic_name()
         counts: dict[tuple[str, str], int] = defaultdict(int)
         done = self._offsets
-        redelivered = 0
+        redelivered = jumps = 0
         # nanoGPT style: this loop runs once per input event
         for msg in messages:
             p_done = done.get(msg.partition)
@@ -396,6 +396,10 @@ class StreamWorker:
             if msg.offset <= last and not self._recreated(msg.topic, msg.partition, last):
                 redelivered += 1  # already in the partition's state: Kafka delivered it again
                 continue
+            if 0 <= last < msg.offset - 1:
+                jumps += 1
+                log.warning("%s[%d]: offset %d follows %d, the last one processed: records in between were never "
+                            "processed", msg.topic, msg.partition, msg.offset, last)
             p_done[msg.topic] = msg.offset
             fresh.add(msg.partition)
             kind: EventKind = "impression" if msg.topic == imp_topic else "feedback"
@@ -416,6 +420,8 @@ class StreamWorker:
             m.event_counter(typ, scenario).inc(n)
         if redelivered:
             m.redelivered.inc(redelivered)
+        if jumps:
+            m.offset_jumps.inc(jumps)
 
     def _run_cores(self, work: _BatchWork) -> list[tuple[int, Output]]:
         """Step 2: each partition's events through its core → (partition, output); a core is made for every

@@ -30,6 +30,10 @@ class StreamMetrics:
         self.redelivered = Counter("streamrec_stream_redelivered_total", "Input records skipped because Kafka "
                                    "delivered them again (offset at or below the last one this partition's state "
                                    "already holds: re-read after a crash or rebalance)", registry=registry)
+        self.offset_jumps = Counter("streamrec_stream_input_offset_jumps_total", "Input records whose offset is more "
+                                    "than one past the last one this partition's state holds: records in between "
+                                    "were never processed (expected 0; real gaps only come from compaction or "
+                                    "transaction markers on the input topics)", registry=registry)
         self.late = Counter("streamrec_stream_late_total", "Late events (ts at or below the watermark on arrival), by "
                             "kind. impression: dead-lettered late_impression. Each late feedback is exactly one of "
                             "feedback (joined a still-pending impression), behavior (joined an already released "

@@ -291,8 +291,10 @@ def test_second_worker_joins_mid_stream_and_nothing_is_lost(bootstrap: str, topi
                 break
         decoded = [Sample.decode(v) for v in got]
         missing = set(expected) - {s.sample_id for s in decoded}
-        assert not missing, f"{len(missing)} samples missing; logs:\n{logs[0].read_text()[-2000:]}\n" \
-                            f"{logs[1].read_text()[-2000:]}"
+        jumps = [_metric(port, "streamrec_stream_input_offset_jumps_total") for port in ports]
+        assert not missing, f"{len(missing)} samples missing (input offset jumps per worker: {jumps}); logs:\n" \
+                            f"{logs[0].read_text()[-2000:]}\n{logs[1].read_text()[-2000:]}"
+        assert jumps == [0, 0], "a worker processed an input record without the ones before it"
         for s in decoded:
             assert s.sample_id in expected, s.sample_id
             assert s.to_json() == expected[s.sample_id].to_json()
