@@ -50,6 +50,7 @@ from trainer.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from trainer.distill import DistilledStudent, DistillStats, TeacherTargets
 from trainer.metrics import TrainerMetrics
 from trainer.optim import OptimConfig, build_optimizers, multitask_bce
 from trainer.outputs import MetricsLog, SnapshotAnnouncer
@@ -200,6 +201,9 @@ class Trainer:
         # A one-target stand-in for a lockstep rank without data (its loss is multiplied by 0; nothing is counted).
         self.padding_batch: Batch | None = (None if collective is None
                                             else collate([_PAD_SAMPLE], spec).to(self.device))
+        self.last_probs: dict[str, torch.Tensor] = {}  # the last train_step's pre-update scores, task → (T,)
+        self.last_distill: DistillStats | None = None  # the last train_step's distillation stats (None: none)
+        self.snapshot_created_at: float | None = None  # wall clock of this process's newest snapshot
         self._score_in_eval = any(isinstance(x, nn.Dropout) and x.p > 0 for x in model.modules())
         self._resume()
 
@@ -309,6 +313,7 @@ class Trainer:
         self.last_snapshot_path = path
         self.schedule.snapshotted(time.monotonic(), self.samples_trained)
         self.metrics.snapshot_published(version, created)
+        self.snapshot_created_at = created
         announcement = {"version": version, "path": str(path.resolve()), "created_at": created,
                         "max_event_ts": self.max_event_ts, "samples_trained": self.samples_trained,
                         "max_produce_ts": self.max_produce_ts}
@@ -317,10 +322,13 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, batch: Batch, weight: float = 1.0) -> dict[str, float]:
+    def train_step(self, batch: Batch, weight: float = 1.0, teacher: TeacherTargets | None = None) -> dict[str, float]:
         """Score ``batch`` (progressive validation), then learn from it. Returns per-task losses.
 
         ``weight=0`` runs the full forward/backward with a zero loss and no validation (a lockstep stand-in).
+        ``teacher``: the teacher's scores of the batch's targets; a :class:`trainer.distill.DistilledStudent` model
+        adds its distillation loss (``last_distill`` keeps its stats). The pre-update probabilities stay in
+        ``last_probs`` (what a teacher publishes).
         """
         model = self.model
         if self._score_in_eval:  # dropout active: score with a separate deterministic forward, as serving would
@@ -335,7 +343,12 @@ class Trainer:
         if weight > 0:
             self.progressive.update(probs, {t: batch.labels[t] for t in probs}, batch.target_scenarios,
                                     batch.target_user_ids)
+        self.last_probs = probs
         loss, per_task = multitask_bce(logits, batch.labels)
+        self.last_distill = None
+        if teacher is not None and isinstance(model, DistilledStudent) and weight > 0:
+            d_loss, self.last_distill = model.distill_loss(logits, probs, batch.labels, teacher.to(self.device))
+            loss = loss + d_loss
         if weight != 1.0:
             loss = loss * weight
         for opt in (self.emb_opt, self.dense_opt):
