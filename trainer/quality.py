@@ -1,4 +1,4 @@
-"""Quality suites: ``python -m trainer.quality --suite main|unified|scaling|ablations`` → docs/results/quality.json.
+"""Quality suites: ``python -m trainer.quality --suite main|unified|scaling|ablations|distill`` → docs/results/quality.json.
 
 Every run is the offline progressive evaluation of :mod:`trainer.evaluate` (events → the worker's pure core →
 user-level samples → batches → predict-then-train with ``Trainer.train_step``; the same presets as ``python -m
@@ -18,6 +18,10 @@ suite          runs (per dataset and seed)
                when ``model.presets.flops_per_target(preset, n_history, n_targets)`` exists
 ``ablations``  ``ranker`` for each ``--presets`` entry (variant ``""``, the baseline) and for each
                ``model.presets.ABLATIONS[variant](preset)``; records carry ``base_preset``
+``distill``    a teacher Ranker (first ``--presets`` entry) and students (``dlrm``, ``ranker`` of the second entry,
+               else ``laptop``) with/without distillation of its leak-free scores, ablations no aux head / no
+               adapter / a teacher stale by N snapshots (``--distill-stale``): :mod:`trainer.distill_eval`;
+               records carry ``teacher_preset``
 =============  =================================================================================================
 
 Records (one per run × scenario × task; scenario ``*`` = overall)::
@@ -77,11 +81,11 @@ from trainer.evaluate import (
     score,
 )
 
-SUITES = ("main", "unified", "scaling", "ablations")
+SUITES = ("main", "unified", "scaling", "ablations", "distill")
 MAIN_MODELS = ("ranker", "dlrm", "popularity", "lr")
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
     "main": ("movielens-1m", "movielens"), "unified": ("movielens-1m",), "scaling": ("movielens-1m",),
-    "ablations": ("movielens-1m",)}
+    "ablations": ("movielens-1m",), "distill": ("movielens",)}
 DEFAULT_OUT = Path("docs/results/quality.json")
 KEY = ("suite", "dataset", "preset", "model", "variant", "seed", "scenario", "task")
 OVERALL = "*"
@@ -92,6 +96,9 @@ EPILOG = """suites (per dataset and seed):
   scaling    ranker for each preset of model.presets.SCALING (+ flops_per_target); dataset movielens-1m
   ablations  ranker for each --presets entry (variant "") and each model.presets.ABLATIONS variant of it;
              dataset movielens-1m
+  distill    teacher ranker (first --presets entry) -> students dlrm and ranker (second entry, else laptop):
+             no-distill, distill (aux head + adapter), distill-no-aux, distill-no-adapter, distill-staleN
+             (--distill-stale); dataset movielens
 
 Records {suite, dataset, preset, model, variant, seed, scenario ("*" = overall), task, auc, gauc, n_targets,
 wall_s, targets_per_s, commit, command, limit_targets} are merged into --out: a rerun replaces the records with
@@ -114,6 +121,7 @@ class QualityConfig:
         batch_samples: samples per step (the evaluation's).
         out: the JSON file records are merged into.
         command: the command line recorded with each record.
+        distill_stale: ``distill``: the teacher staleness ablations, in snapshots behind its newest.
     """
 
     suite: str
@@ -125,6 +133,7 @@ class QualityConfig:
     batch_samples: int = EvalConfig.batch_samples
     out: Path = DEFAULT_OUT
     command: str = ""
+    distill_stale: tuple[int, ...] = (2,)
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -368,7 +377,7 @@ def load_events(dataset: str) -> list[Any]:
 def run_suite(cfg: QualityConfig, progress: bool = False, log: Callable[[str], None] = print,
               events: Callable[[str], Sequence[Any]] = load_events) -> list[dict[str, Any]]:
     """Run every dataset × run of the suite; merges into ``cfg.out`` after each run; returns the new records."""
-    runs = plan(cfg)
+    runs = plan(cfg) if cfg.suite != "distill" else [Run("distill", PRESETS[cfg.presets[0]], 0)]
     if not runs:
         log(f"[{cfg.suite}] nothing to run: model.presets defines no "
             f"{'SCALING' if cfg.suite == 'scaling' else 'ABLATIONS'}")
@@ -383,6 +392,13 @@ def run_suite(cfg: QualityConfig, progress: bool = False, log: Callable[[str], N
         del evs
         prep = _Prepared(samples, cfg.batch_samples)
         n = sum(len(s.targets) for s in samples)
+        if cfg.suite == "distill":
+            from trainer.distill_eval import run_distill
+
+            log(f"[distill] {dataset}: {len(samples)} samples, {n} targets")
+            new += run_distill(prep, core, cfg, dataset, commit, progress,
+                               lambda recs: write_records(cfg.out, merge_records(load_records(cfg.out), recs)), log)
+            continue
         log(f"[{cfg.suite}] {dataset}: {len(samples)} samples, {n} targets "
             f"(load + core {time.perf_counter() - t0:.1f} s); {len(runs)} runs")
         for i, run in enumerate(runs, 1):
@@ -423,7 +439,8 @@ def _parser() -> argparse.ArgumentParser:
                    "of main, the base presets of ablations, the one of unified",
         "seeds": "comma-separated torch seeds", "models": "the models of main",
         "limit_targets": "only the first N targets of each dataset's stream ('' = all)",
-        "batch_samples": "samples per training step", "out": "records JSON to merge into"})
+        "batch_samples": "samples per training step", "out": "records JSON to merge into",
+        "distill_stale": "distill suite: comma-separated teacher staleness ablations, in snapshots"})
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
     return p
