@@ -20,6 +20,7 @@ from pathlib import Path
 from model import PRESETS, DLRMBaseline, DLRMConfig, Preset, Ranker
 from model.features import FeatureSpec
 from streaming import cli
+from trainer.distill import DistillConfig, wrap_student
 from trainer.loop import Trainer, TrainerConfig
 from trainer.optim import OptimConfig
 from trainer.progressive import ProgressiveConfig
@@ -30,6 +31,8 @@ DEFAULT_PRESET = "base"
 _RUN_FIELDS = ("trained_log", "snapshot_every_s", "snapshot_every_samples", "snapshot_idle_s", "snapshot_keep",
                "checkpoint_every_s", "checkpoint_keep", "log_every_s")
 _PROGRESSIVE_NAMES = {"window": "eval-window"}  # flag names that are not the field's
+_DISTILL_NAMES = {f: "distill-" + f.replace("_", "-") for f in ("weight", "aux_head", "adapter", "aux_hidden",
+                                                                  "adapter_lr")}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,6 +95,19 @@ def _parser() -> argparse.ArgumentParser:
                     help={"window": "targets per scenario×task in the windowed metrics"})
     e.add_argument("--metrics-host", default="127.0.0.1", help="Prometheus bind address (default: %(default)s)")
     e.add_argument("--metrics-port", type=int, default=9102, help="Prometheus port, 0 = off (default: %(default)s)")
+    d = ap.add_argument_group("external distillation (teacher → student, trainer/distill.py)")
+    cli.add_config_args(d, TrainerConfig, include=("teacher_scores_topic", "distill_from", "distill_wait_s",
+                                                  "distill_buffer"), help={
+        "teacher_scores_topic": "teacher: publish every trained batch's scores, made before training on it "
+                                "(leak-free), as teacher records tagged with the snapshot version; '' = off",
+        "distill_from": "student: join the teacher records of this topic by sample id and add the distillation "
+                        "loss; '' = off",
+        "distill_wait_s": "student: a batch waits this long for its teacher records; late or missing: labels only",
+        "distill_buffer": "student: teacher records held for samples not yet trained (oldest evicted beyond)"})
+    cli.add_config_args(d, DistillConfig, names=_DISTILL_NAMES, help={
+        "weight": "student: weight w of the distillation loss next to the label loss",
+        "aux_head": "student: learn the teacher through a separate aux head (off: through the main head)",
+        "adapter": "student: map the teacher's scores through an affine logit adapter fitted to the labels"})
     x = ap.add_argument_group("stopping and scale-out")
     x.add_argument("--max-samples", type=int, default=None, help="stop after training this many samples")
     x.add_argument("--max-seconds", type=float, default=None, help="stop after this many seconds")
@@ -136,6 +152,7 @@ def config_from_args(args: argparse.Namespace, rank: int = 0, world_size: int = 
     return cli.config_from_args(
         TrainerConfig, args, source=source, optim=cli.config_from_args(OptimConfig, args),
         progressive=cli.config_from_args(ProgressiveConfig, args, names=_PROGRESSIVE_NAMES),
+        distill=cli.config_from_args(DistillConfig, args, names=_DISTILL_NAMES),
         run_dir=per_rank(args.run_dir), snapshot_dir=snapshot_dir, checkpoint_dir=checkpoint_dir,
         metrics_log=per_rank(args.metrics_log.parent) / args.metrics_log.name if args.metrics_log else None,
         trained_log=trained_log)
@@ -163,11 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         return m
 
     if args.distributed:
+        if args.teacher_scores_topic or args.distill_from:
+            print("error: --teacher-scores-topic / --distill-from run on one process (not --distributed)",
+                  file=sys.stderr)
+            return 2
         from trainer.distributed import run_distributed
 
         return run_distributed(args, _spec, model_fn, config_from_args)
     config = config_from_args(args)
-    trainer = Trainer(config, model_fn(args, spec), spec)
+    model = model_fn(args, spec)
+    # a student's aux head and adapter sit next to its model; snapshots hold the model alone
+    trainer = Trainer(config, wrap_student(model, config.distill) if config.distill_from else model, spec)
     if args.metrics_port:
         from prometheus_client import start_http_server
 

@@ -34,7 +34,10 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -208,6 +211,58 @@ def teacher_targets(batch: Batch, records: Mapping[str, TeacherRecord], tasks: S
         versions[a:b] = rec.teacher_version
         times[a:b] = math.nan if rec.snapshot_time is None else rec.snapshot_time
     return TeacherTargets(probs, mask, versions, times)
+
+
+class TeacherJoin:
+    """A bounded, thread-safe buffer of teacher records by sample id: the consumer thread adds, the training loop
+    takes a batch's records, waiting up to a deadline for the missing ones.
+
+    At most ``capacity`` records are held; adding beyond evicts the oldest (counted in ``evicted``: its sample, if it
+    ever comes, trains on labels only). A record is removed when taken. A newer record for the same sample (a
+    restarted teacher redoing a batch) replaces the older one: both were made before the teacher trained on it.
+
+    Example:
+        >>> j = TeacherJoin(capacity=2)
+        >>> for sid in ("a", "b", "c"):
+        ...     j.add(TeacherRecord(sid, ("e",), {"click": (0.5,)}))
+        >>> sorted(j.take(["a", "b", "c"], timeout_s=0.0)), j.evicted
+        (['b', 'c'], 1)
+    """
+
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be >= 1")
+        self.capacity = capacity
+        self.evicted = 0
+        self._clock = clock
+        self._records: OrderedDict[str, TeacherRecord] = OrderedDict()
+        self._cv = threading.Condition()
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._records)
+
+    def add(self, record: TeacherRecord) -> None:
+        with self._cv:
+            self._records.pop(record.sample_id, None)
+            self._records[record.sample_id] = record
+            while len(self._records) > self.capacity:
+                self._records.popitem(last=False)
+                self.evicted += 1
+            self._cv.notify_all()
+
+    def take(self, sample_ids: Sequence[str], timeout_s: float) -> dict[str, TeacherRecord]:
+        """The records of ``sample_ids`` (removed from the buffer), waiting up to ``timeout_s`` until all are there;
+        those still missing then are left out."""
+        deadline = self._clock() + timeout_s
+        with self._cv:
+            while True:
+                missing = [s for s in sample_ids if s not in self._records]
+                left = deadline - self._clock()
+                if not missing or left <= 0:
+                    break
+                self._cv.wait(timeout=left)
+            return {s: self._records.pop(s) for s in sample_ids if s in self._records}
 
 
 # ---------------------------------------------------------------------------------------------- student side

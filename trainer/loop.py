@@ -50,7 +50,7 @@ from trainer.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from trainer.distill import DistilledStudent, DistillStats, TeacherTargets
+from trainer.distill import DistillConfig, DistilledStudent, DistillStats, TeacherTargets
 from trainer.metrics import TrainerMetrics
 from trainer.optim import OptimConfig, build_optimizers, multitask_bce
 from trainer.outputs import MetricsLog, SnapshotAnnouncer
@@ -95,6 +95,13 @@ class TrainerConfig:
         log_every_s: metrics JSONL / Prometheus quality refresh cadence.
         device: "auto" (CUDA when present), "cpu" or "cuda".
         seed: torch seed for model init.
+        teacher_scores_topic: publish every trained batch's pre-update scores here as teacher records
+            (:mod:`trainer.distill`; "" = off).
+        distill_from: join teacher records from this topic and distill them ("" = off; the model must be a
+            :class:`trainer.distill.DistilledStudent`).
+        distill_wait_s: how long a batch waits for its samples' teacher records (then: labels only, counted).
+        distill_buffer: teacher records held for samples not yet trained (oldest evicted beyond).
+        distill: the student's distillation settings.
     """
 
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -115,6 +122,11 @@ class TrainerConfig:
     log_every_s: float = 5.0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
+    teacher_scores_topic: str = ""
+    distill_from: str = ""
+    distill_wait_s: float = 2.0
+    distill_buffer: int = 100_000
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     @property
     def snapshots_path(self) -> Path:

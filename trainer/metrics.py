@@ -66,6 +66,21 @@ class TrainerMetrics:
                                   registry=registry)
         self.event_lag = Gauge(p + "max_event_ts_lag_seconds", "Wall clock minus the largest event time trained on",
                                registry=registry)
+        # External distillation (trainer/distill.py): a teacher counts what it publishes, a student what it joined.
+        self.teacher_published = Counter(p + "teacher_records_published", "Teacher-score records published "
+                                         "(one per trained sample, scored before training on it)", registry=registry)
+        self.teacher_joined = Counter(p + "teacher_records_joined", "Samples trained with their teacher record",
+                                      registry=registry)
+        self.teacher_missing = Counter(p + "teacher_records_missing", "Samples trained on labels only: their teacher "
+                                       "record was late, evicted or missing", registry=registry)
+        self.teacher_invalid = Counter(p + "teacher_records_invalid", "Undecodable teacher-score records dropped",
+                                       registry=registry)
+        self.teacher_agreement = Gauge(p + "teacher_agreement", "Mean |p_teacher - p_student| over the last batch's "
+                                       "joined targets and tasks (student scored before training)", registry=registry)
+        self.teacher_staleness = Gauge(p + "teacher_staleness_seconds", "Student wall clock minus the snapshot time "
+                                       "of the newest teacher version in the last batch", registry=registry)
+        self.teacher_versions_behind = Gauge(p + "teacher_versions_behind", "Newest teacher version seen minus the "
+                                             "oldest teacher version in the last batch", registry=registry)
         self._last_snapshot: float | None = None
 
     def set_quality(self, values: Quality) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from model.batch import Batch, collate
+from trainer.distill import DistilledStudent, TeacherJoin, TeacherTargets, records_from_batch, teacher_targets
+from trainer.distill_source import TeacherConsumer, TeacherPublisher
 from trainer.schedule import RunStats, RunSummary
 from trainer.source import (
     RECONNECT_BACKOFF_MAX_MS,
@@ -66,6 +68,8 @@ class RunSteps:
         self.trainer = trainer
         self.stats = RunStats()
         self.deadletter = self._open_outputs()
+        self.teacher_counts = {"published": 0, "joined": 0, "missing": 0}  # this run's teacher records (samples)
+        self.teacher_out, self.teacher_in = self._open_distillation()
         self.source, self.prefetcher = self._open_source(source_factory)
         self._start()
         self.prefetcher.start()
@@ -80,6 +84,22 @@ class RunSteps:
         if not cfg.source.deadletter_topic:
             return None
         return DeadLetter(cfg.source.bootstrap, cfg.source.deadletter_topic, cfg.source.topic)
+
+    def _open_distillation(self) -> tuple[TeacherPublisher | None, TeacherConsumer | None]:
+        """The teacher-record publisher (``teacher_scores_topic``) and the student's consumer thread filling the
+        join buffer (``distill_from``); None where off."""
+        tr, cfg = self.trainer, self.trainer.config
+        out = TeacherPublisher(cfg.source.bootstrap, cfg.teacher_scores_topic) if cfg.teacher_scores_topic else None
+        if not cfg.distill_from:
+            return out, None
+        if not isinstance(tr.model, DistilledStudent):
+            raise TypeError("distill_from needs a trainer.distill.DistilledStudent model (trainer.distill.wrap_student)")
+        self.join = TeacherJoin(cfg.distill_buffer)
+        m = tr.metrics
+        consumer = TeacherConsumer(cfg.source.bootstrap, cfg.distill_from, self.join, set(tr.trained.to_list()),
+                                   on_invalid=lambda _e: m.teacher_invalid.inc())
+        self.teacher_version_seen = -1
+        return out, consumer.start()
 
     def _open_source(self, source_factory: SourceFactory | None) -> tuple[Any, Prefetcher[Batch]]:
         """The record source (seeking to the checkpoint's offsets) and the prefetch thread over it (not started).
@@ -165,7 +185,14 @@ class RunSteps:
             st.startup_wait_s = st.data_wait_s
         if tr.device.type != "cpu":
             batch = batch.to(tr.device, non_blocking=True)
-        loss = tr.train_step(batch)
+        teacher = self._teacher_of(batch) if self.teacher_in is not None else None
+        loss = tr.train_step(batch, teacher=teacher)
+        if self.teacher_out is not None:  # scores made before this step: leak-free (tr.samples_trained excludes it)
+            n = self.teacher_out.publish(records_from_batch(
+                batch, tr.last_probs, teacher_version=tr.snapshot_version, snapshot_time=tr.snapshot_created_at,
+                samples_trained=tr.samples_trained, scored_at=time.time()))
+            m.teacher_published.inc(n)
+            self.teacher_counts["published"] += n
         t = time.perf_counter()
         st.last_record_t = time.monotonic()  # idle time counts only while waiting for data
         st.compute_s += t - polled_perf_t
@@ -187,10 +214,31 @@ class RunSteps:
         m.steps.inc()
         if "total" in loss and ns:
             m.loss.set(loss["total"])
+        d = tr.last_distill
+        if d is not None and d.joined:
+            m.teacher_agreement.set(d.agreement)
         for task, v in loss.items():
             if task != "total":
                 m.task_loss.labels(task=task).set(v)
         m.max_event_ts.set(tr.max_event_ts)
+
+    def _teacher_of(self, batch: Batch) -> TeacherTargets:
+        """The batch's teacher scores from the join buffer (waiting up to ``distill_wait_s``), and its metrics."""
+        tr, m = self.trainer, self.trainer.metrics
+        records = self.join.take(batch.sample_ids, tr.config.distill_wait_s)
+        m.teacher_joined.inc(len(records))
+        m.teacher_missing.inc(batch.num_samples - len(records))
+        self.teacher_counts["joined"] += len(records)
+        self.teacher_counts["missing"] += batch.num_samples - len(records)
+        if records:
+            now = time.time()
+            versions = [r.teacher_version for r in records.values()]
+            self.teacher_version_seen = max(self.teacher_version_seen, *versions)
+            m.teacher_versions_behind.set(self.teacher_version_seen - min(versions))
+            newest = max(records.values(), key=lambda r: r.teacher_version)
+            if newest.snapshot_time is not None:
+                m.teacher_staleness.set(now - newest.snapshot_time)
+        return teacher_targets(batch, records, tr.spec.tasks)
 
     def persist(self, snap_due: bool, ckpt_due: bool) -> None:
         """A due snapshot (which checkpoints first), else a due checkpoint; timed as persist time."""
@@ -220,6 +268,8 @@ class RunSteps:
         self.prefetcher.close()
         with contextlib.suppress(Exception):
             self.source.close()
+        if self.teacher_in is not None:
+            self.teacher_in.close()
         try:
             snap, ckpt = tr.schedule.dirty_snapshot, tr.schedule.dirty_checkpoint
             if tr.collective is not None:
@@ -241,6 +291,8 @@ class RunSteps:
             if self.deadletter is not None:
                 with contextlib.suppress(Exception):
                     self.deadletter.close()
+            if self.teacher_out is not None:
+                self.teacher_out.close()
             tr.announcer.close()
             tr.metrics_log.close()
         return summary
@@ -257,4 +309,5 @@ class RunSteps:
             "persist_s": st.persist_s, "skipped": dict(tr.skipped), "max_event_ts": tr.max_event_ts,
             "snapshot_version": tr.snapshot_version, "offsets": {str(k): v for k, v in tr.offsets.items()},
             "progressive": quality,
+            **({"teacher_records": dict(self.teacher_counts)} if self.teacher_out or self.teacher_in else {}),
         })

@@ -211,3 +211,35 @@ def test_a_teacher_record_holds_the_teachers_prediction_before_its_step_on_that_
                 torch.testing.assert_close(tt.probs[t], before[t].float(), rtol=0, atol=1e-6)
             assert any(not torch.allclose(tt.probs[t], after[t], rtol=0, atol=1e-7) for t in SPEC.tasks)
             assert all(r.samples_trained == trained_before for r in recs)
+
+
+# ---------------------------------------------------------------------------------------------- join buffer
+def test_join_waits_for_a_record_added_by_another_thread_and_gives_up_at_the_deadline() -> None:
+    import threading
+
+    from trainer.distill import TeacherJoin
+
+    rec = TeacherRecord("late", ("e",), {"click": (0.3,)})
+    j = TeacherJoin(capacity=10)
+    j.add(TeacherRecord("early", ("e",), {"click": (0.7,)}))
+    adder = threading.Thread(target=j.add, args=(rec,))
+    adder.start()
+    got = j.take(["early", "late"], timeout_s=60.0)  # returns as soon as both are there
+    adder.join()
+    assert set(got) == {"early", "late"} and len(j) == 0  # taken records leave the buffer
+    ticks = iter([0.0, 100.0])  # a fake clock: the deadline has passed at the first check
+    j2 = TeacherJoin(capacity=10, clock=lambda: next(ticks))
+    j2.add(rec)
+    assert set(j2.take(["late", "never"], timeout_s=5.0)) == {"late"}
+
+
+def test_join_evicts_the_oldest_beyond_capacity_and_a_newer_record_replaces_an_older() -> None:
+    from trainer.distill import TeacherJoin
+
+    j = TeacherJoin(capacity=2)
+    j.add(TeacherRecord("a", ("e",), {"click": (0.1,)}))
+    j.add(TeacherRecord("b", ("e",), {"click": (0.2,)}))
+    j.add(TeacherRecord("a", ("e",), {"click": (0.9,)}, teacher_version=2))  # a again: now the newest
+    j.add(TeacherRecord("c", ("e",), {"click": (0.3,)}))  # evicts b
+    got = j.take(["a", "b", "c"], timeout_s=0.0)
+    assert sorted(got) == ["a", "c"] and got["a"].scores["click"] == (0.9,) and j.evicted == 1
