@@ -64,7 +64,7 @@ class BatchDrainConsumer(DrainHookConsumer):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sought_generation: int | None = None  # the consumer generation of Faust's last seek to committed
-        self._held_before_seek: set[TP] = set()  # partitions whose records were dropped waiting for that seek
+        self._held_before_seek: dict[TP, int] = {}  # {tp: first offset dropped waiting for that seek}
         self._next: dict[TP, int] = {}  # {tp: the offset expected next (committed after a seek, last handled + 1)}
         self._reread_from: dict[TP, int] = {}  # {tp: the expected offset it was last read again from after a jump}
 
@@ -167,7 +167,8 @@ class BatchDrainConsumer(DrainHookConsumer):
                 r = read_offset.get(tp)
                 if r is None and seek_pending:
                     held.add(tp)
-                    self._held_before_seek.add(tp)
+                    first = self._held_before_seek.get(tp)
+                    self._held_before_seek[tp] = rec.offset if first is None else min(first, rec.offset)
                     continue
                 seen[tp] = r
                 offsets[tp] = []
@@ -203,12 +204,16 @@ class BatchDrainConsumer(DrainHookConsumer):
 
     def sought(self, generation: int) -> list[TP]:
         """Bookkeeping once Faust sought the stream partitions to their committed offsets (its read offsets now)
-        for ``generation``; returns the partitions whose records were dropped waiting for it, to seek again."""
+        for ``generation``; returns the partitions whose records were dropped waiting for it, to seek again to
+        their next expected offset: the committed one, or without one the first dropped (where reading began)."""
         self.sought_generation = generation
         self._next = {tp: o for tp, o in read_offsets(self).items() if o is not None}
         self._reread_from.clear()
-        held, self._held_before_seek = self._held_before_seek, set()
-        return [tp for tp in held if tp in self._next]
+        held, self._held_before_seek = self._held_before_seek, {}
+        for tp, first in held.items():
+            # no committed offset (nothing committed yet): the first dropped record is where reading started
+            self._next.setdefault(tp, first)
+        return list(held)
 
     def _acknowledge(self, internals: ConsumerInternals, offsets: dict[TP, list[int]],
                      seen: dict[TP, int | None]) -> None:

@@ -215,3 +215,24 @@ def test_a_stale_fetch_right_after_the_rebalance_seek_does_not_skip_the_committe
                                   lambda c: _records(6, 9), _empty, _empty])
     assert [o for batch in handled for o in batch] == list(range(10))
     assert internals.seeks == [6]
+
+
+def test_records_held_for_the_seek_of_a_group_without_commits_are_read_again_from_the_first() -> None:
+    """Nothing was committed yet (the first owner died before its first commit): Faust's seek leaves no read
+    offset, and the records fetched from the reset position while it ran (0..4) were dropped. They are read again
+    from the first one, not lost."""
+    def fetch_while_seeking(consumer: Any) -> list[Record]:
+        consumer.app.consumer_generation_id = 2
+        consumer.internals.read_offset.pop(TP0, None)
+        return _records(0, 4)
+
+    def seek_done(consumer: Any) -> list[Record]:
+        consumer.internals.read_offset.pop(TP0, None)  # no committed offset
+        again = consumer.sought(consumer.app.consumer_generation_id)
+        assert again == [TP0] and consumer._next[TP0] == 0
+        consumer.internals.seeks.append(consumer._next[TP0])  # what perform_seek then does
+        return _records(0, 4)
+
+    handled, _, internals = _run([fetch_while_seeking, _empty, seek_done, _empty, _empty])
+    assert [o for batch in handled for o in batch] == list(range(5))
+    assert internals.seeks == [0]
