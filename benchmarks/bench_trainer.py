@@ -38,8 +38,7 @@ from prometheus_client import CollectorRegistry
 
 from deploy.kafka import REPO_ROOT, BrokerConfig, KafkaBroker
 from kernels import Kernel, set_kernel
-from model import Ranker, RankerConfig
-from model.features import FeatureSpec
+from model import PRESETS
 from streaming.sample import Behavior, Sample, Target, make_sample_id
 from trainer.loop import Trainer, TrainerConfig, resolve_device
 from trainer.source import SourceConfig
@@ -87,9 +86,6 @@ def movielens_samples(limit: int | None) -> list[Sample]:
     return samples[:limit] if limit else samples
 
 
-# --model laptop = deploy.pipeline.LAPTOP_TRAINER_ARGS (make demo, bench_pipeline): width 32, 1 block, H 32, R 16
-MODELS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "default": ({}, {}), "laptop": ({"max_history": 32, "max_realtime": 16}, {"d_model": 32, "num_blocks": 1})}
 # --compare: the two configurations run side by side (interleaved A/B pairs); the first is "A"
 COMPARISONS: dict[str, tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]]] = {
     "prefetch": (("prefetch=2", {"prefetch": 2}), ("prefetch=0", {"prefetch": 0})),
@@ -98,10 +94,10 @@ COMPARISONS: dict[str, tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, An
 
 
 def run_once(bootstrap: str, topic: str, mode: dict[str, Any], args: argparse.Namespace, n: int) -> dict[str, Any]:
-    spec_changes, model_changes = MODELS[args.model]
-    spec = dataclasses.replace(FeatureSpec(), **spec_changes)
+    preset = PRESETS[args.model]
+    spec = preset.feature_spec()
     torch.manual_seed(0)
-    model = Ranker(spec, dataclasses.replace(RankerConfig(), **model_changes))
+    model = preset.build(spec)
     prefetch = int(mode.get("prefetch", args.prefetch))
     run_dir = Path(tempfile.mkdtemp(prefix=f"bench-trainer-p{prefetch}-"))
     set_kernel(mode.get("kernel", Kernel.AUTO))
@@ -141,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved A/B run pairs (default %(default)s)")
     ap.add_argument("--data", choices=["synthetic", "movielens"], default="synthetic",
                     help="synthetic samples, or MovieLens-100K's (the pure streaming core offline; --samples caps them)")
-    ap.add_argument("--model", choices=sorted(MODELS), default="default",
-                    help="default = python -m trainer's defaults; laptop = the demo's profile (default %(default)s)")
+    ap.add_argument("--model", choices=sorted(PRESETS), default="base",
+                    help="the named preset (model/presets.py): base = python -m trainer's default, laptop = the "
+                         "demo's (default %(default)s)")
     ap.add_argument("--compare", choices=sorted(COMPARISONS), default="prefetch",
                     help="prefetch: --prefetch 2 vs 0; attention: split CPU training attention vs the padded "
                          "reference (default %(default)s)")
@@ -191,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cuda": torch.cuda.get_device_name(0) if device.type == "cuda" else None},
         "config": {"samples": len(samples), "data": args.data, "batch_samples": args.batch_samples,
                    "max_history": args.max_history if args.data == "synthetic" else None,
-                   "model": args.model, "model_changes": MODELS[args.model], "compare": args.compare,
+                   "model": args.model, "preset": dataclasses.asdict(PRESETS[args.model].ranker), "compare": args.compare,
                    "snapshot_every_s": args.snapshot_every_s,
                    "mean_targets_per_sample": sum(s.num_targets for s in samples) / len(samples)},
         "runs": runs,
@@ -203,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         "created_at": time.time(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
+    args.out.write_text(json.dumps(report, indent=2, default=str))
     hdr = (f"{'mode':>10} {'samples/s':>10} {'impr/s':>9} {'steady':>9} {'startup s':>9} {'wait s':>8} "
            f"{'compute s':>9} {'persist s':>9} {'stall':>6}")
     print(f"trainer on {device} ({len(samples)} {args.data} samples, model {args.model}, batch {args.batch_samples}, "
