@@ -9,7 +9,7 @@ import pytest
 
 ENTRY_POINTS = [
     ["streaming"], ["streaming", "worker"], ["streaming.replay"], ["trainer"], ["trainer.evaluate"], ["trainer.quality"], ["serving"],
-    ["kernels"], ["deploy"], ["deploy", "demo"], ["deploy", "kafka"], ["deploy", "bench"], ["deploy", "dashboards"],
+    ["kernels"], ["deploy"], ["deploy", "demo"], ["deploy", "kafka"], ["deploy", "bench"], ["deploy", "dashboards"], ["deploy", "results"],
 ]
 
 
