@@ -124,7 +124,8 @@ def test_distill_loss_is_weighted_bce_to_the_teacher_and_skips_the_main_head() -
     loss, stats = student.distill_loss(logits, probs, batch.labels, tt)
     assert student.aux is not None
     aux = student.aux(student._rep)
-    want = sum(torch.nn.functional.binary_cross_entropy_with_logits(aux[t][1:], p_t[t][1:]) for t in SPEC.tasks)
+    want = torch.stack([torch.nn.functional.binary_cross_entropy_with_logits(aux[t][1:], p_t[t][1:])
+                        for t in SPEC.tasks]).sum().detach()
     assert float(loss.detach()) == pytest.approx(2.5 * float(want), rel=1e-5)
     assert stats.joined == batch.num_targets - 1 and stats.missing == 1
     assert stats.agreement == pytest.approx(float(torch.stack(
