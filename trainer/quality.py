@@ -13,7 +13,8 @@ suite          runs (per dataset and seed)
                (one model per scenario, trained only on that scenario's targets: each sample's targets are
                filtered to the scenario, samples left without targets dropped; histories keep every scenario);
                each scenario's per-scenario record comes from its own model, its ``*`` record from the
-               concatenated predictions; dataset movielens-1m (the age-group scenarios)
+               concatenated predictions; dataset movielens-1m (the age-group scenarios; ``movielens-1m:genre``
+               is ML-1M with the genre-group scenarios)
 ``scaling``    ``ranker`` for each preset name in ``model.presets.SCALING``; records carry ``flops_per_target``
                when ``model.presets.flops_per_target(preset, n_history, n_targets)`` exists
 ``ablations``  ``ranker`` for each ``--presets`` entry (variant ``""``, the baseline) and for each
@@ -83,6 +84,8 @@ from trainer.evaluate import (
 
 SUITES = ("main", "unified", "scaling", "ablations", "distill")
 MAIN_MODELS = ("ranker", "dlrm", "popularity", "lr")
+# the datasets of streaming.datasets.load (not ``log``: no fixed file), and ML-1M with its genre-group scenarios
+QUALITY_DATASETS: tuple[str, ...] = (*(d for d in DATASETS if d != "log"), "movielens-1m:genre")
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
     "main": ("movielens-1m", "movielens"), "unified": ("movielens-1m",), "scaling": ("movielens-1m",),
     "ablations": ("movielens-1m",), "distill": ("movielens",)}
@@ -138,9 +141,9 @@ class QualityConfig:
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
             raise ValueError(f"suite must be one of {SUITES}, got {self.suite!r}")
-        bad = [d for d in self.datasets if d not in DATASETS or d == "log"]
+        bad = [d for d in self.datasets if d not in QUALITY_DATASETS]
         if bad or not self.datasets:
-            raise ValueError(f"datasets must be among {[d for d in DATASETS if d != 'log']}, got {self.datasets}")
+            raise ValueError(f"datasets must be among {list(QUALITY_DATASETS)}, got {self.datasets}")
         unknown = [p for p in self.presets if p not in PRESETS]
         if unknown or not self.presets:
             raise ValueError(f"unknown presets {unknown} (known: {sorted(PRESETS)})")
@@ -368,10 +371,12 @@ def run_one(run: Run, prep: _Prepared, core: CoreConfig, cfg: QualityConfig, dat
 
 
 def load_events(dataset: str) -> list[Any]:
-    """The dataset's events with the default flags of ``python -m trainer.evaluate --dataset NAME``."""
+    """The dataset's events with the default flags of ``python -m trainer.evaluate --dataset NAME``;
+    ``movielens-1m:genre`` is ML-1M with ``--ml1m-scenarios genre`` (genre-group scenarios)."""
     p = argparse.ArgumentParser()
     add_dataset_args(p)
-    return load_dataset(p.parse_args(["--dataset", dataset]))
+    name, _, scenarios = dataset.partition(":")
+    return load_dataset(p.parse_args(["--dataset", name, *(["--ml1m-scenarios", scenarios] if scenarios else [])]))
 
 
 def run_suite(cfg: QualityConfig, progress: bool = False, log: Callable[[str], None] = print,
@@ -425,6 +430,25 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
+def recorded_command(args: Sequence[str]) -> str:
+    """The command recorded with each record: the arguments minus ``--out`` (the records live in that file) and
+    ``--progress``.
+
+    >>> recorded_command(["--suite", "main", "--out", "/tmp/x.json", "--seeds", "0", "--out=/tmp/y", "--progress"])
+    'python -m trainer.quality --suite main --seeds 0'
+    """
+    kept: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "--out":
+            skip = True
+        elif not a.startswith("--out=") and a != "--progress":
+            kept.append(a)
+    return " ".join(["python -m trainer.quality", *kept])
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.quality", description=__doc__.split("\n\n")[0].replace("``", ""),
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -453,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = cli.config_from_args(
             QualityConfig, ns, suite=ns.suite, datasets=_csv(ns.datasets) if ns.datasets else DEFAULT_DATASETS[ns.suite],
-            command="python -m trainer.quality " + " ".join(args))
+            command=recorded_command(args))
     except ValueError as e:
         p.error(str(e))
     torch.set_num_threads(max(1, ns.threads))

@@ -50,7 +50,7 @@ def test_cli_main_suite_writes_records_and_a_rerun_replaces_only_its_own(tmp_pat
     for x in mine:
         assert set(x) >= FIELDS, FIELDS - set(x)
         assert x["suite"] == "main" and x["variant"] == "" and x["seed"] == 0 and x["limit_targets"] == 3000
-        assert x["command"].startswith("python -m trainer.quality --suite main")
+        assert x["command"].startswith("python -m trainer.quality --suite main") and "--out" not in x["command"]
         assert x["commit"] and x["commit"] != "unknown" and 0 <= x["auc"] <= 1 and x["wall_s"] >= 0
     overall = {(x["model"], x["task"]): x for x in mine if x["scenario"] == "*"}
     assert {k[0] for k in overall} == {"popularity", "lr"}
@@ -121,6 +121,9 @@ def test_config_is_validated() -> None:
         QualityConfig(suite="nope", datasets=("synthetic",))
     with pytest.raises(ValueError, match="datasets"):
         QualityConfig(suite="main", datasets=("log",))
+    with pytest.raises(ValueError, match="datasets"):
+        QualityConfig(suite="main", datasets=("movielens:genre",))
+    assert QualityConfig(suite="unified", datasets=("movielens-1m:genre",)).datasets == ("movielens-1m:genre",)
     with pytest.raises(ValueError, match="presets"):
         QualityConfig(suite="main", datasets=("synthetic",), presets=("huge",))
     assert set(PRESETS) >= set(QualityConfig(suite="main", datasets=("synthetic",)).presets)
