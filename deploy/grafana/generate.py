@@ -207,6 +207,14 @@ def pipeline() -> dict[str, Any]:
                      variables)
 
 
+def students(expr: str) -> str:
+    """``expr`` per Prometheus job, kept for the trainers that are distillation students (they join teacher records,
+    or count them missing); else one series ``job="no student"`` at 0, so the panel says why it is flat."""
+    t = "streamrec_trainer_"
+    role = f"sum by (job) ({t}teacher_records_joined_total + {t}teacher_records_missing_total) > 0"
+    return f'max by (job) ({expr}) and on (job) ({role}) or on () label_replace(vector(0), "job", "no student", "", "")'
+
+
 def training() -> dict[str, Any]:
     t = "streamrec_trainer_"
     # Quality series: scope="overall" (every target once; no scenario label) or scope="scenario" (one per scenario
@@ -252,6 +260,43 @@ def training() -> dict[str, Any]:
                             "wall-clock measure)"),
             Panel("Consumer lag on samples (records)", [Q(f"{t}consumer_lag_records", "lag")]),
         ]),
+        Row("Distillation (teacher → students, one Prometheus job per model)", [
+            Panel("Teacher–student disagreement: mean |p_teacher − p_student|", [
+                Q(students(f"{t}teacher_agreement"), "{{job}}")], w=8, decimals=3,
+                description="Per student trainer (python -m trainer --distill-from): mean absolute difference of "
+                            "the teacher's and the student's probabilities over the last batch's joined targets, "
+                            "the student scored before its step (lower = closer). \"no student\" = 0: no trainer "
+                            "joins teacher records"),
+            Panel("Teacher staleness (s)", [
+                Q(students(f"{t}teacher_staleness_seconds"), "{{job}}")], unit="s", w=8,
+                description="Per student: its wall clock minus the snapshot time of the newest teacher version in "
+                            "its last batch with teacher records (0 before the teacher's first snapshot)"),
+            Panel("Teacher versions behind", [
+                Q(students(f"{t}teacher_versions_behind"), "{{job}}")], w=8, decimals=0,
+                description="Per student: newest teacher snapshot version seen minus the oldest version in its "
+                            "last batch's teacher records"),
+            Panel("Teacher records by model (/s)", [
+                Q(f"sum by (job) (rate({t}teacher_records_published_total[$__rate_interval]))", "{{job}} published"),
+                Q(f"sum by (job) (rate({t}teacher_records_joined_total[$__rate_interval]))", "{{job}} joined"),
+                Q(f"sum by (job) (rate({t}teacher_records_missing_total[$__rate_interval]))", "{{job}} missing"),
+                Q(f"sum by (job) (rate({t}teacher_records_invalid_total[$__rate_interval]))", "{{job}} invalid")],
+                unit="ops",
+                description="The teacher publishes one record per trained sample; a student trains each sample "
+                            "with its record (joined) or on labels only (missing: late, evicted or absent); "
+                            "invalid = undecodable records dropped"),
+            Panel("Share of student samples trained with their teacher record", [
+                Q(students(f"sum by (job) (rate({t}teacher_records_joined_total[$__rate_interval])) / "
+                           f"sum by (job) (rate({t}teacher_records_joined_total[$__rate_interval]) + "
+                           f"rate({t}teacher_records_missing_total[$__rate_interval]))"), "{{job}}")],
+                unit="percentunit", decimals=3),
+            Panel("Progressive AUC by model (overall)", [
+                Q(f"max by (job, task) ({t}auc{{{overall}}})", "{{job}} · {{task}}")], decimals=3,
+                description="Each trainer's progressive AUC (scored before training), one series per Prometheus "
+                            "job: the teacher is job trainer, students their own jobs"),
+            Panel("Progressive GAUC by model (overall)", [
+                Q(f"max by (job, task) ({t}gauc{{{overall}}})", "{{job}} · {{task}}")], decimals=3,
+                description="Each trainer's progressive GAUC (per-user AUC, impression-weighted), one series per job"),
+        ]),
     ]
     variables = [
         _variable("scenario", f"label_values({t}auc, scenario)", "Scenario"),
@@ -260,7 +305,7 @@ def training() -> dict[str, Any]:
          "current": {"selected": True, "text": "window", "value": "window"}},
     ]
     return dashboard("streamrec-training", "streamrec / training",
-                     "Continual trainer: throughput, loss, progressive AUC/GAUC, snapshots (trainer/metrics.py)",
+                     "Continual trainer: throughput, loss, progressive AUC/GAUC, snapshots, distillation (trainer/metrics.py)",
                      rows, variables)
 
 

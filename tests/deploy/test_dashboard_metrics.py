@@ -84,3 +84,38 @@ def test_training_quality_queries_keep_overall_apart_from_scenarios() -> None:
         assert ('scope="overall"' in e) != ('scope="scenario"' in e), e
         assert ("scenario=~" in e) == ('scope="scenario"' in e), e
     assert "scope" in alert("StreamrecAUCDrop")["annotations"]["summary"]
+
+
+def row_panels(name: str, title_prefix: str) -> list[dict[str, Any]]:
+    """The panels of the dashboard row whose title starts with ``title_prefix`` (expanded or collapsed)."""
+    top = json.loads((DASHBOARDS / f"{name}.json").read_text())["panels"]
+    rows = [i for i, p in enumerate(top) if p["type"] == "row" and p["title"].startswith(title_prefix)]
+    assert len(rows) == 1, [p["title"] for p in top if p["type"] == "row"]
+    row = top[rows[0]]
+    if row.get("collapsed"):
+        return list(row["panels"])
+    nxt = next((i for i in range(rows[0] + 1, len(top)) if top[i]["type"] == "row"), len(top))
+    return top[rows[0] + 1:nxt]
+
+
+def test_training_distillation_row_shows_agreement_staleness_joins_and_each_models_quality() -> None:
+    """Issue 17's observability: every distillation metric on the training dashboard, from the trainer's exports,
+    per Prometheus job (the teacher trainer and each student trainer are separate jobs)."""
+    distill = row_panels("training", "Distillation")
+    targets = [t for p in distill for t in p["targets"]]
+    used = {n for t in targets for n in NAME.findall(t["expr"])}
+    t = "streamrec_trainer_"
+    wanted = {t + n for n in ("teacher_agreement", "teacher_staleness_seconds", "teacher_versions_behind",
+                              "teacher_records_published_total", "teacher_records_joined_total",
+                              "teacher_records_missing_total", "teacher_records_invalid_total", "auc", "gauc")}
+    assert wanted <= used, sorted(wanted - used)
+    assert used <= exported(), sorted(used - exported())
+    for tgt in targets:  # one series per model: grouped by job and named by it
+        assert "by (job" in tgt["expr"], tgt["expr"]
+        assert "{{job}}" in tgt["legendFormat"], tgt
+    quality = [tgt["expr"] for tgt in targets if re.search(r"streamrec_trainer_g?auc\{", tgt["expr"])]
+    assert len(quality) == 2 and all('scope="overall"' in e and "scenario=~" not in e for e in quality), quality
+    # The student-only gauges are kept for trainers that join teacher records (a teacher exports them at 0).
+    for name in ("teacher_agreement", "teacher_staleness_seconds", "teacher_versions_behind"):
+        expr = next(tgt["expr"] for tgt in targets if t + name in tgt["expr"])
+        assert f"and on (job) (sum by (job) ({t}teacher_records_joined_total" in expr, expr
