@@ -9,23 +9,27 @@ Two sources feed one loader thread (so loads never overlap):
 
 Verification before a swap: the snapshot loads (:func:`load_snapshot`; a corrupt or incompatible file raises
 :class:`SnapshotError`), it is strictly newer than the served one, it was trained from the expected model preset
-(when the server names one: ``python -m serving --preset``), it was trained on samples of the streaming worker's
-sample spec (when serving knows that spec, from ``<samples topic>.spec``: a snapshot whose recorded
-``SnapshotMeta.sample_spec`` differs, or whose feature spec does not fit the worker's samples, is rejected as
-``wrong_sample_spec``; a snapshot that recorded none is checked on its feature spec only), it scores the same task
-set as the served model
-(clients rely on the response's keys), and a smoke request (a cold-start user, two candidates) gives finite scores
-for every task. Then ``ModelHolder.current`` is replaced — a single attribute write. Requests read ``current``
-once at their start and keep that object to the end, so in-flight requests finish on the old model, which is freed
-when the last of them drops it. A rejected snapshot is logged with its reason, counted in
-``streamrec_serving_swap_failures_total{reason}``, remembered (never retried), and the old model keeps serving.
+(when the model names one: ``python -m serving --preset`` or ``--serve NAME=DIR,preset=P``), it was trained on
+samples of the streaming worker's sample spec (when serving knows that spec, from ``<samples topic>.spec``: a
+snapshot whose recorded ``SnapshotMeta.sample_spec`` differs, or whose feature spec does not fit the worker's
+samples, is rejected as ``wrong_sample_spec``; a snapshot that recorded none is checked on its feature spec only),
+it scores the same task set as the served model (clients rely on the response's keys), and a smoke request (a
+cold-start user, two candidates) gives finite scores for every task. Then ``ModelHolder.current`` is replaced — a
+single attribute write. Requests read ``current`` once at their start and keep that object to the end, so in-flight
+requests finish on the old model, which is freed when the last of them drops it. A rejected snapshot is logged
+with its reason, counted in ``streamrec_serving_swap_failures_total{model,reason}``, remembered (never retried),
+and the old model keeps serving.
+
+A process serving several named models has one :class:`ModelHolder` per model (its own loader thread, directory
+poller, announcement follower and sample-spec follower): each hot-swaps on its own, and a snapshot rejected for one
+never touches another.
 
 Example:
     >>> from prometheus_client import CollectorRegistry
     >>> from serving.metrics import ServingMetrics
-    >>> holder = ModelHolder(ServingMetrics(CollectorRegistry()))
-    >>> holder.current is None
-    True
+    >>> holder = ModelHolder(ServingMetrics(CollectorRegistry()), name="student")
+    >>> holder.name, holder.current is None
+    ('student', True)
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from model.contract import problems
 from model.snapshot import LoadedSnapshot, SnapshotError, latest_snapshot, load_snapshot
 from serving.follow import TopicFollower
 from serving.metrics import ModelTimes, ServingMetrics
-from serving.scoring import ServedModel, build_batch_sample, score_sample
+from serving.scoring import ServedModel, UserCacheLRU, build_batch_sample, score_sample
 from streaming.spec import SampleSpec
 from streaming.user_state import Candidate
 
@@ -98,7 +102,8 @@ def verify(loaded: LoadedSnapshot, path: str, current: ServedModel | None, prese
         raise Rejected("stale", f"version {meta.version} is not newer than the served {current.meta.version}")
     if preset is not None and loaded.config.preset != preset:
         raise Rejected("wrong_preset", f"trained from model preset {loaded.config.preset or '(none recorded)'!r}, "
-                                       f"this server serves preset {preset!r} (python -m serving --preset)")
+                                       f"this model serves preset {preset!r} (python -m serving --preset, or "
+                                       "--serve NAME=DIR,preset=P)")
     if sample_spec is not None:
         check_sample_spec(loaded, sample_spec)
     model = loaded.model.eval()
@@ -122,17 +127,20 @@ def verify(loaded: LoadedSnapshot, path: str, current: ServedModel | None, prese
 
 
 class ModelHolder:
-    """The served model reference and the background machinery that replaces it.
+    """One named model's served reference and the background machinery that replaces it.
 
     ``current`` is the :class:`ServedModel` to use (None until the first snapshot verifies). Call :meth:`offer` with a
     snapshot path (and the announced version, if any) to have it loaded, verified and swapped in by the loader thread.
+    ``user_cache`` holds this model's per-user encodings (one cache per model: two models never evict each other's).
     """
 
     def __init__(self, metrics: ServingMetrics,
                  load: Callable[[Path], LoadedSnapshot] = load_snapshot, preset: str | None = None,
-                 sample_spec: SampleSpec | None = None) -> None:
+                 sample_spec: SampleSpec | None = None, name: str = "default") -> None:
+        self.name = name
         self.metrics = metrics
         self.current: ServedModel | None = None
+        self.user_cache = UserCacheLRU()
         self._load = load
         self.preset = preset  # serve only snapshots of this model preset (None: any)
         # the streaming worker's sample spec (None: unknown); updated by on_sample_spec
@@ -144,7 +152,7 @@ class ModelHolder:
         self._follower: TopicFollower | None = None
         self._spec_follower: TopicFollower | None = None
         self._snapshot_dir: Path | None = None
-        metrics.track_model(self._times)
+        self.model_metrics = metrics.model(name, self._times)
 
     def _times(self) -> ModelTimes | None:
         cur = self.current
@@ -170,11 +178,11 @@ class ModelHolder:
             if not isinstance(path, str) or not path:
                 raise ValueError("path must be a non-empty string")
         except Exception as e:  # a bad announcement is counted and ignored
-            self.metrics.announcements.labels(outcome="invalid").inc()
-            log.warning("ignoring an invalid snapshot announcement at offset %s: %s: %s",
+            self.model_metrics.announcement("invalid")
+            log.warning("model %s: ignoring an invalid snapshot announcement at offset %s: %s: %s", self.name,
                         getattr(rec, "offset", "?"), type(e).__name__, e)
             return
-        self.metrics.announcements.labels(outcome="valid").inc()
+        self.model_metrics.announcement("valid")
         self.offer(path, ann.get("version"))
 
     def on_sample_spec(self, rec: Any) -> None:
@@ -195,7 +203,7 @@ class ModelHolder:
         try:
             latest = latest_snapshot(snapshot_dir)
         except (OSError, SnapshotError) as e:
-            log.debug("no snapshot in %s yet: %s", snapshot_dir, e)
+            log.debug("model %s: no snapshot in %s yet: %s", self.name, snapshot_dir, e)
             return
         if latest is not None:
             self.offer(latest)
@@ -226,27 +234,28 @@ class ModelHolder:
         except Rejected as e:
             self._remember(path, e.reason)
             if e.reason == "stale":
-                log.info("snapshot %s skipped: %s", path, e.detail)
+                log.info("model %s: snapshot %s skipped: %s", self.name, path, e.detail)
                 return False
-            self.metrics.swap_failures.labels(reason=e.reason).inc()
-            log.error("snapshot %s rejected (%s): %s; still serving version %s", path, e.reason, e.detail,
-                      None if self.current is None else self.current.meta.version)
+            self.model_metrics.swap_failure(e.reason)
+            log.error("model %s: snapshot %s rejected (%s): %s; still serving version %s", self.name, path, e.reason,
+                      e.detail, None if self.current is None else self.current.meta.version)
             return False
         self.swap(served)
         self._remember(path, "served")
-        self.metrics.snapshot_load_latency.observe(time.perf_counter() - t0)
+        self.model_metrics.load_latency.observe(time.perf_counter() - t0)
         return True
 
     def swap(self, served: ServedModel) -> None:
         """Make ``served`` the model for new requests (one reference write) and publish its metrics."""
         old = self.current
         self.current = served
-        self.metrics.swaps.inc()
-        self.metrics.model_loaded.set(1)
+        m = self.model_metrics
+        m.swaps.inc()
+        m.loaded.set(1)
         v = _version_key(served.meta.version)
-        self.metrics.model_version.set(v[1] if v[0] == 0 else 0)
-        log.info("serving snapshot version %s from %s (max_event_ts=%s, previous %s)", served.meta.version,
-                 served.path, served.meta.max_event_ts, None if old is None else old.meta.version)
+        m.version.set(v[1] if v[0] == 0 else 0)
+        log.info("model %s: serving snapshot version %s from %s (max_event_ts=%s, previous %s)", self.name,
+                 served.meta.version, served.path, served.meta.max_event_ts, None if old is None else old.meta.version)
 
     def _remember(self, path: str, outcome: str) -> None:
         if len(self._tried) > 10_000:
@@ -261,7 +270,7 @@ class ModelHolder:
             try:
                 self.load_one(*item)
             except Exception:  # never let the loader thread die
-                log.exception("snapshot loader failed on %s", item[0])
+                log.exception("model %s: snapshot loader failed on %s", self.name, item[0])
 
     def _poller(self, snapshot_dir: Path, every_s: float) -> None:
         while not self._stop.is_set():
@@ -269,15 +278,15 @@ class ModelHolder:
             self._stop.wait(every_s)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    def start(self, snapshot_dir: Path, poll_s: float, bootstrap: str | None, topic: str,
+    def start(self, snapshot_dir: Path, poll_s: float, bootstrap: str | None, topic: str | None,
               sample_spec_topic: str | None = None) -> None:
-        """Start the loader, the directory poller (``poll_s > 0``; else one initial scan), the topic follower and
-        (``sample_spec_topic``) the follower of the worker's sample spec."""
+        """Start the loader, the directory poller (``poll_s > 0``; else one initial scan), the follower of the
+        announcement ``topic`` (unless None) and (``sample_spec_topic``) the follower of the worker's sample spec."""
         self._snapshot_dir = Path(snapshot_dir)
-        self._threads.append(threading.Thread(target=self._loader, name="snapshot-loader", daemon=True))
+        self._threads.append(threading.Thread(target=self._loader, name=f"snapshot-loader-{self.name}", daemon=True))
         if poll_s > 0:
             self._threads.append(threading.Thread(target=self._poller, args=(snapshot_dir, poll_s),
-                                                  name="snapshot-poller", daemon=True))
+                                                  name=f"snapshot-poller-{self.name}", daemon=True))
         else:
             self.poll_dir(snapshot_dir)
         for t in self._threads:
@@ -285,10 +294,10 @@ class ModelHolder:
         if bootstrap is not None and sample_spec_topic:
             self._spec_follower = TopicFollower(bootstrap, sample_spec_topic, self.on_sample_spec, start="beginning")
             self._spec_follower.start()
-        if bootstrap is not None:
+        if bootstrap is not None and topic:
             self._follower = TopicFollower(
                 bootstrap, topic, self.on_announcement, start="last",
-                on_error=lambda r: self.metrics.announcements.labels(outcome=f"error_{r}").inc())
+                on_error=lambda r: self.model_metrics.announcement(f"error_{r}"))
             self._follower.start()
 
     def stop(self) -> None:

@@ -1,12 +1,19 @@
 """Prometheus metrics of the serving worker (``streamrec_serving_*``), all created on a caller's registry.
 
+The series of a served model carry its name in the label ``model`` (version, loaded, model age, data freshness,
+since last update, swaps, swap failures, snapshot loads, announcements); request, scoring and user-state series are
+the process's. With one model configured that label is ``model="default"``.
+
 Example:
     >>> from prometheus_client import CollectorRegistry
     >>> reg = CollectorRegistry()
     >>> m = ServingMetrics(reg)
-    >>> m.swap_failures.labels(reason="load_error").inc()
-    >>> reg.get_sample_value("streamrec_serving_swap_failures_total", {"reason": "load_error"})
+    >>> student = m.model("student", lambda: None)
+    >>> student.swap_failure("load_error")
+    >>> reg.get_sample_value("streamrec_serving_swap_failures_total", {"model": "student", "reason": "load_error"})
     1.0
+    >>> reg.get_sample_value("streamrec_serving_model_loaded", {"model": "student"})
+    0.0
 """
 
 from __future__ import annotations
@@ -59,8 +66,7 @@ class ModelTimes(NamedTuple):
 class ServingMetrics:
     """Every metric the serving worker exports; ``registry`` is where they live (tests pass a private one).
 
-    Model-time gauges are computed at scrape time from ``model_times()`` (set with :meth:`track_model`), so they
-    never go stale between requests.
+    Per-model series are reached through :meth:`model` (one :class:`ModelMetrics` per served model).
     """
 
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -84,26 +90,30 @@ class ServingMetrics:
             "streamrec_serving_bad_requests_total", "Requests rejected with a 4xx, by reason", ["reason"],
             registry=registry)
         self.model_version = Gauge(
-            "streamrec_serving_model_version", "Version of the snapshot being served (0 = none)", registry=registry)
+            "streamrec_serving_model_version", "Version of the model's snapshot being served (0 = none)", ["model"],
+            registry=registry)
         self.model_loaded = Gauge(
-            "streamrec_serving_model_loaded", "1 when a model is loaded and /readyz answers 200", registry=registry)
+            "streamrec_serving_model_loaded",
+            "1 once the model has a snapshot loaded (/readyz answers 200 when every routed model has)", ["model"],
+            registry=registry)
         self.since_update = Gauge(
             "streamrec_serving_since_last_update_seconds", "Seconds since the served model was last swapped in",
-            registry=registry)
+            ["model"], registry=registry)
         self.model_age = Gauge(
             "streamrec_serving_model_age_seconds",
-            "Now minus the served snapshot's created_at (wall clock since the trainer wrote it)", registry=registry)
+            "Now minus the served snapshot's created_at (wall clock since the trainer wrote it)", ["model"],
+            registry=registry)
         self.data_freshness = Gauge(
             "streamrec_serving_data_freshness_seconds",
             "Wall seconds from the newest samples record the served model was trained on being produced to the "
-            "model starting to serve (NaN when the snapshot does not record it)", registry=registry)
+            "model starting to serve (NaN when the snapshot does not record it)", ["model"], registry=registry)
         self.swaps = Counter(
-            "streamrec_serving_swaps_total", "Snapshots verified and swapped in", registry=registry)
+            "streamrec_serving_swaps_total", "Snapshots verified and swapped in", ["model"], registry=registry)
         self.swap_failures = Counter(
             "streamrec_serving_swap_failures_total", "Snapshots rejected (old model kept serving), by reason",
-            ["reason"], registry=registry)
+            ["model", "reason"], registry=registry)
         self.snapshot_load_latency = Histogram(
-            "streamrec_serving_snapshot_load_duration_seconds", "Time to load and verify a snapshot",
+            "streamrec_serving_snapshot_load_duration_seconds", "Time to load and verify a snapshot", ["model"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=registry)
         self.user_states = Gauge(
             "streamrec_serving_user_states", "Users in the local user-state replica", registry=registry)
@@ -114,17 +124,44 @@ class ServingMetrics:
             "streamrec_serving_user_state_errors_total", "user_state records or consumer errors, by reason",
             ["reason"], registry=registry)
         self.announcements = Counter(
-            "streamrec_serving_snapshot_announcements_total", "Messages read from the snapshots topic, by outcome",
-            ["outcome"], registry=registry)
-        self._model_times: Callable[[], ModelTimes | None] = lambda: None
-        self.since_update.set_function(lambda: self._read(lambda t: t.since_update(time.time())))
-        self.model_age.set_function(lambda: self._read(lambda t: t.model_age(time.time())))
-        self.data_freshness.set_function(lambda: self._read(ModelTimes.data_freshness))
+            "streamrec_serving_snapshot_announcements_total", "Messages read from the model's snapshots topic, by outcome",
+            ["model", "outcome"], registry=registry)
 
-    def track_model(self, model_times: Callable[[], ModelTimes | None]) -> None:
-        """Read the served model's :class:`ModelTimes` from ``model_times`` at scrape time (None: no model)."""
-        self._model_times = model_times
+    def model(self, name: str, times: Callable[[], ModelTimes | None]) -> ModelMetrics:
+        """The series of model ``name`` (created now: version 0, not loaded, no swaps); its time gauges read
+        ``times()`` at scrape time (None: no snapshot loaded yet, NaN)."""
+        return ModelMetrics(self, name, times)
+
+
+class ModelMetrics:
+    """The ``model=NAME`` series of one served model (from :meth:`ServingMetrics.model`).
+
+    Model-time gauges (age, data freshness, since last update) are computed at scrape time from ``times()``, so they
+    never go stale between requests.
+    """
+
+    def __init__(self, metrics: ServingMetrics, name: str, times: Callable[[], ModelTimes | None]) -> None:
+        self.name = name
+        self._metrics = metrics
+        self._times = times
+        self.version = metrics.model_version.labels(model=name)
+        self.loaded = metrics.model_loaded.labels(model=name)
+        self.swaps = metrics.swaps.labels(model=name)
+        self.load_latency = metrics.snapshot_load_latency.labels(model=name)
+        self.version.set(0)
+        self.loaded.set(0)
+        metrics.since_update.labels(model=name).set_function(lambda: self._read(lambda t: t.since_update(time.time())))
+        metrics.model_age.labels(model=name).set_function(lambda: self._read(lambda t: t.model_age(time.time())))
+        metrics.data_freshness.labels(model=name).set_function(lambda: self._read(ModelTimes.data_freshness))
+
+    def swap_failure(self, reason: str) -> None:
+        """Count one rejected snapshot of this model."""
+        self._metrics.swap_failures.labels(model=self.name, reason=reason).inc()
+
+    def announcement(self, outcome: str) -> None:
+        """Count one record of this model's snapshots topic (``valid``, ``invalid``, ``error_<reason>``)."""
+        self._metrics.announcements.labels(model=self.name, outcome=outcome).inc()
 
     def _read(self, fn: Callable[[ModelTimes], float]) -> float:
-        times = self._model_times()
+        times = self._times()
         return math.nan if times is None else fn(times)

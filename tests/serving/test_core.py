@@ -39,7 +39,7 @@ def holder() -> tuple[ModelHolder, CollectorRegistry]:
 
 
 def failures(reg: CollectorRegistry, reason: str) -> float:
-    return reg.get_sample_value("streamrec_serving_swap_failures_total", {"reason": reason}) or 0.0
+    return reg.get_sample_value("streamrec_serving_swap_failures_total", {"model": "default", "reason": reason}) or 0.0
 
 
 def test_verified_swap_and_every_rejection_reason(tmp_path: Path, holder: tuple[ModelHolder, CollectorRegistry]) -> None:
@@ -49,9 +49,9 @@ def test_verified_swap_and_every_rejection_reason(tmp_path: Path, holder: tuple[
     p1 = save_snapshot(tmp_path, model, meta(1))
     assert h.load_one(str(p1)) and h.current is not None and h.current.meta.version == 1
     first = h.current
-    assert reg.get_sample_value("streamrec_serving_model_version") == 1.0
-    assert reg.get_sample_value("streamrec_serving_swaps_total") == 1.0
-    assert 0 <= (reg.get_sample_value("streamrec_serving_model_age_seconds") or -1) < 60
+    assert reg.get_sample_value("streamrec_serving_model_version", {"model": "default"}) == 1.0
+    assert reg.get_sample_value("streamrec_serving_swaps_total", {"model": "default"}) == 1.0
+    assert 0 <= (reg.get_sample_value("streamrec_serving_model_age_seconds", {"model": "default"}) or -1) < 60
 
     # Stale: an older version is never swapped in (and is not a failure).
     p0 = save_snapshot(tmp_path / "old", model, meta(0))
@@ -86,7 +86,7 @@ def test_verified_swap_and_every_rejection_reason(tmp_path: Path, holder: tuple[
 
     # Every rejected path is remembered: offering it again does nothing.
     assert not h.load_one(str(p2)) and failures(reg, "load_error") == 3.0
-    assert h.current is first and reg.get_sample_value("streamrec_serving_model_version") == 1.0
+    assert h.current is first and reg.get_sample_value("streamrec_serving_model_version", {"model": "default"}) == 1.0
 
     # A good newer one is swapped in; the old object is untouched (in-flight requests keep using it).
     p6 = save_snapshot(tmp_path, model, meta(6))

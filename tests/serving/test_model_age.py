@@ -53,8 +53,8 @@ def test_a_model_of_1998_events_reports_seconds_of_age_and_freshness(tmp_path: P
     assert 0.0 <= info["seconds_since_update"] < 60.0
     json.dumps(info, allow_nan=False)
 
-    age = reg.get_sample_value("streamrec_serving_model_age_seconds")
-    fresh = reg.get_sample_value("streamrec_serving_data_freshness_seconds")
+    age = reg.get_sample_value("streamrec_serving_model_age_seconds", {"model": "default"})
+    fresh = reg.get_sample_value("streamrec_serving_data_freshness_seconds", {"model": "default"})
     assert age is not None and 3.0 <= age < 60.0
     assert fresh == pytest.approx(loaded_at - (t0 - 5.0))
     assert reg.get_sample_value("streamrec_serving_model_freshness_seconds") is None  # the event-time gauge is gone
@@ -68,7 +68,7 @@ def test_model_age_grows_while_data_freshness_is_fixed_once_serving(tmp_path: Pa
     times = holder.current.times()
     assert times.model_age(now=t0 + 1000.0) == pytest.approx(1100.0)
     assert times.data_freshness() == pytest.approx(holder.current.loaded_at - (t0 - 102.0))
-    age = reg.get_sample_value("streamrec_serving_model_age_seconds")
+    age = reg.get_sample_value("streamrec_serving_model_age_seconds", {"model": "default"})
     assert age is not None and 100.0 <= age < 160.0
 
 
@@ -79,12 +79,12 @@ def test_a_snapshot_without_a_produce_time_has_unknown_freshness(tmp_path: Path,
     info = _model_info(holder.current)
     assert info["max_produce_ts"] is None and info["data_freshness_seconds"] is None
     ModelInfo.model_validate(info)
-    assert math.isnan(reg.get_sample_value("streamrec_serving_data_freshness_seconds") or 0.0)
-    assert 0.0 <= (reg.get_sample_value("streamrec_serving_model_age_seconds") or -1.0) < 60.0
+    assert math.isnan(reg.get_sample_value("streamrec_serving_data_freshness_seconds", {"model": "default"}) or 0.0)
+    assert 0.0 <= (reg.get_sample_value("streamrec_serving_model_age_seconds", {"model": "default"}) or -1.0) < 60.0
 
 
 def test_no_model_reports_nan_times() -> None:
     reg = CollectorRegistry()
     ModelHolder(ServingMetrics(reg))
     for name in ("model_age", "data_freshness", "since_last_update"):
-        assert math.isnan(reg.get_sample_value(f"streamrec_serving_{name}_seconds") or 0.0)
+        assert math.isnan(reg.get_sample_value(f"streamrec_serving_{name}_seconds", {"model": "default"}) or 0.0)

@@ -39,7 +39,7 @@ def test_a_snapshot_of_another_preset_is_rejected_and_the_expected_one_serves(tm
     for version, model in ((1, hand_built), (2, other)):
         assert not holder.load_one(str(save_snapshot(tmp_path, model, _meta(version))))
         assert holder.current is None
-    assert reg.get_sample_value("streamrec_serving_swap_failures_total", {"reason": "wrong_preset"}) == 2.0
+    assert reg.get_sample_value("streamrec_serving_swap_failures_total", {"model": "default", "reason": "wrong_preset"}) == 2.0
     assert holder.load_one(str(save_snapshot(tmp_path, laptop, _meta(3))))
     assert holder.current is not None and holder.current.meta.version == 3
 

@@ -56,7 +56,7 @@ def test_a_snapshot_of_other_samples_is_rejected_and_the_served_one_stays(tmp_pa
     for p in bad:
         assert not holder.load_one(str(p))
         assert holder.current is not None and holder.current.meta.version == 1
-    assert reg.get_sample_value("streamrec_serving_swap_failures_total", {"reason": "wrong_sample_spec"}) == 2.0
+    assert reg.get_sample_value("streamrec_serving_swap_failures_total", {"model": "default", "reason": "wrong_sample_spec"}) == 2.0
     assert holder.load_one(str(save_snapshot(tmp_path, _model(None), _meta(4))))  # old snapshot that fits
 
     unknown = ModelHolder(ServingMetrics(CollectorRegistry()))  # the worker's spec unknown: nothing to check
