@@ -3,6 +3,12 @@ and benchmarks/bench_pipeline.py run it. :class:`PipelineConfig` holds ports, to
 :class:`Pipeline` turns it into the services' command lines, starts them under a :class:`Supervisor` and reads their
 progress.
 
+Distillation mode (``PipelineConfig(distill=True)``, ``python -m deploy demo --distill``; ExFM, docs/trainer.md
+"Distillation"): the trainer is the teacher and also publishes its leak-free scores on ``teacher-scores``; a second
+trainer, the student (service and Prometheus job ``student``), trains on the same samples joined with those records
+into its own run dir, snapshot dir and ``student-snapshots`` topic; serving serves both (``--serve student=...
+--serve teacher=...``) and routes every scenario to the student.
+
 Example (needs a broker, so not a doctest)::
 
     with Supervisor(Path("runs/demo")) as sup:
@@ -23,6 +29,8 @@ from deploy.prometheus_server import prometheus_service
 from deploy.supervisor import Running, Service, Supervisor, python_module
 
 TOPICS = ("impressions", "feedback", "samples", "deadletter", "snapshots", "user_state")
+DISTILL_TOPICS = ("teacher-scores", "student-snapshots")  # created too in distillation mode
+SNAPSHOT_TOPICS = frozenset({"snapshots", "student-snapshots"})  # one partition: announcements stay in order
 
 
 # The `python -m trainer` flags of the local pipeline (`make demo`, the pipeline benchmark): a named model preset
@@ -44,6 +52,28 @@ def trainer_preset_args(preset: str) -> tuple[str, ...]:
 
 
 LAPTOP_TRAINER_ARGS: tuple[str, ...] = trainer_preset_args("laptop")
+
+# The student's `python -m trainer` flags in distillation mode, next to its preset's: a batch waits up to 30 s for
+# its samples' teacher records. Teacher and student read the same samples from the start of the topic, and on a
+# busy laptop the teacher is often the slower one: with the trainer's default 2 s most samples would train on labels
+# only. A sample whose record never comes (the teacher died) still trains, 30 s later.
+STUDENT_DISTILL_ARGS: tuple[str, ...] = ("--distill-wait-s", "30")
+
+
+def preset_of(args: tuple[str, ...]) -> str:
+    """The value of ``--preset`` in trainer flags ``args``, "" when absent (serving then accepts any preset).
+
+    Example:
+        >>> preset_of(trainer_preset_args("base")), preset_of(("--threads", "1"))
+        ('base', '')
+    """
+    found = ""
+    for i, a in enumerate(args):  # the last one wins, as in argparse
+        if a == "--preset" and i + 1 < len(args):
+            found = args[i + 1]
+        elif a.startswith("--preset="):
+            found = a.removeprefix("--preset=")
+    return found
 
 
 def pick_port(preferred: int, host: str = "127.0.0.1") -> int:
@@ -74,6 +104,12 @@ class PipelineConfig:
     trainer_args: tuple[str, ...] = ()  # extra `python -m trainer` flags (e.g. trainer_preset_args("laptop"))
     worker_args: tuple[str, ...] = ()
     serving_args: tuple[str, ...] = ()  # extra `python -m serving` flags (e.g. --preset laptop)
+    # Distillation mode: `trainer` is the teacher (--teacher-scores-topic teacher-scores) and a `student` trainer
+    # runs with --distill-from teacher-scores, STUDENT_DISTILL_ARGS and student_args (its preset: e.g.
+    # trainer_preset_args("laptop")); serving serves both, each expecting the --preset of its trainer's flags.
+    distill: bool = False
+    student_port: int = 9103
+    student_args: tuple[str, ...] = ()
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -100,6 +136,11 @@ class Pipeline:
         self.prometheus_url: str | None = None
         self.snapshot_dir = config.run_dir / "snapshots"
         self.checkpoint_dir = config.run_dir / "checkpoints"
+        # Distillation mode: the student's port and directories (its run dir holds its metrics.jsonl).
+        self.student_port = pick_port(config.student_port) if config.distill else 0
+        self.student_dir = config.run_dir / "student"
+        self.student_snapshot_dir = self.student_dir / "snapshots"
+        self.student_checkpoint_dir = self.student_dir / "checkpoints"
 
     # -- addresses
     @property
@@ -109,6 +150,16 @@ class Pipeline:
     @property
     def trainer_metrics(self) -> str:
         return f"http://127.0.0.1:{self.trainer_port}/metrics"
+
+    @property
+    def student_metrics(self) -> str | None:
+        """The student trainer's /metrics URL in distillation mode, else None."""
+        return f"http://127.0.0.1:{self.student_port}/metrics" if self.config.distill else None
+
+    @property
+    def trainer_names(self) -> tuple[str, ...]:
+        """The trainer services: ("trainer",), and "student" in distillation mode."""
+        return ("trainer", "student") if self.config.distill else ("trainer",)
 
     @property
     def serving_url(self) -> str:
@@ -122,9 +173,9 @@ class Pipeline:
 
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, client_id="streamrec-cluster")
         try:
-            for name in TOPICS:
+            for name in TOPICS + (DISTILL_TOPICS if self.config.distill else ()):
                 cfg = {"cleanup.policy": "compact"} if name == "user_state" else {}
-                parts = 1 if name == "snapshots" else self.config.partitions
+                parts = 1 if name in SNAPSHOT_TOPICS else self.config.partitions
                 topic = NewTopic(self.config.topic(name), parts, 1, topic_configs=cfg)
                 with contextlib.suppress(TopicAlreadyExistsError):
                     admin.create_topics([topic])
@@ -144,36 +195,70 @@ class Pipeline:
             *c.worker_args), ready_url=self.worker_metrics)
 
     def trainer_service(self) -> Service:
+        """The trainer; in distillation mode the teacher, publishing its scores on ``teacher-scores``."""
         c = self.config
+        teacher = ("--teacher-scores-topic", c.topic("teacher-scores")) if c.distill else ()
         return Service("trainer", python_module(
             "trainer", "--bootstrap", self.bootstrap, "--topic", c.topic("samples"),
             "--deadletter-topic", c.topic("deadletter"), "--snapshots-topic", c.topic("snapshots"),
             "--run-dir", str(c.run_dir / "trainer"), "--snapshot-dir", str(self.snapshot_dir),
             "--checkpoint-dir", str(self.checkpoint_dir), "--snapshot-every-s", str(c.snapshot_every_s),
-            "--snapshot-idle-s", str(c.snapshot_idle_s), "--metrics-port", str(self.trainer_port), *c.trainer_args),
+            "--snapshot-idle-s", str(c.snapshot_idle_s), "--metrics-port", str(self.trainer_port), *teacher,
+            *c.trainer_args),
             ready_url=self.trainer_metrics)
+
+    def student_service(self) -> Service:
+        """The distillation student: the same samples joined with the teacher's records, its own directories and
+        snapshots topic. It only counts undecodable samples (the teacher already dead-letters them)."""
+        c = self.config
+        return Service("student", python_module(
+            "trainer", "--bootstrap", self.bootstrap, "--topic", c.topic("samples"), "--deadletter-topic", "",
+            "--snapshots-topic", c.topic("student-snapshots"), "--run-dir", str(self.student_dir),
+            "--snapshot-dir", str(self.student_snapshot_dir), "--checkpoint-dir", str(self.student_checkpoint_dir),
+            "--snapshot-every-s", str(c.snapshot_every_s), "--snapshot-idle-s", str(c.snapshot_idle_s),
+            "--metrics-port", str(self.student_port), "--distill-from", c.topic("teacher-scores"),
+            *STUDENT_DISTILL_ARGS, *c.student_args),
+            ready_url=f"http://127.0.0.1:{self.student_port}/metrics")
+
+    def served_models(self) -> tuple[str, ...]:
+        """Serving's model flags: the trainer's snapshots (directory and topic); in distillation mode
+        ``--serve student=DIR,topic=T,preset=P --serve teacher=... --route '*=student'`` (every scenario scored by
+        the student, as ExFM serves; each model expects the --preset of its trainer's flags, if any)."""
+        c = self.config
+        if not c.distill:
+            return ("--snapshots-topic", c.topic("snapshots"), "--snapshot-dir", str(self.snapshot_dir))
+
+        def serve(name: str, snapshot_dir: Path, topic: str, trainer_args: tuple[str, ...]) -> tuple[str, str]:
+            preset = preset_of(trainer_args)
+            return "--serve", f"{name}={snapshot_dir},topic={topic}" + (f",preset={preset}" if preset else "")
+
+        return (*serve("student", self.student_snapshot_dir, c.topic("student-snapshots"), c.student_args),
+                *serve("teacher", self.snapshot_dir, c.topic("snapshots"), c.trainer_args), "--route", "*=student")
 
     def serving_service(self) -> Service:
         c = self.config
         return Service("serving", python_module(
-            "serving", "--bootstrap", self.bootstrap, "--port", str(self.serving_port),
-            "--snapshots-topic", c.topic("snapshots"), "--user-state-topic", c.topic("user_state"),
-            "--snapshot-dir", str(self.snapshot_dir), "--log-level", "warning", *c.serving_args),
+            "serving", "--bootstrap", self.bootstrap, "--port", str(self.serving_port), *self.served_models(),
+            "--user-state-topic", c.topic("user_state"), "--log-level", "warning", *c.serving_args),
             ready_url=f"{self.serving_url}/healthz")
 
     def start(self) -> None:
         """Start every service and wait until each answers its readiness URL."""
         self.config.run_dir.mkdir(parents=True, exist_ok=True)
-        for svc in (self.worker_service(), self.trainer_service(), self.serving_service()):
+        services = [self.worker_service(), self.trainer_service()]
+        if self.config.distill:
+            services.append(self.student_service())
+        services.append(self.serving_service())
+        for svc in services:
             self.sup.start(svc)
-        for name in ("worker", "trainer", "serving"):
-            self.sup.wait_ready(name, self.config.ready_timeout_s)
+        for svc in services:
+            self.sup.wait_ready(svc.name, self.config.ready_timeout_s)
         if self.config.with_prometheus:
-            prom = prometheus_service(
-                self.config.run_dir, {"stream": f"127.0.0.1:{self.worker_port}",
-                                      "trainer": f"127.0.0.1:{self.trainer_port}",
-                                      "serving": f"127.0.0.1:{self.serving_port}"},
-                port=self.config.prometheus_port)
+            targets = {"stream": f"127.0.0.1:{self.worker_port}", "trainer": f"127.0.0.1:{self.trainer_port}"}
+            if self.config.distill:
+                targets["student"] = f"127.0.0.1:{self.student_port}"
+            targets["serving"] = f"127.0.0.1:{self.serving_port}"
+            prom = prometheus_service(self.config.run_dir, targets, port=self.config.prometheus_port)
             if prom is not None:
                 self.sup.start(prom)
                 self.sup.wait_ready("prometheus", 60)
@@ -207,7 +292,7 @@ class Pipeline:
     # -- observation
     def progress(self) -> Progress:
         """One reading of every service's /metrics (see :func:`deploy.progress.read_progress`)."""
-        return read_progress(self.worker_metrics, self.trainer_metrics, self.serving_url)
+        return read_progress(self.worker_metrics, self.trainer_metrics, self.serving_url, self.student_metrics)
 
     def topic_end_offsets(self, *names: str) -> int:
         """Sum of the log-end offsets of ``names`` (e.g. how many events the replay has produced)."""

@@ -78,10 +78,27 @@ class Progress:
     # (scenario, task) -> windowed AUC; scenario None = overall (every scenario name, "all" included, is a scenario)
     auc: dict[tuple[str | None, str], float] = field(default_factory=dict)
     gauc: dict[tuple[str | None, str], float] = field(default_factory=dict)
+    # The served model of the trainer's snapshots: the one model, or in distillation mode the model "teacher"
     serving_version: float = 0.0
     serving_samples_trained: float = 0.0  # of the served snapshot (GET /v1/model)
     serving_model_age_s: float = float("nan")
     serving_since_update_s: float = float("nan")
+    # Distillation mode (read_progress(..., student_metrics=URL)): the student trainer, the teacher records, and
+    # serving's model "student"
+    distill: bool = False
+    teacher_published: float = 0.0  # teacher records the trainer published
+    student_samples: float = 0.0
+    student_impressions: float = 0.0
+    student_skipped: float = 0.0
+    student_snapshot_version: float = 0.0
+    student_joined: float = 0.0  # samples the student trained with their teacher record
+    student_missing: float = 0.0  # ... on labels only (record late, evicted or absent)
+    student_agreement: float = float("nan")  # mean |p_teacher - p_student| of its last batch
+    student_auc: dict[str, float] = field(default_factory=dict)  # task -> windowed AUC, every scenario
+    student_gauc: dict[str, float] = field(default_factory=dict)
+    student_serving_version: float = 0.0
+    student_serving_samples_trained: float = 0.0
+    default_model: str = ""  # the model serving routes scenarios without a route of their own to ("" = unknown)
 
 
 @dataclass
@@ -112,21 +129,66 @@ class Completion:
         assert self.samples_stable_since is not None
         if now - self.samples_stable_since < settle_s:
             return False
-        if p.worker_samples_out > 0 and p.trainer_samples + p.trainer_skipped >= p.worker_samples_out:
+        student_trained = not p.distill or p.student_samples + p.student_skipped >= p.worker_samples_out
+        if p.worker_samples_out > 0 and p.trainer_samples + p.trainer_skipped >= p.worker_samples_out \
+                and student_trained:
             if self.trained_at is None:
                 self.trained_at = now
-            # served = the model in serving was trained on every sample the trainer has trained
-            if p.serving_samples_trained >= p.trainer_samples and p.serving_version >= p.trainer_snapshot_version > 0:
-                self.served_version = p.serving_version
+            # served = the model in serving was trained on every sample the trainer has trained (in distillation
+            # mode: the teacher's and the student's)
+            student_served = not p.distill or (
+                p.student_serving_samples_trained >= p.student_samples
+                and p.student_serving_version >= p.student_snapshot_version > 0)
+            if p.serving_samples_trained >= p.trainer_samples and p.serving_version >= p.trainer_snapshot_version > 0 \
+                    and student_served:
+                self.served_version = p.student_serving_version if p.distill else p.serving_version
                 return True
         return False
 
 
-def read_progress(worker_metrics: str, trainer_metrics: str, serving_url: str) -> Progress:
+def _windowed_quality(t: Mapping[MetricKey, float], auc: dict[tuple[str | None, str], float],
+                      gauc: dict[tuple[str | None, str], float]) -> None:
+    """Fill ``auc``/``gauc`` ((scenario or None = overall, task) -> value) from a trainer's windowed series."""
+    for (name, lbls), val in t.items():
+        d = dict(lbls)
+        if d.get("window") == "window" and name in ("streamrec_trainer_auc", "streamrec_trainer_gauc"):
+            scen = None if d.get("scope") == "overall" else d.get("scenario", "")
+            (auc if name.endswith("_auc") and not name.endswith("gauc") else gauc)[(scen, d.get("task", ""))] = val
+
+
+def _served_models(body: bytes) -> tuple[dict[str, float], str]:
+    """``{model name: samples_trained}`` and the default model from serving's /v1/model body: its ``models`` (a
+    list of {name, samples_trained, ...} or a {name: {...}} mapping) and ``routes`` ({"*": default, ...}); a
+    single-model body gives ``{"": samples_trained}``."""
+    try:
+        info = json.loads(body)
+    except ValueError:
+        return {}, ""
+    out: dict[str, float] = {}
+    models = info.get("models") if isinstance(info, dict) else None
+    entries = list(models.items()) if isinstance(models, dict) else [
+        (m.get("name", ""), m) for m in models or () if isinstance(m, dict)]
+    for name, m in entries:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            out[str(name)] = float(m["samples_trained"])
+    if not out and isinstance(info, dict):
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            out[""] = float(info["samples_trained"])
+    routes = info.get("routes") if isinstance(info, dict) else None
+    default = str(routes.get("*", "")) if isinstance(routes, dict) else ""
+    return out, default
+
+
+def read_progress(worker_metrics: str, trainer_metrics: str, serving_url: str,
+                  student_metrics: str | None = None) -> Progress:
     """Scrape the worker's and the trainer's /metrics URLs and serving's /metrics and /v1/model into a
-    :class:`Progress` (a service that does not answer leaves its fields at their defaults; lag and ages NaN)."""
+    :class:`Progress` (a service that does not answer leaves its fields at their defaults; lag and ages NaN).
+
+    With ``student_metrics`` (distillation mode) the student trainer's too; serving's models are then "teacher"
+    (the trainer's snapshots: ``serving_*``) and "student" (``student_serving_*``)."""
     w, t = scrape(worker_metrics), scrape(trainer_metrics)
     v = scrape(f"{serving_url}/metrics")
+    model = {"model": "teacher"} if student_metrics is not None else {}
     p = Progress(
         worker_events_in=metric_sum(w, "streamrec_stream_events_total") + sum(
             v for (r,), v in metric_by(w, "streamrec_stream_deadletter_total", "reason").items()
@@ -140,17 +202,35 @@ def read_progress(worker_metrics: str, trainer_metrics: str, serving_url: str) -
         trainer_snapshot_version=metric_sum(t, "streamrec_trainer_snapshot_version"),
         trainer_last_snapshot_ts=metric_sum(t, "streamrec_trainer_last_snapshot_timestamp_seconds"),
         trainer_lag=metric_sum(t, "streamrec_trainer_consumer_lag_records") if t else float("nan"),
-        serving_version=metric_sum(v, "streamrec_serving_model_version"),
-        serving_model_age_s=metric_sum(v, "streamrec_serving_model_age_seconds") if v else float("nan"),
-        serving_since_update_s=metric_sum(v, "streamrec_serving_since_last_update_seconds") if v else float("nan"),
+        serving_version=metric_sum(v, "streamrec_serving_model_version", **model),
+        serving_model_age_s=metric_sum(v, "streamrec_serving_model_age_seconds", **model) if v else float("nan"),
+        serving_since_update_s=(metric_sum(v, "streamrec_serving_since_last_update_seconds", **model) if v
+                                else float("nan")),
     )
     status, body = http_get(f"{serving_url}/v1/model")
+    served: dict[str, float] = {}
     if status == 200:
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            p.serving_samples_trained = float(json.loads(body)["samples_trained"])
-    for (name, lbls), val in t.items():
-        d = dict(lbls)
-        if d.get("window") == "window" and name in ("streamrec_trainer_auc", "streamrec_trainer_gauc"):
-            scen = None if d.get("scope") == "overall" else d.get("scenario", "")
-            (p.auc if name.endswith("_auc") and not name.endswith("gauc") else p.gauc)[(scen, d.get("task", ""))] = val
+        served, p.default_model = _served_models(body)
+    _windowed_quality(t, p.auc, p.gauc)
+    if student_metrics is None:
+        p.serving_samples_trained = sum(served.values())  # the one model
+        return p
+    s = scrape(student_metrics)
+    p.distill = True
+    p.serving_samples_trained = served.get("teacher", 0.0)
+    p.teacher_published = metric_sum(t, "streamrec_trainer_teacher_records_published_total")
+    p.student_samples = metric_sum(s, "streamrec_trainer_samples_total")
+    p.student_impressions = metric_sum(s, "streamrec_trainer_impressions_total")
+    p.student_skipped = metric_sum(s, "streamrec_trainer_skipped_total")
+    p.student_snapshot_version = metric_sum(s, "streamrec_trainer_snapshot_version")
+    p.student_joined = metric_sum(s, "streamrec_trainer_teacher_records_joined_total")
+    p.student_missing = metric_sum(s, "streamrec_trainer_teacher_records_missing_total")
+    p.student_agreement = metric_sum(s, "streamrec_trainer_teacher_agreement") if s else float("nan")
+    auc: dict[tuple[str | None, str], float] = {}
+    gauc: dict[tuple[str | None, str], float] = {}
+    _windowed_quality(s, auc, gauc)
+    p.student_auc = {task: val for (scen, task), val in auc.items() if scen is None}
+    p.student_gauc = {task: val for (scen, task), val in gauc.items() if scen is None}
+    p.student_serving_version = metric_sum(v, "streamrec_serving_model_version", model="student")
+    p.student_serving_samples_trained = served.get("student", 0.0)
     return p

@@ -20,8 +20,9 @@ def prometheus_service(
     binary: str | None = None,
     scrape_interval: str = "2s",
 ) -> Service | None:
-    """A Prometheus that scrapes ``targets`` ({job: "host:port"}) with the project's alert rules, or None if
-    no ``prometheus`` binary is installed. Port 0 (or a taken port) picks a free one.
+    """A Prometheus that scrapes ``targets`` ({job: "host:port"}: ``stream``, ``trainer``, ``serving``, and
+    ``student`` in distillation mode) with the project's alert rules, or None if no ``prometheus`` binary is
+    installed. Port 0 (or a taken port) picks a free one.
 
     The config is written as JSON (valid YAML) to ``run_dir/prometheus.yml``; the jobs and labels match
     deploy/prometheus/prometheus.yml so the dashboards and alerts work unchanged.
@@ -31,7 +32,8 @@ def prometheus_service(
         return None
     if port == 0 or port_in_use(port):
         port = free_port()
-    services = {"stream": "streaming-worker", "trainer": "trainer", "serving": "serving"}
+    # Job -> service label; the distillation student is a trainer too (its own job, service="trainer").
+    services = {"stream": "streaming-worker", "trainer": "trainer", "student": "trainer", "serving": "serving"}
     config = {
         "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval,
                    "external_labels": {"project": "streamrec"}},
