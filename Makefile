@@ -13,8 +13,8 @@ help: ## List the targets
 setup: ## Create .venv, install pinned packages (CPU or GPU torch/fbgemm variant) and the Kafka jars
 	@bash deploy/setup.sh
 
-demo: setup ## Run the whole pipeline locally (Kafka, worker, trainer, serving) with live progress: MovieLens-100K, or DATA=log.csv MAP=mapping.toml
-	@$(PY) -m deploy demo $(if $(DATA),--data "$(DATA)") $(if $(MAP),--map "$(MAP)")
+demo: setup ## Run the whole pipeline locally (Kafka, worker, trainer, serving) with live progress: MovieLens-100K, or DATA=log.csv MAP=mapping.toml; DISTILL=1: teacher + student
+	@$(PY) -m deploy demo $(if $(DATA),--data "$(DATA)") $(if $(MAP),--map "$(MAP)") $(if $(DISTILL),--distill)
 
 test: setup ## Run the whole CPU test suite (real Kafka broker included)
 	@$(PY) -m pytest $(PYTEST_ARGS)

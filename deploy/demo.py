@@ -15,6 +15,8 @@ Examples:
     python -m deploy demo --data examples/events.csv --map examples/mapping.toml   # your own log
     python -m deploy demo --keep-running        # leave the cluster up for curl and Prometheus
     python -m deploy demo --preset base         # train python -m trainer's default model instead of `laptop`
+    python -m deploy demo --distill             # a teacher and a distilled student trainer; serving scores with
+                                                # the student (ExFM external distillation, docs/trainer.md)
 """
 
 from __future__ import annotations
@@ -70,6 +72,11 @@ class DemoConfig:
     keep_running: bool = False
     evaluate: bool = False
     preset: str = "laptop"
+    # Distillation mode: the trainer (preset ``preset``) is the teacher; a student trainer (``student_preset``,
+    # metrics on ``student_port``) learns from its scores; serving routes every scenario to the student.
+    distill: bool = False
+    student_preset: str = "laptop"
+    student_port: int = 9103
     timeout_s: float = 1800.0
     settle_s: float = 10.0
 
@@ -92,6 +99,8 @@ def _parser() -> argparse.ArgumentParser:
                         "(default %(default)s)")
     p.add_argument("--worker-port", type=int, default=d.worker_port, help="streaming worker /metrics port (default %(default)s)")
     p.add_argument("--trainer-port", type=int, default=d.trainer_port, help="trainer /metrics port (default %(default)s)")
+    p.add_argument("--student-port", type=int, default=d.student_port,
+                   help="--distill: the student trainer's /metrics port (default %(default)s)")
     p.add_argument("--serving-port", type=int, default=d.serving_port, help="serving HTTP port (default %(default)s)")
     p.add_argument("--prometheus-port", type=int, default=d.prometheus_port, help="Prometheus port (default %(default)s)")
     p.add_argument("--no-prometheus", action="store_true", help="don't start Prometheus even if it is installed")
@@ -104,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="model preset the trainer trains (model/presets.py; base = python -m trainer's "
                         "default) and serving expects; the trainer runs with "
                         f"{' '.join(PIPELINE_RUNTIME_ARGS)} (default %(default)s)")
+    p.add_argument("--distill", action="store_true",
+                   help="external distillation (ExFM): the trainer is the teacher and publishes its leak-free scores "
+                        "on the teacher-scores topic; a student trainer (--student-preset) trains on the same "
+                        "samples with them (Prometheus job student); serving serves both models and routes every "
+                        "scenario to the student")
+    p.add_argument("--student-preset", choices=sorted(PRESETS), default=d.student_preset,
+                   help="--distill: the student's model preset (default %(default)s)")
     p.add_argument("--evaluate", action="store_true",
                    help="afterwards, run the offline evaluation (python -m trainer.evaluate: ranker vs DLRM vs "
                         "popularity, progressive AUC/GAUC per scenario) on the same events into RUN_DIR/eval")
@@ -123,6 +139,7 @@ def config_from_args(argv: list[str] | None) -> DemoConfig:
                       worker_port=a.worker_port, trainer_port=a.trainer_port, serving_port=a.serving_port,
                       prometheus_port=a.prometheus_port, prometheus=not a.no_prometheus,
                       keep_running=a.keep_running, evaluate=a.evaluate, preset=a.preset,
+                      distill=a.distill, student_preset=a.student_preset, student_port=a.student_port,
                       timeout_s=a.timeout)
 
 
@@ -154,22 +171,39 @@ def render(p: Progress, replayed_live: int, markers: int | None, elapsed: float,
     top.add_row("samples written", f"{p.worker_samples_out:,.0f} user-level samples, {p.worker_targets_out:,.0f} targets")
     top.add_row("samples trained", f"{p.trainer_samples:,.0f}  ({p.trainer_impressions:,.0f} impressions; "
                                    f"lag {_fmt(p.trainer_lag)} records)")
-    top.add_row("snapshot / served", f"v{p.trainer_snapshot_version:.0f} written, v{p.serving_version:.0f} served")
+    if p.distill:
+        top.add_row("teacher (trainer)", f"v{p.trainer_snapshot_version:.0f} written, v{p.serving_version:.0f} "
+                                         f"served; {p.teacher_published:,.0f} teacher records published")
+        top.add_row("student", f"{p.student_samples:,.0f} samples trained, {p.student_joined:,.0f} with their "
+                               f"teacher record, {p.student_missing:,.0f} on labels only; agreement "
+                               f"|p_teacher − p_student| {_fmt(p.student_agreement, digits=3)}; "
+                               f"v{p.student_snapshot_version:.0f} written, v{p.student_serving_version:.0f} served")
+        top.add_row("serving", f"scores with the {p.default_model or 'student'} model (every scenario; "
+                               "the teacher is served too)")
+    else:
+        top.add_row("snapshot / served", f"v{p.trainer_snapshot_version:.0f} written, v{p.serving_version:.0f} served")
     last, p50, swaps = fresh
     top.add_row("freshness", f"{_fmt(last, ' s', 1)} from the newest event produced to serving it (last swap; "
                              f"median {_fmt(p50, ' s', 1)} over {swaps} swaps); model swapped "
                              f"{_fmt(p.serving_since_update_s, ' s', 1)} ago")
     top.add_row("stage", f"{stage}   [{elapsed:,.0f} s]")
-    auc = Table(title="progressive AUC (scored before training, sliding window)", expand=False)
+    auc = Table(title="progressive AUC (scored before training, sliding window)"
+                + ("; the teacher's, then the student's" if p.distill else ""), expand=False)
     auc.add_column("scenario")
     tasks = sorted({t for _, t in p.auc})
     for t in tasks:
         auc.add_column(f"{t} AUC", justify="right")
         auc.add_column(f"{t} GAUC", justify="right")
     for scen in sorted({s for s, _ in p.auc}, key=lambda s: (s is None, s or "")):  # None = overall, last
-        row: list[Any] = [Text("all scenarios", style="bold") if scen is None else Text(scen)]
+        overall = "all scenarios (teacher)" if p.distill else "all scenarios"
+        row: list[Any] = [Text(overall, style="bold") if scen is None else Text(scen)]
         for t in tasks:
             row += [_fmt(p.auc.get((scen, t), math.nan), digits=3), _fmt(p.gauc.get((scen, t), math.nan), digits=3)]
+        auc.add_row(*row)
+    if p.distill:  # the student's overall windowed AUC/GAUC under the teacher's (the trainer's)
+        row = [Text("all scenarios (student)", style="bold")]
+        for t in tasks:
+            row += [_fmt(p.student_auc.get(t, math.nan), digits=3), _fmt(p.student_gauc.get(t, math.nan), digits=3)]
         auc.add_row(*row)
     from rich.panel import Panel
 
@@ -224,23 +258,39 @@ def summary_text(pipe: Pipeline, p: Progress, broker: str, cfg: DemoConfig, elap
     curl = example_request(pipe, body)
     report = (cfg.run_dir / "eval" if cfg.evaluate else REPO_ROOT / "docs" / "results" / "eval") / "summary.md"
     limit = " ".join(["", *dataset_args(cfg)])
+    if p.distill:
+        trained = [
+            f"teacher trained {p.trainer_samples:,.0f} user-level samples ({p.trainer_impressions:,.0f} impressions), "
+            f"published {p.teacher_published:,.0f} teacher records; student trained {p.student_samples:,.0f} "
+            f"({p.student_joined:,.0f} with their teacher record, {p.student_missing:,.0f} on labels only)",
+            f"serving scores with the {p.default_model or 'student'} model (every scenario): student "
+            f"v{p.student_serving_version:.0f}, teacher v{p.serving_version:.0f} also served; freshness of the "
+            f"student (event produced → model serving it): median {_fmt(fresh[1], ' s', 1)} over {fresh[2]} model "
+            "swaps"]
+    else:
+        trained = [
+            f"trained {p.trainer_samples:,.0f} user-level samples ({p.trainer_impressions:,.0f} impressions); serving "
+            f"model v{p.serving_version:.0f}; freshness (event produced → model serving it): median "
+            f"{_fmt(fresh[1], ' s', 1)} over {fresh[2]} model swaps"]
     lines = [
         "",
         f"done in {elapsed:,.0f} s. {rt.summary.line() if rt.summary else ''}",
-        f"trained {p.trainer_samples:,.0f} user-level samples ({p.trainer_impressions:,.0f} impressions); serving "
-        f"model v{p.serving_version:.0f}; freshness (event produced → model serving it): median "
-        f"{_fmt(fresh[1], ' s', 1)} over {fresh[2]} model swaps",
+        *trained,
         "",
         f"  serving API        {pipe.serving_url}  (OpenAPI docs {pipe.serving_url}/docs, model {pipe.serving_url}/v1/model)",
         f"  metrics            worker {pipe.worker_metrics}",
-        f"                     trainer {pipe.trainer_metrics}",
+        f"                     trainer {pipe.trainer_metrics}" + (" (the teacher)" if p.distill else ""),
+        *([f"                     student {pipe.student_metrics}"] if pipe.student_metrics else []),
         f"                     serving {pipe.serving_url}/metrics",
         f"  Prometheus         {pipe.prometheus_url or 'not started (apt-get install prometheus to get it)'}"
         + (" (alerts: /alerts, try the dashboards' queries in /graph)" if pipe.prometheus_url else ""),
         f"  Kafka              {broker}",
-        f"  snapshots          {pipe.snapshot_dir}",
+        f"  snapshots          {pipe.snapshot_dir}" + (f" (teacher), {pipe.student_snapshot_dir} (student)"
+                                                         if p.distill else ""),
         f"  logs               {pipe.sup.log_dir}",
         f"  training metrics   {cfg.run_dir / 'trainer' / 'metrics.jsonl'} (JSONL, progressive AUC/GAUC per scenario)",
+        *([f"                     {pipe.student_dir / 'metrics.jsonl'} (the student's, with teacher_records)"]
+          if p.distill else []),
         f"  evaluation report  {report}"
         + ("" if report.exists() else f"  (not there yet: python -m trainer.evaluate{limit})"),
         "",
@@ -283,6 +333,7 @@ def port_notes(cfg: DemoConfig, kafka_port: int, pipe: Pipeline) -> list[str]:
     prom_port = int(pipe.prometheus_url.rsplit(":", 1)[1]) if pipe.prometheus_url else cfg.prometheus_port
     pairs = [(cfg.kafka_port, kafka_port, "Kafka"), (cfg.worker_port, pipe.worker_port, "the worker's /metrics"),
              (cfg.trainer_port, pipe.trainer_port, "the trainer's /metrics"),
+             *([(cfg.student_port, pipe.student_port, "the student's /metrics")] if cfg.distill else []),
              (cfg.serving_port, pipe.serving_port, "serving"), (cfg.prometheus_port, prom_port, "Prometheus")]
     return [f"port {want} is taken; {what} uses 127.0.0.1:{got} instead" for want, got, what in pairs
             if want and got != want]
@@ -298,7 +349,7 @@ def run(cfg: DemoConfig) -> int:
 
     console = Console()
     run_dir = cfg.run_dir
-    for sub in ("snapshots", "checkpoints", "trainer", "worker", "logs", "prometheus-data"):
+    for sub in ("snapshots", "checkpoints", "trainer", "student", "worker", "logs", "prometheus-data"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     source = str(cfg.data) if cfg.data is not None else cfg.dataset
@@ -332,11 +383,16 @@ def run(cfg: DemoConfig) -> int:
             pipe = Pipeline(PipelineConfig(
                 run_dir=run_dir, worker_port=cfg.worker_port, trainer_port=cfg.trainer_port,
                 serving_port=cfg.serving_port, prometheus_port=cfg.prometheus_port, with_prometheus=cfg.prometheus,
-                trainer_args=trainer_preset_args(cfg.preset), serving_args=("--preset", cfg.preset),
-                worker_args=("--category-key", category_key)),
+                trainer_args=trainer_preset_args(cfg.preset),
+                # distillation: each served model expects its trainer's preset (Pipeline.served_models)
+                serving_args=() if cfg.distill else ("--preset", cfg.preset),
+                worker_args=("--category-key", category_key), distill=cfg.distill, student_port=cfg.student_port,
+                student_args=trainer_preset_args(cfg.student_preset)),
                 bootstrap, sup)
             pipe.create_topics()
-            console.print(f"kafka {bootstrap}; starting worker, trainer, serving (logs in {sup.log_dir}) ...")
+            services = (f"worker, teacher trainer (preset {cfg.preset}), student trainer (preset "
+                        f"{cfg.student_preset}), serving" if cfg.distill else "worker, trainer, serving")
+            console.print(f"kafka {bootstrap}; starting {services} (logs in {sup.log_dir}) ...")
             pipe.start()
             for line in port_notes(cfg, kafka_port, pipe):
                 console.print(line)
@@ -389,7 +445,7 @@ def run(cfg: DemoConfig) -> int:
             if cfg.keep_running:
                 console.print("\n[bold]running[/] — Ctrl-C stops everything")
                 while True:
-                    sup.check_alive("worker", "trainer", "serving")
+                    sup.check_alive("worker", *pipe.trainer_names, "serving")
                     time.sleep(2)
             return 0
     except KeyboardInterrupt:
