@@ -1,15 +1,18 @@
 """The HTTP API (FastAPI; OpenAPI at ``/openapi.json``, docs at ``/docs``).
 
 Endpoints:
-    ``POST /v1/score``  score candidates for one user in one scenario (user-level: the user is encoded once).
-    ``GET /v1/model``   the served snapshot: version, its times, model age and data freshness.
+    ``POST /v1/score``  score candidates for one user in one scenario (user-level: the user is encoded once) with
+                        the model the scenario is routed to (``model_name`` in the response).
+    ``GET /v1/model``   the default route's snapshot (version, its times, model age and data freshness), every
+                        served model's (``models``, null before its first snapshot) and the ``routes``.
     ``GET /healthz``    the process is up (always 200 while it answers).
-    ``GET /readyz``     200 once a model is loaded, else 503.
+    ``GET /readyz``     200 once every routed model has a snapshot loaded, else 503.
     ``GET /metrics``    Prometheus text exposition of the worker's registry.
 
 Errors always have the body ``{"error": {"code", "message", "details"}}``: 400 malformed JSON or bad headers,
 404/405 unknown routes, 413 body over the limit, 422 well-formed JSON that is not a valid request (wrong types,
-empty or too many candidates, unbuildable features), 503 no model loaded yet. Bad input is never a 5xx.
+empty or too many candidates, unbuildable features), 503 the routed model has no snapshot yet. Bad input is never
+a 5xx.
 
 Example:
     >>> app = create_app(ServingConfig(kafka_bootstrap=None), start_background=False)
@@ -38,7 +41,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, StringConstraints
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.config import ServingConfig
+from serving.config import Routes, ServingConfig
 from serving.hotswap import ModelHolder
 from serving.metrics import ServingMetrics
 from serving.scoring import InputError, NonFiniteScore, ScoreResult, ServedModel, score_request
@@ -99,6 +102,7 @@ class CandidateScore(BaseModel):
 class ScoreResponse(BaseModel):
     user_id: str
     scenario: str
+    model_name: str = Field(description="the served model that scored this request (the scenario's route)")
     model_version: int | str
     request_ts: float = Field(description="the request time (epoch s) used for time gaps and cross features")
     cold_start: bool = Field(description="true when the user-state replica has no state for this user")
@@ -126,6 +130,14 @@ class ModelInfo(BaseModel):
                     "to this model serving; null when unknown")
 
 
+class ServedModels(ModelInfo):
+    """``/v1/model``: the top-level fields are the default route's model; ``models`` has every served model."""
+
+    models: dict[str, ModelInfo | None] = Field(
+        description="every served model by name: its snapshot, or null while it has none loaded yet")
+    routes: dict[str, str] = Field(description="scenario → model name; '*' is every other scenario")
+
+
 class Health(BaseModel):
     status: str
     model_version: int | str | None
@@ -134,8 +146,9 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
-    ready: bool
-    model_version: int | str | None
+    ready: bool = Field(description="every model some route names has a snapshot loaded")
+    model_version: int | str | None = Field(description="the default route's model's version")
+    models: dict[str, int | str | None] = Field(description="every served model's version (null: none loaded yet)")
 
 
 class ErrorBody(BaseModel):
@@ -269,7 +282,8 @@ def _scored_candidates(cands: list[Candidate], result: ScoreResult) -> list[dict
 
 
 class ServingParts:
-    """What one app owns: its metrics (in ``registry``), the model holder, the user-state replica and the scoring
+    """What one app owns: its metrics (in ``registry``), one model holder per served model (``holders``, in
+    configuration order; ``holder`` is the default route's), the routes, the user-state replica and the scoring
     thread pool; :meth:`running` starts and stops them around the app's life."""
 
     def __init__(self, config: ServingConfig, registry: CollectorRegistry,
@@ -277,25 +291,30 @@ class ServingParts:
         self.config = config
         self.registry = registry
         self.metrics = ServingMetrics(registry)
-        self.holder = ModelHolder(self.metrics, preset=config.preset, sample_spec=sample_spec)
+        self.holders = {m.name: ModelHolder(self.metrics, preset=m.preset, sample_spec=sample_spec, name=m.name)
+                        for m in config.sources()}
+        self.routes: Routes = config.routing()
+        self.holder = self.holders[self.routes.default]
         self.replica = UserStateReplica(self.metrics)
         self.executor = ThreadPoolExecutor(max_workers=config.scoring_workers, thread_name_prefix="score")
 
     def start(self, background: bool) -> None:
         """Set torch's thread count; with ``background`` also follow the user-state topic (when Kafka is configured)
-        and start the snapshot loader/poller/follower."""
+        and start every model's snapshot loader/poller/follower."""
         cfg = self.config
         torch.set_num_threads(cfg.torch_threads)
         if not background:
             return
         if cfg.kafka_bootstrap is not None:
             self.replica.follow(cfg.kafka_bootstrap, cfg.user_state_topic)
-        self.holder.start(cfg.snapshot_dir, cfg.snapshot_poll_s, cfg.kafka_bootstrap, cfg.snapshots_topic,
-                          spec_topic(cfg.samples_topic))
+        for source in cfg.sources():
+            self.holders[source.name].start(source.snapshot_dir, cfg.snapshot_poll_s, cfg.kafka_bootstrap,
+                                            source.snapshots_topic, spec_topic(cfg.samples_topic))
 
     def stop(self) -> None:
         """Stop the snapshot machinery and the replica; drop queued scoring work."""
-        self.holder.stop()
+        for holder in self.holders.values():
+            holder.stop()
         self.replica.stop()
         self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -309,7 +328,8 @@ class ServingParts:
             self.stop()
 
 
-NO_MODEL: dict[int | str, dict[str, Any]] = {503: {"model": ErrorResponse, "description": "no model loaded yet"}}
+NO_MODEL: dict[int | str, dict[str, Any]] = {
+    503: {"model": ErrorResponse, "description": "the routed model has no snapshot loaded yet"}}
 
 
 class Endpoints:
@@ -320,6 +340,8 @@ class Endpoints:
         self.config = parts.config
         self.registry = parts.registry
         self.metrics = parts.metrics
+        self.holders = parts.holders
+        self.routes = parts.routes
         self.holder = parts.holder
         self.replica = parts.replica
         self.executor = parts.executor
@@ -329,24 +351,26 @@ class Endpoints:
         router = APIRouter()
         router.add_api_route("/v1/score", self.score, methods=["POST"], response_model=ScoreResponse,
                              responses={**ERRORS, **NO_MODEL})
-        router.add_api_route("/v1/model", self.model_info, methods=["GET"], response_model=ModelInfo,
+        router.add_api_route("/v1/model", self.model_info, methods=["GET"], response_model=ServedModels,
                              responses=NO_MODEL)
         router.add_api_route("/healthz", self.healthz, methods=["GET"], response_model=Health)
         router.add_api_route("/readyz", self.readyz, methods=["GET"], response_model=Ready,
-                             responses={503: {"model": Ready, "description": "no model yet"}})
+                             responses={503: {"model": Ready, "description": "a routed model has no snapshot yet"}})
         router.add_api_route("/metrics", self.prometheus_metrics, methods=["GET"], response_class=PlainTextResponse)
         return router
 
     async def score(self, req: ScoreRequest) -> Response:
-        """Score every candidate for every task with the served model (the user is encoded once)."""
+        """Score every candidate for every task with the scenario's routed model (the user is encoded once)."""
         n = len(req.candidates)
         if n > self.config.max_candidates:
             self.metrics.bad_requests.labels(reason="too_many_candidates").inc()
             return error_response(422, "too_many_candidates",
                                   f"{n} candidates; at most {self.config.max_candidates} per request")
-        served = self.holder.current  # one read: this request uses this model to the end, whatever is swapped in
+        holder = self.holders[self.routes.model_for(req.scenario)]
+        served = holder.current  # one read: this request uses this model to the end, whatever is swapped in
         if served is None:
-            return error_response(503, "no_model", "no model loaded yet; see /readyz")
+            return error_response(503, "no_model", f"model {holder.name} (scenario {req.scenario!r}'s route) has "
+                                                   "no snapshot loaded yet; see /readyz")
         state = self.replica.get(req.user_id)
         if state is None:
             self.metrics.cold_starts.inc()
@@ -357,7 +381,7 @@ class Endpoints:
         loop = asyncio.get_running_loop()
         try:
             result = await loop.run_in_executor(self.executor, score_request, served, state, req.user_id,
-                                                req.scenario, cands, context, now)
+                                                req.scenario, cands, context, now, holder.user_cache)
         except InputError as e:
             self.metrics.bad_requests.labels(reason=e.reason).inc()
             return error_response(422, e.reason, e.detail)
@@ -366,17 +390,21 @@ class Endpoints:
             return error_response(500, "nonfinite_score", str(e))
         self.metrics.scoring_latency.observe(result.build_s + result.model_s)
         body = {
-            "user_id": req.user_id, "scenario": req.scenario, "model_version": served.meta.version,
+            "user_id": req.user_id, "scenario": req.scenario, "model_name": holder.name,
+            "model_version": served.meta.version,
             "request_ts": now, "cold_start": state is None, "candidates": _scored_candidates(cands, result),
         }
         return Response(dumps(body), media_type="application/json")  # orjson: ~4x faster than JSONResponse here
 
     async def model_info(self) -> Response:
-        """The served snapshot and how old it is."""
+        """The default route's snapshot and how old it is, every served model's and the routes."""
         served = self.holder.current
+        models = {name: None if h.current is None else _model_info(h.current) for name, h in self.holders.items()}
         if served is None:
-            return error_response(503, "no_model", "no model loaded yet")
-        return JSONResponse(_model_info(served))
+            loaded = [{"model": n, "loaded": m is not None} for n, m in models.items()]
+            return error_response(503, "no_model", f"model {self.holder.name} (the default route) has no snapshot "
+                                                   "loaded yet", loaded)
+        return JSONResponse({**_model_info(served), "models": models, "routes": self.routes.as_dict()})
 
     async def healthz(self) -> Health:
         """Liveness: 200 whenever the process answers."""
@@ -385,10 +413,11 @@ class Endpoints:
                       user_states=len(self.replica), user_state_caught_up=self.replica.caught_up)
 
     async def readyz(self) -> JSONResponse:
-        """Readiness: 200 only with a model loaded."""
-        served = self.holder.current
-        body = {"ready": served is not None, "model_version": None if served is None else served.meta.version}
-        return JSONResponse(body, status_code=200 if served is not None else 503)
+        """Readiness: 200 only once every model some route names has a snapshot loaded."""
+        versions = {n: None if h.current is None else h.current.meta.version for n, h in self.holders.items()}
+        ready = all(self.holders[n].current is not None for n in self.routes.names())
+        body = {"ready": ready, "model_version": versions[self.holder.name], "models": versions}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def prometheus_metrics(self) -> Response:
         """Prometheus text exposition (``streamrec_serving_*``)."""
@@ -444,8 +473,9 @@ def openapi_with_limits(app: FastAPI, max_candidates: int) -> dict[str, Any]:
 
 def create_app(config: ServingConfig, registry: CollectorRegistry | None = None, *,
                start_background: bool = True, sample_spec: SampleSpec | None = None) -> FastAPI:
-    """Build the serving app. With ``start_background`` the lifespan starts the snapshot loader/poller/follower and
-    the user-state replica (and stops them on shutdown); tests may drive ``app.state.holder`` themselves.
+    """Build the serving app. With ``start_background`` the lifespan starts every model's snapshot
+    loader/poller/follower and the user-state replica (and stops them on shutdown); tests may drive
+    ``app.state.holders`` (``app.state.holder``: the default route's) themselves.
     ``sample_spec``: the streaming worker's, read at start (snapshots trained on other samples are rejected)."""
     parts = ServingParts(config, registry if registry is not None else CollectorRegistry(), sample_spec)
     app = FastAPI(title="streamrec serving", version="1", lifespan=lambda _app: parts.running(start_background),
@@ -453,6 +483,7 @@ def create_app(config: ServingConfig, registry: CollectorRegistry | None = None,
     app.state.config = config
     app.state.metrics = parts.metrics
     app.state.holder = parts.holder
+    app.state.holders = parts.holders
     app.state.replica = parts.replica
     app.state.registry = parts.registry
     add_error_handlers(app, parts.metrics)

@@ -19,6 +19,7 @@ import torch
 from kafka import KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from model.presets import PRESETS
 from model.snapshot import SnapshotMeta, save_snapshot
 from tests.serving.models import small_model
 
@@ -77,12 +78,15 @@ class Server:
                 self.proc.wait(5)
 
 
-def start_server(tmp: Path, snapshot_dir: Path, extra: list[str], timeout_s: float = 90.0) -> Server:
+def start_server(tmp: Path, snapshot_dir: Path | None, extra: list[str], timeout_s: float = 90.0) -> Server:
+    """``python -m serving --port P [--snapshot-dir D] *extra`` (no ``--snapshot-dir`` when ``snapshot_dir`` is None:
+    ``extra`` names the models with ``--serve``), once it answers /healthz."""
     port = free_port()
     log_path = tmp / f"serving-{port}.log"
+    dir_flag = [] if snapshot_dir is None else ["--snapshot-dir", str(snapshot_dir)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", "--port", str(port), "--snapshot-dir", str(snapshot_dir), *extra],
+            [sys.executable, "-m", "serving", "--port", str(port), *dir_flag, *extra],
             cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     server = Server(proc, f"http://127.0.0.1:{port}", log_path)
 
@@ -103,15 +107,20 @@ def start_server(tmp: Path, snapshot_dir: Path, extra: list[str], timeout_s: flo
 
 
 class Snapshots:
-    """Writes versioned snapshots of one small model into ``root`` and announces them on a topic."""
+    """Writes versioned snapshots of one model into ``root`` and announces them on a topic: a small hand-built one,
+    or (``preset``) a model of that preset."""
 
-    def __init__(self, root: Path, bootstrap: str | None = None, topic: str | None = None) -> None:
+    def __init__(self, root: Path, bootstrap: str | None = None, topic: str | None = None,
+                 preset: str | None = None) -> None:
         self.root = root
         self.bootstrap = bootstrap
         self.topic = topic
         self.version = 0
         torch.manual_seed(0)
-        self.model, self.spec = small_model()
+        if preset is None:
+            self.model, self.spec = small_model()
+        else:
+            self.model, self.spec = PRESETS[preset].build().eval(), PRESETS[preset].feature_spec()
         self._producer: KafkaProducer | None = None
 
     def write(self, perturb: float = 0.0, max_event_ts: float | None = None,
@@ -145,11 +154,12 @@ class Snapshots:
             self._producer.close()
 
 
-def create_topics(bootstrap: str, snapshots: str, user_state: str) -> None:
+def create_topics(bootstrap: str, snapshots: str, user_state: str, *more_snapshots: str) -> None:
+    """One-partition snapshots topics (``snapshots`` and ``more_snapshots``) and a compacted ``user_state``."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
         admin.create_topics([
-            NewTopic(snapshots, num_partitions=1, replication_factor=1),
+            *(NewTopic(t, num_partitions=1, replication_factor=1) for t in (snapshots, *more_snapshots)),
             NewTopic(user_state, num_partitions=2, replication_factor=1,
                      topic_configs={"cleanup.policy": "compact"}),
         ])
