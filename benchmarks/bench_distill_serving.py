@@ -206,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "command": "python -m benchmarks.bench_distill_serving " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()} {platform.processor() or ''} ({os.cpu_count()} cores, shared), no GPU",
+        "machine": " ".join(x for x in (platform.machine(), platform.processor(),
+                                        f"({os.cpu_count()} cores, shared), no GPU") if x),
         "torch": torch.__version__,
         "load_average_before_after": [round(x, 2) for x in (*load_before, *os.getloadavg())],
         "workload": {"history": args.history, "candidates": args.candidates, "torch_threads": 1, "pinned_cores": 1,
