@@ -210,3 +210,88 @@ def test_a_quality_record_without_its_command_is_refused(tmp_path: Path) -> None
     (tmp_path / "quality.json").write_text(json.dumps(recs))
     with pytest.raises(results.ResultsError, match="nothing reproduces it"):
         results.build(tmp_path, tmp_path)
+
+
+def _distill_fixture() -> list[dict[str, Any]]:
+    """Teacher eval-ml100k (live, 2 snapshots stale) and students dlrm/ranker of preset laptop, 2 seeds, 2 tasks."""
+    recs = []
+    for seed in (0, 1):
+        for task, t in (("click", 0.0), ("conversion", -0.1)):
+            kw = {"dataset": "movielens", "task": task, "teacher_preset": "eval-ml100k"}
+            recs += [_q("distill", "ranker", seed, 0.80 + t, preset="eval-ml100k", variant="teacher", **kw),
+                     _q("distill", "ranker", seed, 0.78 + t, preset="eval-ml100k", variant="teacher-stale2", **kw)]
+            for model, m in (("dlrm", 0.0), ("ranker", 0.01)):
+                base = 0.70 + 0.02 * seed + t + m
+                for variant, d in (("distill-stale2", 0.004), ("no-distill", 0.0), ("distill", 0.01 - 0.01 * seed),
+                                   ("distill-no-aux", 0.002), ("distill-no-adapter", 0.006)):
+                    recs.append(_q("distill", model, seed, base + d, preset="laptop", variant=variant, **kw))
+            recs.append(_q("distill", "dlrm", seed, 0.5, scenario="age_u25", preset="laptop", variant="distill", **kw))
+    return recs
+
+
+def _serving_bench() -> dict[str, Any]:
+    def lat(p50: float) -> dict[str, float]:
+        return {"p50_ms": p50, "p95_ms": 1.5 * p50, "p99_ms": 2 * p50, "mean_ms": p50, "min_ms": p50 / 2, "n": 100}
+
+    models = {"student:laptop": {"role": "student", "preset": "laptop", "kind": "ranker", "cold": lat(10.0),
+                                 "warm": lat(8.0)},
+              "teacher:base": {"role": "teacher", "preset": "base", "kind": "ranker", "cold": lat(25.0),
+                               "warm": lat(12.0)},
+              "student-dlrm:laptop": {"role": "student-dlrm", "preset": "laptop", "kind": "dlrm", "cold": lat(5.0)}}
+    return {"command": "python -m benchmarks.bench_distill_serving --out docs/results/distill_serving_bench.json",
+            "date": "2026-01-02", "machine": "x86_64  (2 cores, shared), no GPU", "torch": "2.0",
+            "load_average_before_after": [3.0, 2.0, 1.0, 4.0, 3.0, 2.0],
+            "workload": {"history": 256, "candidates": 200, "torch_threads": 1, "pinned_cores": 1, "iters": 100,
+                         "student": "laptop", "teachers": ["base"]}, "models": models}
+
+
+def test_distillation_section_renders_teacher_students_deltas_and_the_serving_bench(tmp_path: Path) -> None:
+    (tmp_path / "quality.json").write_text(json.dumps(_quality_fixture() + _distill_fixture()))
+    (tmp_path / results.SERVING_BENCH_JSON).write_text(json.dumps(_serving_bench()))
+    text = results.build(tmp_path, tmp_path)
+    lines = text.splitlines()
+    assert "Of the benchmarks, only the distillation serving latency has a committed result file" in text
+    d = lines.index("## Distillation (teacher → students)")
+    assert d > lines.index("## Quality suites") and "### distillation — `movielens` — teacher `eval-ml100k`" in lines
+    # the teacher: live then stale, per task
+    t0 = lines.index("| teacher | eval-ml100k | click | 80.00 ± 0.00 | 70.00 ± 0.00 | 0, 1 | 100 |")
+    assert lines[t0 + 1] == "| teacher-stale2 | eval-ml100k | click | 78.00 ± 0.00 | 68.00 ± 0.00 | 0, 1 | 100 |"
+    # per student kind, dlrm first; variants in order; Δ vs no-distill paired by seed (+1 then 0 points)
+    dlrm = lines.index("#### distillation — `movielens` — student dlrm (laptop)")
+    ranker = lines.index("#### distillation — `movielens` — student ranker (laptop)")
+    assert d < dlrm < ranker
+    rows = lines[dlrm + 6:dlrm + 11]
+    assert rows == ["| no-distill | click | 71.00 ± 1.00 | 61.00 ± 1.00 | — | — | 0, 1 | 100 |",
+                    "| distill | click | 71.50 ± 0.50 | 61.50 ± 0.50 | +0.50 ± 0.50 | +0.50 ± 0.50 | 0, 1 | 100 |",
+                    "| distill-no-aux | click | 71.20 ± 1.00 | 61.20 ± 1.00 | +0.20 ± 0.00 | +0.20 ± 0.00 | 0, 1 | 100 |",
+                    "| distill-no-adapter | click | 71.60 ± 1.00 | 61.60 ± 1.00 | +0.60 ± 0.00 | +0.60 ± 0.00 | 0, 1 | 100 |",
+                    "| distill-stale2 | click | 71.40 ± 1.00 | 61.40 ± 1.00 | +0.40 ± 0.00 | +0.40 ± 0.00 | 0, 1 | 100 |"]
+    assert "| no-distill | conversion | 61.00 ± 1.00 | 51.00 ± 1.00 | — | — | 0, 1 | 100 |" in lines[dlrm:ranker]
+    assert "| distill | click | 72.50 ± 0.50 | 62.50 ± 0.50 | +0.50 ± 0.50 | +0.50 ± 0.50 | 0, 1 | 100 |" in lines[ranker:]
+    assert not any("50.00 ± 0.00" in ln for ln in lines[d:])  # the per-scenario record (AUC 0.5) is left out
+    # the serving bench: each row over the Ranker student on the same path
+    assert "| teacher ranker | base | cold | 25.00 | 37.50 | 50.00 | 2.50 | 2.50 |" in lines
+    assert "| teacher ranker | base | warm | 12.00 | 18.00 | 24.00 | 1.50 | 1.50 |" in lines
+    assert "| student dlrm | laptop | cold | 5.00 | 7.50 | 10.00 | 0.50 | 0.50 |" in lines
+    src = next(ln for ln in lines if ln.startswith("Source: [`docs/results/distill_serving_bench.json`]"))
+    assert "256 history events, 200 candidates" in src and "x86_64 (2 cores, shared)" in src and "load average 3.0" in src
+    # the page's rules hold: every table under its command and preset, no number outside a table or source line
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("|") and not lines[i - 1].startswith("|")]
+    assert len(starts) == 5 + 3 + 1
+    for i in starts:
+        assert re.match(r"^Command: `python -m \S+ .+` · preset: `[^`]+`$", lines[i - 2]), lines[i]
+    assert "preset: `teacher eval-ml100k; students laptop`" in text
+    stray = [ln for ln in lines if re.search(r"\d", ln) and not ln.startswith(("|", "Command:", "#", "Source:"))]
+    assert stray == []
+
+
+def test_distillation_alone_and_a_bad_serving_bench(tmp_path: Path) -> None:
+    (tmp_path / "quality.json").write_text(json.dumps(_distill_fixture()))
+    text = results.build(tmp_path, tmp_path)
+    assert "## Quality suites" not in text and "## Distillation (teacher → students)" in text
+    assert "Benchmark measurements have no committed result file yet" in text and "serving latency" not in text
+    bench = _serving_bench()
+    del bench["command"]
+    (tmp_path / results.SERVING_BENCH_JSON).write_text(json.dumps(bench))
+    with pytest.raises(results.ResultsError, match="nothing reproduces it"):
+        results.build(tmp_path, tmp_path)
