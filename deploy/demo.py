@@ -169,7 +169,7 @@ def render(p: Progress, replayed_live: int, markers: int | None, elapsed: float,
     top.add_row("", "[dim]consumed counts the end-of-stream markers too (one impression + one feedback per "
                     "partition, far-future ts: they release the last impressions), so it ends above replayed[/]")
     top.add_row("samples written", f"{p.worker_samples_out:,.0f} user-level samples, {p.worker_targets_out:,.0f} targets")
-    top.add_row("samples trained", f"{p.trainer_samples:,.0f}  ({p.trainer_impressions:,.0f} impressions; "
+    top.add_row("teacher trained" if p.distill else "samples trained", f"{p.trainer_samples:,.0f}  ({p.trainer_impressions:,.0f} impressions; "
                                    f"lag {_fmt(p.trainer_lag)} records)")
     if p.distill:
         top.add_row("teacher (trainer)", f"v{p.trainer_snapshot_version:.0f} written, v{p.serving_version:.0f} "
@@ -185,10 +185,11 @@ def render(p: Progress, replayed_live: int, markers: int | None, elapsed: float,
     last, p50, swaps = fresh
     top.add_row("freshness", f"{_fmt(last, ' s', 1)} from the newest event produced to serving it (last swap; "
                              f"median {_fmt(p50, ' s', 1)} over {swaps} swaps); model swapped "
-                             f"{_fmt(p.serving_since_update_s, ' s', 1)} ago")
+                             f"{_fmt(p.student_since_update_s if p.distill else p.serving_since_update_s, ' s', 1)} "
+                             "ago" + (" (the student)" if p.distill else ""))
     top.add_row("stage", f"{stage}   [{elapsed:,.0f} s]")
-    auc = Table(title="progressive AUC (scored before training, sliding window)"
-                + ("; the teacher's, then the student's" if p.distill else ""), expand=False)
+    auc = Table(title="progressive AUC (scored before training, sliding window)", expand=False,
+                caption="scenario rows: the teacher's" if p.distill else None)
     auc.add_column("scenario")
     tasks = sorted({t for _, t in p.auc})
     for t in tasks:

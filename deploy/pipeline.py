@@ -56,8 +56,9 @@ LAPTOP_TRAINER_ARGS: tuple[str, ...] = trainer_preset_args("laptop")
 # The student's `python -m trainer` flags in distillation mode, next to its preset's: a batch waits up to 30 s for
 # its samples' teacher records. Teacher and student read the same samples from the start of the topic, and on a
 # busy laptop the teacher is often the slower one: with the trainer's default 2 s most samples would train on labels
-# only. A sample whose record never comes (the teacher died) still trains, 30 s later.
-STUDENT_DISTILL_ARGS: tuple[str, ...] = ("--distill-wait-s", "30")
+# only. A sample whose record never comes (the teacher died) still trains, 30 s later. Its own init seed: with the
+# teacher's preset (both `laptop` by default) it would otherwise start as an exact copy of the teacher.
+STUDENT_DISTILL_ARGS: tuple[str, ...] = ("--distill-wait-s", "30", "--seed", "1")
 
 
 def preset_of(args: tuple[str, ...]) -> str:

@@ -98,6 +98,7 @@ class Progress:
     student_gauc: dict[str, float] = field(default_factory=dict)
     student_serving_version: float = 0.0
     student_serving_samples_trained: float = 0.0
+    student_since_update_s: float = float("nan")
     default_model: str = ""  # the model serving routes scenarios without a route of their own to ("" = unknown)
 
 
@@ -233,4 +234,6 @@ def read_progress(worker_metrics: str, trainer_metrics: str, serving_url: str,
     p.student_gauc = {task: val for (scen, task), val in gauc.items() if scen is None}
     p.student_serving_version = metric_sum(v, "streamrec_serving_model_version", model="student")
     p.student_serving_samples_trained = served.get("student", 0.0)
+    if v:
+        p.student_since_update_s = metric_sum(v, "streamrec_serving_since_last_update_seconds", model="student")
     return p
