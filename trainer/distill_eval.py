@@ -10,7 +10,11 @@ Per dataset and seed, on the same samples and batch boundaries as every suite (:
    step, as ``Trainer.snapshot`` writes it); for each N in ``--distill-stale``, batch b is scored by the snapshot
    N behind the newest one (snapshot ⌊b/K⌋ − N, at least the initial model): variant ``teacher-staleN``.
 3. **Students** (``dlrm`` on the student preset's feature spec, and a Ranker of the student preset: the second
-   ``--presets`` entry, else ``laptop``), each trained by ``train_step`` with the teacher's scores of the batch:
+   ``--presets`` entry, else ``laptop``), each trained by ``train_step`` with the teacher's scores of the batch.
+   ``NAME-per-scenario`` students are ExFM's vertical models: one model per scenario, trained on that scenario's
+   targets only (histories keep every scenario, as the ``unified`` suite's per-scenario models), each given the
+   unified teacher's scores of its targets (joined by event id); their ``*`` record scores the scenario models'
+   predictions put back in stream order. Variants:
 
    ==========================  ==============================================================================
    variant                     student
@@ -126,6 +130,32 @@ def run_student(model: torch.nn.Module, batches: Sequence[Batch], spec: FeatureS
                        time.perf_counter() - t0)
 
 
+def teacher_table(batches: Sequence[Batch], scores: TeacherScores) -> dict[str, dict[str, float]]:
+    """event id → task → the teacher's score of that target (``scores[b]`` holds batch b's, in target order)."""
+    out: dict[str, dict[str, float]] = {}
+    for batch, per_task in zip(batches, scores, strict=True):
+        cols = {t: p.tolist() for t, p in per_task.items()}
+        for i, eid in enumerate(batch.target_event_ids):
+            out[eid] = {t: c[i] for t, c in cols.items()}
+    return out
+
+
+def scores_for(batches: Sequence[Batch], table: dict[str, dict[str, float]]) -> TeacherScores:
+    """The teacher's scores of other batches of the same targets (a scenario's subset, other boundaries).
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> t = teacher_table([NS(target_event_ids=["a", "b"])], [{"click": torch.tensor([0.25, 0.5])}])
+        >>> scores_for([NS(target_event_ids=["b"])], t)
+        [{'click': tensor([0.5000])}]
+    """
+    out: TeacherScores = []
+    for batch in batches:
+        rows = [table[e] for e in batch.target_event_ids]
+        out.append({t: torch.tensor([r[t] for r in rows], dtype=torch.float32) for t in (rows[0] if rows else {})})
+    return out
+
+
 def check_aligned(teacher_batches: Sequence[Batch], student_batches: Sequence[Batch]) -> None:
     """The teacher's and a student's batches hold the same targets in the same order (same samples, same
     boundaries; only the feature spec differs)."""
@@ -144,11 +174,17 @@ def run_distill(prep: Any, core: CoreConfig, cfg: Any, dataset: str, commit: str
     student_preset: Preset = PRESETS[cfg.presets[1] if len(cfg.presets) > 1 else DEFAULT_STUDENT_PRESET]
     new: list[dict[str, Any]] = []
 
-    def emit(preds: Predictions, tg: Any, model: str, preset: str, variant: str, seed: int) -> None:
+    def emit(preds: Predictions, tg: Any, model: str, preset: str, variant: str, seed: int,
+             per_scenario: dict[str, tuple[Predictions, Any]] | None = None) -> None:
         base = {"suite": cfg.suite, "dataset": dataset, "preset": preset, "model": model, "variant": variant,
                 "seed": seed, "commit": commit, "command": cfg.command, "limit_targets": cfg.limit_targets,
                 "teacher_preset": teacher_preset.name}
-        recs = records_of(preds, tg, sorted(set(tg.scenarios.tolist())), base, preds.seconds)
+        if per_scenario is None:
+            recs = records_of(preds, tg, sorted(set(tg.scenarios.tolist())), base, preds.seconds)
+        else:  # '*' from the scenario models' predictions in stream order, each scenario from its own model
+            recs = records_of(preds, tg, [], base, preds.seconds)
+            for s, (sp, stg) in per_scenario.items():
+                recs += [r for r in records_of(sp, stg, [s], base, sp.seconds) if r["scenario"] == s]
         new.extend(recs)
         write(recs)
         head = "; ".join(f"{r['task']} AUC {_pct(r['auc'])} GAUC {_pct(r['gauc'])}" for r in recs if r["scenario"] == "*")
@@ -172,19 +208,40 @@ def run_distill(prep: Any, core: CoreConfig, cfg: Any, dataset: str, commit: str
         s_batches, s_tg = prep.batches(s_spec) if s_spec != t_spec else (t_batches, t_tg)
         s_list = [b for _, b in s_batches]
         check_aligned(t_list, s_list)
-        for kind in ("dlrm", "ranker"):
+        scenarios = sorted(set(s_tg.scenarios.tolist()))
+        for student in cfg.distill_students:
+            kind = student.removesuffix("-per-scenario")
+            optim = sec.optim if kind == "dlrm" else (sec.ranker_optim or sec.optim)
             for variant, (dc, lag) in student_variants(cfg.distill_stale):
-                torch.manual_seed(seed)
-                model: torch.nn.Module = (DLRMBaseline(s_spec, sec.dlrm) if kind == "dlrm"
-                                          else Ranker(s_spec, sec.ranker))
-                optim = sec.optim if kind == "dlrm" else (sec.ranker_optim or sec.optim)
-                preds = run_student(model, s_list, s_spec, optim, seed, dc, live if lag is None else stale[lag])
-                emit(preds, s_tg, kind, student_preset.name, variant, seed)
+                scores = live if lag is None else stale[lag]
+                if kind == student:
+                    emit(run_student(_student(kind, s_spec, sec, seed), s_list, s_spec, optim, seed, dc, scores), s_tg, student,
+                         student_preset.name, variant, seed)
+                    continue
+                table = teacher_table(t_list, scores)
+                combined = {t: np.zeros(len(s_tg.ts)) for t in s_spec.tasks}
+                parts: dict[str, tuple[Predictions, Any]] = {}
+                for s in scenarios:
+                    sb, stg = prep.batches(s_spec, scenario=s)
+                    sl = [b for _, b in sb]
+                    sp = run_student(_student(kind, s_spec, sec, seed), sl, s_spec, optim, seed, dc, scores_for(sl, table))
+                    for t in s_spec.tasks:
+                        combined[t][s_tg.scenarios == s] = sp.probs[t]
+                    parts[s] = (sp, stg)
+                total = sum(sp.seconds for sp, _ in parts.values())
+                emit(Predictions(combined, total), s_tg, student, student_preset.name, variant, seed, parts)
     return new
+
+
+def _student(kind: str, spec: FeatureSpec, ec: EvalConfig, seed: int) -> torch.nn.Module:
+    """A freshly seeded student: the DLRM baseline or a Ranker of the student preset."""
+    torch.manual_seed(seed)
+    return DLRMBaseline(spec, ec.dlrm) if kind == "dlrm" else Ranker(spec, ec.ranker)
 
 
 def _pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.2f}"
 
 
-__all__ = ["EvalConfig", "check_aligned", "run_distill", "run_student", "run_teacher", "student_variants"]
+__all__ = ["EvalConfig", "check_aligned", "run_distill", "run_student", "run_teacher", "scores_for", "student_variants",
+           "teacher_table"]

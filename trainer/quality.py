@@ -84,6 +84,9 @@ from trainer.evaluate import (
 
 SUITES = ("main", "unified", "scaling", "ablations", "distill")
 MAIN_MODELS = ("ranker", "dlrm", "popularity", "lr")
+# the distill suite's students: a model kind, alone or as one model per scenario (ExFM's vertical models) trained
+# on that scenario's targets only, each with the unified teacher's scores of them
+DISTILL_STUDENTS = ("dlrm", "ranker", "dlrm-per-scenario", "ranker-per-scenario")
 # the datasets of streaming.datasets.load (not ``log``: no fixed file), and ML-1M with its genre-group scenarios
 QUALITY_DATASETS: tuple[str, ...] = (*(d for d in DATASETS if d != "log"), "movielens-1m:genre")
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
@@ -99,9 +102,9 @@ EPILOG = """suites (per dataset and seed):
   scaling    ranker for each preset of model.presets.SCALING (+ flops_per_target); dataset movielens-1m
   ablations  ranker for each --presets entry (variant "") and each model.presets.ABLATIONS variant of it;
              dataset movielens-1m
-  distill    teacher ranker (first --presets entry) -> students dlrm and ranker (second entry, else laptop):
-             no-distill, distill (aux head + adapter), distill-no-aux, distill-no-adapter, distill-staleN
-             (--distill-stale); dataset movielens
+  distill    teacher ranker (first --presets entry) -> students dlrm and ranker (second entry, else laptop),
+             each also one model per scenario (--distill-students): no-distill, distill (aux head + adapter),
+             distill-no-aux, distill-no-adapter, distill-staleN (--distill-stale); dataset movielens
 
 Records {suite, dataset, preset, model, variant, seed, scenario ("*" = overall), task, auc, gauc, n_targets,
 wall_s, targets_per_s, commit, command, limit_targets} are merged into --out: a rerun replaces the records with
@@ -125,6 +128,7 @@ class QualityConfig:
         out: the JSON file records are merged into.
         command: the command line recorded with each record.
         distill_stale: ``distill``: the teacher staleness ablations, in snapshots behind its newest.
+        distill_students: ``distill``: which students run (:data:`DISTILL_STUDENTS`).
     """
 
     suite: str
@@ -137,6 +141,7 @@ class QualityConfig:
     out: Path = DEFAULT_OUT
     command: str = ""
     distill_stale: tuple[int, ...] = (2,)
+    distill_students: tuple[str, ...] = DISTILL_STUDENTS
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -151,6 +156,9 @@ class QualityConfig:
             raise ValueError("at least one seed")
         if not self.models or any(m not in MAIN_MODELS for m in self.models):
             raise ValueError(f"models must be a non-empty subset of {MAIN_MODELS}, got {self.models}")
+        if not self.distill_students or any(m not in DISTILL_STUDENTS for m in self.distill_students):
+            raise ValueError(f"distill_students must be a non-empty subset of {DISTILL_STUDENTS}, "
+                             f"got {self.distill_students}")
         if self.limit_targets is not None and self.limit_targets < 1:
             raise ValueError("limit_targets must be >= 1")
 
@@ -464,7 +472,9 @@ def _parser() -> argparse.ArgumentParser:
         "seeds": "comma-separated torch seeds", "models": "the models of main",
         "limit_targets": "only the first N targets of each dataset's stream ('' = all)",
         "batch_samples": "samples per training step", "out": "records JSON to merge into",
-        "distill_stale": "distill suite: comma-separated teacher staleness ablations, in snapshots"})
+        "distill_stale": "distill suite: comma-separated teacher staleness ablations, in snapshots",
+        "distill_students": "distill suite: comma-separated students (NAME-per-scenario: one model per scenario "
+                            "on its targets only, ExFM's vertical models)"})
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
     return p
