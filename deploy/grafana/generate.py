@@ -193,7 +193,7 @@ def pipeline() -> dict[str, Any]:
                             "the age of its data)"),
             Panel("Consumer lag (records)", [
                 Q(f"sum by (topic) ({s}consumer_lag_records)", "worker on {{topic}}"),
-                Q("sum(streamrec_trainer_consumer_lag_records)", "trainer on samples")], w=8),
+                Q("sum by (job) (streamrec_trainer_consumer_lag_records)", "{{job}} on samples")], w=8),
             Panel("Batch processing time p50 / p99", [
                 Q(f"histogram_quantile(0.5, sum by (le) (rate({s}batch_processing_seconds_bucket[$__rate_interval])))",
                   "p50"),
@@ -219,27 +219,31 @@ def training() -> dict[str, Any]:
     t = "streamrec_trainer_"
     # Quality series: scope="overall" (every target once; no scenario label) or scope="scenario" (one per scenario
     # name; scenario names are open strings, so "all" is a scenario like any other).
-    overall = 'scope="overall",task=~"$task",window="$window"'
-    sel = 'scope="scenario",scenario=~"$scenario",task=~"$task",window="$window"'
+    # Every trainer is its own Prometheus job (distillation: the teacher is job trainer, each student its own job):
+    # the rows above Distillation show the trainers picked by $job, each series named by its job.
+    j = 'job=~"$job"'
+    overall = f'{j},scope="overall",task=~"$task",window="$window"'
+    sel = f'{j},scope="scenario",scenario=~"$scenario",task=~"$task",window="$window"'
 
     def quality(name: str) -> list[Q]:
-        return [Q(f"{t}{name}{{{overall}}}", "overall · {{task}}"),
-                Q(f"{t}{name}{{{sel}}}", "scenario {{scenario}} · {{task}}")]
+        return [Q(f"{t}{name}{{{overall}}}", "{{job}} · overall · {{task}}"),
+                Q(f"{t}{name}{{{sel}}}", "{{job}} · scenario {{scenario}} · {{task}}")]
 
     rows = [
         Row("Throughput", [
             Panel("Samples and impressions trained (/s)", [
-                Q(f"sum(rate({t}samples_total[$__rate_interval]))", "samples/s"),
-                Q(f"sum(rate({t}impressions_total[$__rate_interval]))", "impressions/s")], unit="ops"),
-            Panel("Loss", [
-                Q(f"{t}loss", "total"),
-                Q(f"{t}task_loss", "{{task}}")]),
-            Panel("Time waiting for data vs computing", [
-                Q(f"rate({t}data_wait_seconds_total[$__rate_interval])", "data wait"),
-                Q(f"rate({t}compute_seconds_total[$__rate_interval])", "compute")], unit="percentunit"),
-            Panel("Skipped records by reason (/s)", [
-                Q(f"sum by (reason) (rate({t}skipped_total[$__rate_interval])) or vector(0)", "{{reason}}")],
+                Q(f"sum by (job) (rate({t}samples_total{{{j}}}[$__rate_interval]))", "{{job}} samples/s"),
+                Q(f"sum by (job) (rate({t}impressions_total{{{j}}}[$__rate_interval]))", "{{job}} impressions/s")],
                 unit="ops"),
+            Panel("Loss", [
+                Q(f"{t}loss{{{j}}}", "{{job}} total"),
+                Q(f"{t}task_loss{{{j}}}", "{{job}} {{task}}")]),
+            Panel("Time waiting for data vs computing", [
+                Q(f"rate({t}data_wait_seconds_total{{{j}}}[$__rate_interval])", "{{job}} data wait"),
+                Q(f"rate({t}compute_seconds_total{{{j}}}[$__rate_interval])", "{{job}} compute")], unit="percentunit"),
+            Panel("Skipped records by reason (/s)", [
+                Q(f"sum by (job, reason) (rate({t}skipped_total{{{j}}}[$__rate_interval])) or vector(0)",
+                  "{{job}} {{reason}}")], unit="ops"),
         ]),
         Row("Progressive validation (scored before training)", [
             Panel("AUC overall and per scenario × task", quality("auc"), decimals=3),
@@ -248,20 +252,20 @@ def training() -> dict[str, Any]:
             Panel("Calibration (predicted / observed)", quality("calibration"), decimals=2),
         ]),
         Row("Snapshots", [
-            Panel("Snapshot version", [Q(f"{t}snapshot_version", "version")], kind="stat", w=6, h=5),
-            Panel("Seconds since last snapshot", [Q(f"{t}seconds_since_last_snapshot", "age")], kind="stat", unit="s",
-                  w=6, h=5),
+            Panel("Snapshot version", [Q(f"{t}snapshot_version{{{j}}}", "{{job}}")], kind="stat", w=6, h=5),
+            Panel("Seconds since last snapshot", [Q(f"{t}seconds_since_last_snapshot{{{j}}}", "{{job}}")], kind="stat",
+                  unit="s", w=6, h=5),
             Panel("Snapshot cadence (snapshots/min)", [
-                Q(f"rate({t}snapshots_total[$__rate_interval]) * 60", "snapshots/min")], w=12, h=5),
+                Q(f"rate({t}snapshots_total{{{j}}}[$__rate_interval]) * 60", "{{job}} snapshots/min")], w=12, h=5),
             Panel("Event-time lag of the trained model (s)", [
-                Q(f"{t}max_event_ts_lag_seconds", "wall clock − max event ts")], unit="s",
+                Q(f"{t}max_event_ts_lag_seconds{{{j}}}", "{{job}}: wall clock − max event ts")], unit="s",
                 description="Wall clock minus the largest event time trained on: the age of the data in event time "
                             "(a replayed historical log shows its age in years; serving's data freshness is the "
                             "wall-clock measure)"),
-            Panel("Consumer lag on samples (records)", [Q(f"{t}consumer_lag_records", "lag")]),
+            Panel("Consumer lag on samples (records)", [Q(f"{t}consumer_lag_records{{{j}}}", "{{job}}")]),
         ]),
         Row("Distillation (teacher → students, one Prometheus job per model)", [
-            Panel("Teacher–student disagreement: mean |p_teacher − p_student|", [
+            Panel("Teacher–student disagreement |p_t − p_s|", [
                 Q(students(f"{t}teacher_agreement"), "{{job}}")], w=8, decimals=3,
                 description="Per student trainer (python -m trainer --distill-from): mean absolute difference of "
                             "the teacher's and the student's probabilities over the last batch's joined targets, "
@@ -299,6 +303,7 @@ def training() -> dict[str, Any]:
         ]),
     ]
     variables = [
+        _variable("job", f"label_values({t}samples_total, job)", "Trainer (job)"),
         _variable("scenario", f"label_values({t}auc, scenario)", "Scenario"),
         _variable("task", f"label_values({t}auc, task)", "Task"),
         {**_variable("window", f"label_values({t}auc, window)", "Window", multi=False),
@@ -328,22 +333,26 @@ def serving() -> dict[str, Any]:
                   f"sum(rate({v}candidates_per_request_count[$__rate_interval]))", "mean")], decimals=0),
         ]),
         Row("Model", [
-            Panel("Model version served", [Q(f"{v}model_version", "version")], kind="stat", w=6, h=5),
+            Panel("Model version served", [Q(f"{v}model_version", "{{model}}")], kind="stat", w=6, h=5,
+                  description="One value per served model (label model: 'default' with one model; with "
+                              "--serve, e.g. student and teacher)"),
             Panel("Data freshness (newest sample produced → served)", [
-                Q(f"{v}data_freshness_seconds", "data freshness")], kind="stat", unit="s", w=6, h=5,
+                Q(f"{v}data_freshness_seconds", "{{model}}")], kind="stat", unit="s", w=6, h=5,
                 description="Wall seconds from the newest samples record the served model was trained on being "
                             "produced to that model starting to serve (fixed per served model)"),
-            Panel("Model age (now − snapshot written)", [Q(f"{v}model_age_seconds", "model age")],
+            Panel("Model age (now − snapshot written)", [Q(f"{v}model_age_seconds", "{{model}}")],
                   kind="stat", unit="s", w=6, h=5,
                   description="Wall seconds since the trainer wrote the served snapshot (grows until the next swap)"),
             Panel("Swaps and rejected snapshots", [
-                Q(f"increase({v}swaps_total[$__rate_interval])", "swapped"),
-                Q(f"sum(increase({v}swap_failures_total[$__rate_interval])) or vector(0)", "rejected")], w=6, h=5),
+                Q(f"increase({v}swaps_total[$__rate_interval])", "{{model}} swapped"),
+                Q(f"sum by (model) (increase({v}swap_failures_total[$__rate_interval])) or vector(0)",
+                  "{{model}} rejected")], w=6, h=5),
             Panel("Model age and data freshness over time", [
-                Q(f"{v}model_age_seconds", "model age"),
-                Q(f"{v}data_freshness_seconds", "data freshness"),
-                Q(f"{v}since_last_update_seconds", "since update"),
-                Q("streamrec_trainer_seconds_since_last_snapshot", "trainer: since snapshot")], unit="s", w=24),
+                Q(f"{v}model_age_seconds", "{{model}} model age"),
+                Q(f"{v}data_freshness_seconds", "{{model}} data freshness"),
+                Q(f"{v}since_last_update_seconds", "{{model}} since update"),
+                Q("streamrec_trainer_seconds_since_last_snapshot", "trainer job {{job}}: since snapshot")], unit="s",
+                  w=24),
         ]),
         Row("User state", [
             Panel("Users in the serving replica", [Q(f"{v}user_states", "users")]),
