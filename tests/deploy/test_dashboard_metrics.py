@@ -119,3 +119,17 @@ def test_training_distillation_row_shows_agreement_staleness_joins_and_each_mode
     for name in ("teacher_agreement", "teacher_staleness_seconds", "teacher_versions_behind"):
         expr = next(tgt["expr"] for tgt in targets if t + name in tgt["expr"])
         assert f"and on (job) (sum by (job) ({t}teacher_records_joined_total" in expr, expr
+
+
+def test_training_panels_tell_the_trainers_apart() -> None:
+    """With a teacher and students running, every trainer series above the Distillation row is picked by $job and
+    named by its job (not two identical legends), and serving's model panels name the served model."""
+    dash = json.loads((DASHBOARDS / "training.json").read_text())
+    assert "job" in [v["name"] for v in dash["templating"]["list"]]
+    distill = {p["id"] for p in row_panels("training", "Distillation")}
+    targets = [t for p in panels("training") if p["id"] not in distill for t in p["targets"]]
+    assert len(targets) >= 15
+    for t in targets:
+        assert 'job=~"$job"' in t["expr"] and "{{job}}" in t["legendFormat"], t
+    model = [t for p in panels("serving") for t in p["targets"] if "streamrec_serving_model_" in t["expr"]]
+    assert model and all("{{model}}" in t["legendFormat"] for t in model), model
