@@ -476,9 +476,17 @@ def distill_variant_key(variant: str) -> tuple[int, int, str]:
     return (3, 0, variant)
 
 
+def _student_kind_key(kind: tuple[str, str]) -> tuple[int, str, str]:
+    """dlrm, dlrm-per-scenario, ranker, ranker-per-scenario (per-scenario students: one model per scenario), then
+    any other model by name; presets by name within a model."""
+    base = kind[0].removesuffix("-per-scenario")
+    return (("dlrm", "ranker").index(base) if base in ("dlrm", "ranker") else 2, kind[0], kind[1])
+
+
 def render_distill(recs: list[Record], dataset: str) -> list[str]:
-    """Per dataset and teacher preset: the teacher's rows (live and stale), then per student kind (model, preset)
-    each variant's overall AUC/GAUC and its difference to the same student without distillation (paired by seed)."""
+    """Per dataset and teacher preset: the teacher's rows (live and stale), then per student kind (model, preset;
+    ``<model>-per-scenario``: one model per scenario, its overall record scores them together) each variant's
+    overall AUC/GAUC and its difference to the same student without distillation (paired by seed)."""
     lines: list[str] = []
     overall = [r for r in recs if r["scenario"] == OVERALL]
     for tp in _order(overall, "teacher_preset") if all("teacher_preset" in r for r in overall) else [""]:
@@ -498,8 +506,7 @@ def render_distill(recs: list[Record], dataset: str) -> list[str]:
                                      f"{_pm([r['auc'] for r in rt])} | {_pm([r['gauc'] for r in rt])} | "
                                      f"{_seeds(rt)} | {rt[0]['n_targets']} |")
             lines.append("")
-        kinds = sorted({(r["model"], r["preset"]) for r in students},
-                       key=lambda k: (("dlrm", "ranker").index(k[0]) if k[0] in ("dlrm", "ranker") else 2, k))
+        kinds = sorted({(r["model"], r["preset"]) for r in students}, key=_student_kind_key)
         for model, preset in kinds:
             rk = [r for r in students if (r["model"], r["preset"]) == (model, preset)]
             lines += [f"#### distillation — `{_cell(dataset)}` — student {_cell(_label(model, preset))}", "",

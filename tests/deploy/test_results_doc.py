@@ -213,14 +213,15 @@ def test_a_quality_record_without_its_command_is_refused(tmp_path: Path) -> None
 
 
 def _distill_fixture() -> list[dict[str, Any]]:
-    """Teacher eval-ml100k (live, 2 snapshots stale) and students dlrm/ranker of preset laptop, 2 seeds, 2 tasks."""
+    """Teacher eval-ml100k (live, 2 snapshots stale) and students dlrm, ranker and ranker-per-scenario of preset
+    laptop, 2 seeds, 2 tasks."""
     recs = []
     for seed in (0, 1):
         for task, t in (("click", 0.0), ("conversion", -0.1)):
             kw = {"dataset": "movielens", "task": task, "teacher_preset": "eval-ml100k"}
             recs += [_q("distill", "ranker", seed, 0.80 + t, preset="eval-ml100k", variant="teacher", **kw),
                      _q("distill", "ranker", seed, 0.78 + t, preset="eval-ml100k", variant="teacher-stale2", **kw)]
-            for model, m in (("dlrm", 0.0), ("ranker", 0.01)):
+            for model, m in (("ranker-per-scenario", 0.03), ("dlrm", 0.0), ("ranker", 0.01)):
                 base = 0.70 + 0.02 * seed + t + m
                 for variant, d in (("distill-stale2", 0.004), ("no-distill", 0.0), ("distill", 0.01 - 0.01 * seed),
                                    ("distill-no-aux", 0.002), ("distill-no-adapter", 0.006)):
@@ -259,7 +260,8 @@ def test_distillation_section_renders_teacher_students_deltas_and_the_serving_be
     # per student kind, dlrm first; variants in order; Δ vs no-distill paired by seed (+1 then 0 points)
     dlrm = lines.index("#### distillation — `movielens` — student dlrm (laptop)")
     ranker = lines.index("#### distillation — `movielens` — student ranker (laptop)")
-    assert d < dlrm < ranker
+    per_scenario = lines.index("#### distillation — `movielens` — student ranker-per-scenario (laptop)")
+    assert d < dlrm < ranker < per_scenario
     rows = lines[dlrm + 6:dlrm + 11]
     assert rows == ["| no-distill | click | 71.00 ± 1.00 | 61.00 ± 1.00 | — | — | 0, 1 | 100 |",
                     "| distill | click | 71.50 ± 0.50 | 61.50 ± 0.50 | +0.50 ± 0.50 | +0.50 ± 0.50 | 0, 1 | 100 |",
@@ -268,6 +270,7 @@ def test_distillation_section_renders_teacher_students_deltas_and_the_serving_be
                     "| distill-stale2 | click | 71.40 ± 1.00 | 61.40 ± 1.00 | +0.40 ± 0.00 | +0.40 ± 0.00 | 0, 1 | 100 |"]
     assert "| no-distill | conversion | 61.00 ± 1.00 | 51.00 ± 1.00 | — | — | 0, 1 | 100 |" in lines[dlrm:ranker]
     assert "| distill | click | 72.50 ± 0.50 | 62.50 ± 0.50 | +0.50 ± 0.50 | +0.50 ± 0.50 | 0, 1 | 100 |" in lines[ranker:]
+    assert "| distill | click | 74.50 ± 0.50 | 64.50 ± 0.50 | +0.50 ± 0.50 | +0.50 ± 0.50 | 0, 1 | 100 |" in lines[per_scenario:]
     assert not any("50.00 ± 0.00" in ln for ln in lines[d:])  # the per-scenario record (AUC 0.5) is left out
     # the serving bench: each row over the Ranker student on the same path
     assert "| teacher ranker | base | cold | 25.00 | 37.50 | 50.00 | 2.50 | 2.50 |" in lines
@@ -277,7 +280,7 @@ def test_distillation_section_renders_teacher_students_deltas_and_the_serving_be
     assert "256 history events, 200 candidates" in src and "x86_64 (2 cores, shared)" in src and "load average 3.0" in src
     # the page's rules hold: every table under its command and preset, no number outside a table or source line
     starts = [i for i, ln in enumerate(lines) if ln.startswith("|") and not lines[i - 1].startswith("|")]
-    assert len(starts) == 5 + 3 + 1
+    assert len(starts) == 5 + 4 + 1
     for i in starts:
         assert re.match(r"^Command: `python -m \S+ .+` · preset: `[^`]+`$", lines[i - 2]), lines[i]
     assert "preset: `teacher eval-ml100k; students laptop`" in text
