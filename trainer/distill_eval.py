@@ -62,15 +62,23 @@ DISTILL = DistillConfig()  # w = 1, aux head + adapter
 TeacherScores = list[dict[str, torch.Tensor]]  # per batch: task → (T,) teacher probability
 
 
-def student_variants(stale: Sequence[int]) -> list[tuple[str, tuple[DistillConfig | None, int | None]]]:
-    """(variant name, (distillation config or None = labels only, stale snapshots or None = live teacher))."""
+def student_variants(stale: Sequence[int], weight: float = 1.0
+                     ) -> list[tuple[str, tuple[DistillConfig | None, int | None]]]:
+    """(variant name, (distillation config or None = labels only, stale snapshots or None = live teacher)); with a
+    weight other than 1 the distilling variants' names end in ``-w<weight>``.
+
+    >>> [v for v, _ in student_variants((), weight=3.0)]
+    ['no-distill', 'distill-w3', 'distill-no-aux-w3', 'distill-no-adapter-w3']
+    """
+    w = weight
+    tag = "" if weight == DISTILL.weight else f"-w{weight:g}"
     out: list[tuple[str, tuple[DistillConfig | None, int | None]]] = [
         ("no-distill", (None, None)),
-        ("distill", (DISTILL, None)),
-        ("distill-no-aux", (DistillConfig(aux_head=False), None)),
-        ("distill-no-adapter", (DistillConfig(adapter=False), None)),
+        ("distill" + tag, (DistillConfig(weight=w), None)),
+        ("distill-no-aux" + tag, (DistillConfig(aux_head=False, weight=w), None)),
+        ("distill-no-adapter" + tag, (DistillConfig(adapter=False, weight=w), None)),
     ]
-    return out + [(f"distill-stale{n}", (DISTILL, n)) for n in stale]
+    return out + [(f"distill-stale{n}{tag}", (DistillConfig(weight=w), n)) for n in stale]
 
 
 def _trainer(model: torch.nn.Module, spec: FeatureSpec, optim: OptimConfig, seed: int, run_dir: str) -> Trainer:
@@ -212,7 +220,7 @@ def run_distill(prep: Any, core: CoreConfig, cfg: Any, dataset: str, commit: str
         for student in cfg.distill_students:
             kind = student.removesuffix("-per-scenario")
             optim = sec.optim if kind == "dlrm" else (sec.ranker_optim or sec.optim)
-            for variant, (dc, lag) in student_variants(cfg.distill_stale):
+            for variant, (dc, lag) in student_variants(cfg.distill_stale, cfg.distill_weight):
                 scores = live if lag is None else stale[lag]
                 if kind == student:
                     emit(run_student(_student(kind, s_spec, sec, seed), s_list, s_spec, optim, seed, dc, scores), s_tg, student,

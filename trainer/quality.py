@@ -129,6 +129,8 @@ class QualityConfig:
         command: the command line recorded with each record.
         distill_stale: ``distill``: the teacher staleness ablations, in snapshots behind its newest.
         distill_students: ``distill``: which students run (:data:`DISTILL_STUDENTS`).
+        distill_weight: ``distill``: w, the distillation loss's weight (``DistillConfig.weight``); other than 1,
+            the distilling variants' names end in ``-w<w>`` (``distill-w3``), so their records sit beside w = 1's.
     """
 
     suite: str
@@ -142,6 +144,7 @@ class QualityConfig:
     command: str = ""
     distill_stale: tuple[int, ...] = (2,)
     distill_students: tuple[str, ...] = DISTILL_STUDENTS
+    distill_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.suite not in SUITES:
@@ -159,6 +162,8 @@ class QualityConfig:
         if not self.distill_students or any(m not in DISTILL_STUDENTS for m in self.distill_students):
             raise ValueError(f"distill_students must be a non-empty subset of {DISTILL_STUDENTS}, "
                              f"got {self.distill_students}")
+        if not self.distill_weight > 0:
+            raise ValueError(f"distill_weight must be > 0, got {self.distill_weight}")
         if self.limit_targets is not None and self.limit_targets < 1:
             raise ValueError("limit_targets must be >= 1")
 
@@ -474,7 +479,8 @@ def _parser() -> argparse.ArgumentParser:
         "batch_samples": "samples per training step", "out": "records JSON to merge into",
         "distill_stale": "distill suite: comma-separated teacher staleness ablations, in snapshots",
         "distill_students": "distill suite: comma-separated students (NAME-per-scenario: one model per scenario "
-                            "on its targets only, ExFM's vertical models)"})
+                            "on its targets only, ExFM's vertical models)",
+        "distill_weight": "distill suite: the distillation loss weight w (not 1: variants named distill-w<w>...)"})
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
     return p
