@@ -16,7 +16,8 @@ Supported field types (anything else is a ``TypeError`` naming the field: exclud
 
 Help comes from, first to last: the ``help`` mapping, ``field(metadata={"help": ...})``, the class docstring's
 ``Attributes:`` section (``name: text``, ``a / b: text``) or its ``- ``name``: text`` bullets, reST markup
-removed. Do not combine with :class:`argparse.ArgumentDefaultsHelpFormatter` (the default would show twice).
+removed. Do not combine with :class:`argparse.ArgumentDefaultsHelpFormatter` (the default would show twice); entry
+points use :class:`HelpFormatter`, which never wraps inside a hyphenated value (``dlrm-per-scenario``).
 
 Example:
     >>> import argparse
@@ -49,15 +50,33 @@ import dataclasses
 import enum
 import inspect
 import re
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["add_config_args", "config_fields", "config_from_args", "default_text", "field_docs", "generated_actions"]
+__all__ = ["HelpFormatter", "add_config_args", "config_fields", "config_from_args", "default_text", "field_docs", "generated_actions"]
 
 T = TypeVar("T")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The entry points' formatter: the description/epilog as written, and help wrapped only at spaces.
+
+    argparse's default wraps at hyphens too, which splits values such as ``(default: dlrm,dlrm-per-scenario)`` and
+    flag names quoted in help across lines.
+
+    Example:
+        >>> p = argparse.ArgumentParser(prog="x", formatter_class=HelpFormatter)
+        >>> _ = p.add_argument("--students", help="which (default: dlrm-per-scenario,ranker-per-scenario)")
+        >>> "dlrm-per-scenario,ranker-per-scenario)" in p.format_help()
+        True
+    """
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
 _SCALARS: tuple[type, ...] = (int, float, str, Path)
 _FIELD = "_config_field"  # attribute set on each generated argparse action: (dataclass, field name)
 _GENERATED = "_config_flags"  # namespace attribute: {dest: "module.Class.field"} of the generated flags

@@ -37,7 +37,7 @@ _DISTILL_NAMES = {f: "distill-" + f.replace("_", "-") for f in ("weight", "aux_h
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m trainer", description=(__doc__ or "").replace("``", "").replace("::\n", ":\n"),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 formatter_class=cli.HelpFormatter)
     # Flags that are one config field are generated from the dataclasses (streaming/cli.py: type, choices and
     # default from the field); the rest (computed or preset-dependent defaults, process settings) are written here.
     k = ap.add_argument_group("Kafka source and batching")

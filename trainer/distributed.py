@@ -225,6 +225,9 @@ def run_distributed(args: argparse.Namespace, spec_fn: Callable[[argparse.Namesp
         summary = trainer.run(max_samples=args.max_samples, max_seconds=args.max_seconds,
                               exit_when_idle_s=args.exit_when_idle)
         log.info("rank %d stopped: %s", rank, summary)
+        # no rank tears its process group down while another is still in the last collective (a gloo pair closed
+        # under a pending op aborts that rank: "terminate called without an active exception")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0

@@ -422,7 +422,7 @@ _EVAL_NAMES = {"popularity_smoothing": "smoothing"}
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.evaluate", description=__doc__.split("\n\n")[0].replace("``", ""),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=cli.HelpFormatter)
     add_dataset_args(p, default="movielens")
     p.add_argument("--out", type=Path, default=Path("reports/eval"), help="report directory")
     # One flag per EvalConfig field that is one value (streaming/cli.py: default from the dataclass); the nested

@@ -464,7 +464,7 @@ def recorded_command(args: Sequence[str]) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer.quality", description=__doc__.split("\n\n")[0].replace("``", ""),
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                formatter_class=cli.HelpFormatter,
                                 epilog=EPILOG)
     p.add_argument("--suite", choices=SUITES, required=True, help="which suite to run")
     p.add_argument("--datasets", help="comma-separated datasets (default per suite: "
