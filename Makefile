@@ -26,11 +26,12 @@ lint: setup ## ruff + mypy
 bench: setup ## Benchmarks (throughput, latency, ratios); results are printed and written to reports/bench/
 	@$(PY) -m deploy bench
 
-eval: setup ## Quality suites (main, unified, scaling, ablations) into docs/results/quality.json, then docs/results.md (hours on a CPU)
+eval: setup ## Quality suites (main, unified, scaling, ablations, distill) into docs/results/quality.json, then docs/results.md (hours on a CPU)
 	@$(PY) -m trainer.quality --suite main
 	@$(PY) -m trainer.quality --suite unified
 	@$(PY) -m trainer.quality --suite scaling --limit-targets 300000
 	@$(PY) -m trainer.quality --suite ablations --limit-targets 300000
+	@$(PY) -m trainer.quality --suite distill --limit-targets 300000
 	@$(PY) -m deploy results
 
 kafka-start: setup ## Start the local Kafka broker on 127.0.0.1:9092, keeping its data (PORT=... to change, FRESH=1 wipes)

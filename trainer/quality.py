@@ -91,7 +91,7 @@ DISTILL_STUDENTS = ("dlrm", "ranker", "dlrm-per-scenario", "ranker-per-scenario"
 QUALITY_DATASETS: tuple[str, ...] = (*(d for d in DATASETS if d != "log"), "movielens-1m:genre")
 DEFAULT_DATASETS: dict[str, tuple[str, ...]] = {
     "main": ("movielens-1m", "movielens"), "unified": ("movielens-1m",), "scaling": ("movielens-1m",),
-    "ablations": ("movielens-1m",), "distill": ("movielens",)}
+    "ablations": ("movielens-1m",), "distill": ("movielens-1m",)}
 DEFAULT_OUT = Path("docs/results/quality.json")
 KEY = ("suite", "dataset", "preset", "model", "variant", "seed", "scenario", "task")
 OVERALL = "*"
@@ -104,7 +104,7 @@ EPILOG = """suites (per dataset and seed):
              dataset movielens-1m
   distill    teacher ranker (first --presets entry) -> students dlrm and ranker (second entry, else laptop),
              each also one model per scenario (--distill-students): no-distill, distill (aux head + adapter),
-             distill-no-aux, distill-no-adapter, distill-staleN (--distill-stale); dataset movielens
+             distill-no-aux, distill-no-adapter, distill-staleN (--distill-stale); dataset movielens-1m
 
 Records {suite, dataset, preset, model, variant, seed, scenario ("*" = overall), task, auc, gauc, n_targets,
 wall_s, targets_per_s, commit, command, limit_targets} are merged into --out: a rerun replaces the records with
