@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,14 +36,16 @@ def _pids_mentioning(text: str) -> list[int]:
     return out
 
 
-def test_demo_runs_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path, kafka_broker: object) -> None:
-    # kafka_broker: only for its skip/fail logic when Java or Maven is missing (the demo starts its own broker)
-    run_dir = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "deploy", "demo", "--limit", "3000", "--keep-running", "--run-dir", str(run_dir),
-           "--kafka-port", "0", "--worker-port", "0", "--trainer-port", "0", "--serving-port", "0",
+@contextlib.contextmanager
+def running_demo(run_dir: Path, *flags: str, columns: int = 160) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """``python -m deploy demo --limit 3000 --keep-running`` (every port free, ``flags`` added), yielded once it
+    prints its running state with the lines it printed so far (still growing); the whole session is killed on exit
+    if the body did not stop it."""
+    cmd = [sys.executable, "-m", "deploy", "demo", *flags, "--limit", "3000", "--keep-running", "--run-dir",
+           str(run_dir), "--kafka-port", "0", "--worker-port", "0", "--trainer-port", "0", "--serving-port", "0",
            "--prometheus-port", "0", "--timeout", "400"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "COLUMNS": "160"})
+                            start_new_session=True, env={**os.environ, "COLUMNS": str(columns)})
     lines: list[str] = []
     ready = threading.Event()
 
@@ -56,7 +60,19 @@ def test_demo_runs_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path, kafka_brok
     t.start()
     try:
         if not ready.wait(timeout=480):
-            pytest.fail("demo did not reach the running state:\n" + "".join(lines[-60:]))
+            pytest.fail("the demo did not reach the running state:\n" + "".join(lines[-60:]))
+        yield proc, lines
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        t.join(5)
+
+
+def test_demo_runs_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path, kafka_broker: object) -> None:
+    # kafka_broker: only for its skip/fail logic when Java or Maven is missing (the demo starts its own broker)
+    run_dir = tmp_path / "demo"
+    with running_demo(run_dir) as (proc, lines):
         out = "".join(lines)
         assert "serving API" in out and "curl -s -X POST" in out
         assert "HTTP 200" in out, out[-3000:]  # the example request was scored
@@ -64,11 +80,6 @@ def test_demo_runs_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path, kafka_brok
         assert _pids_mentioning(str(run_dir)), "services should be running"
         os.kill(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the foreground process
         rc = proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    t.join(5)
     assert rc == 0, "".join(lines[-30:])
     assert "stopped" in "".join(lines[-5:])
     deadline = time.monotonic() + 10

@@ -125,37 +125,15 @@ def test_distill_demo_trains_teacher_and_student_and_serves_the_student(tmp_path
     import os
     import re
     import signal
-    import subprocess
-    import sys
-    import threading
 
     import httpx
 
     from deploy.progress import metric_by, metric_sum, scrape
     from deploy.supervisor import wait_until
-    from tests.deploy.test_demo import REPO, _pids_mentioning
+    from tests.deploy.test_demo import _pids_mentioning, running_demo
 
     run_dir = tmp_path / "demo"
-    cmd = [sys.executable, "-m", "deploy", "demo", "--distill", "--limit", "3000", "--keep-running", "--run-dir",
-           str(run_dir), "--kafka-port", "0", "--worker-port", "0", "--trainer-port", "0", "--student-port", "0",
-           "--serving-port", "0", "--prometheus-port", "0", "--timeout", "400"]
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env={**os.environ, "COLUMNS": "200"})
-    lines: list[str] = []
-    ready = threading.Event()
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.append(line)
-            if "Ctrl-C stops everything" in line:
-                ready.set()
-
-    t = threading.Thread(target=reader, daemon=True)
-    t.start()
-    try:
-        if not ready.wait(timeout=480):
-            pytest.fail("the distill demo did not reach the running state:\n" + "".join(lines[-60:]))
+    with running_demo(run_dir, "--distill", "--student-port", "0", columns=200) as (proc, lines):
         flat = " ".join("".join(lines).split())
         assert "student trainer (preset laptop)" in flat
 
@@ -202,10 +180,5 @@ def test_distill_demo_trains_teacher_and_student_and_serves_the_student(tmp_path
             wait_until(trainers_up, 30, 0.5, "Prometheus to scrape the jobs student and trainer (service=trainer)")
         os.kill(proc.pid, signal.SIGINT)
         rc = proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    t.join(5)
     assert rc == 0, "".join(lines[-30:])
     wait_until(lambda: not _pids_mentioning(str(run_dir)), 10, 0.2, "no process of the demo left after Ctrl-C")
