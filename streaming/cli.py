@@ -77,6 +77,8 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _split_lines(self, text: str, width: int) -> list[str]:
         return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 _SCALARS: tuple[type, ...] = (int, float, str, Path)
 _FIELD = "_config_field"  # attribute set on each generated argparse action: (dataclass, field name)
 _GENERATED = "_config_flags"  # namespace attribute: {dest: "module.Class.field"} of the generated flags

@@ -8,12 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from deploy.supervisor import wait_until
 from tests.deploy.test_cluster import _alive
 
 REPO = Path(__file__).resolve().parents[2]
@@ -82,10 +82,7 @@ def test_demo_runs_serves_and_stops_cleanly_on_ctrl_c(tmp_path: Path, kafka_brok
         rc = proc.wait(timeout=90)
     assert rc == 0, "".join(lines[-30:])
     assert "stopped" in "".join(lines[-5:])
-    deadline = time.monotonic() + 10
-    while _pids_mentioning(str(run_dir)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert _pids_mentioning(str(run_dir)) == [], "orphaned processes after Ctrl-C"
+    wait_until(lambda: not _pids_mentioning(str(run_dir)), 10, 0.2, "no orphaned process after Ctrl-C")
 
 
 EXAMPLES = REPO / "examples"
