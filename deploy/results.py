@@ -325,6 +325,7 @@ def render_main(recs: list[Record], dataset: str) -> list[str]:
                              f"{_pm([r['auc'] for r in rt])} | {_pm([r['gauc'] for r in rt])} | {_seeds(rt)} | "
                              f"{rt[0]['n_targets']} | {_mean([r.get('wall_s') for r in rt], 1)} | "
                              f"{_mean([r.get('targets_per_s') for r in rt], 0)} |")
+    lines += render_stream_parts(overall, dataset, repro)
     scen = [r for r in recs if r["scenario"] != OVERALL]
     for task in _order(scen, "task", _TASK_ORDER):
         rt = [r for r in scen if r["task"] == task]
@@ -339,6 +340,46 @@ def render_main(recs: list[Record], dataset: str) -> list[str]:
             for c in cols:
                 cells.append(_pm([r["gauc"] for r in rs if (r["model"], r["preset"], r["variant"]) == c]))
             lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _part(rs: list[Record], i: int, metric: str) -> list[float | None]:
+    return [r["stream_parts"][i][metric] for r in rs if len(r.get("stream_parts") or ()) > i]
+
+
+def render_stream_parts(overall: list[Record], dataset: str, repro: str) -> list[str]:
+    """Per task: AUC / GAUC of each run over consecutive equal parts of the stream (records' ``stream_parts``),
+    and each other model's difference to ``dlrm`` of the same seed."""
+    with_parts = [r for r in overall if r.get("stream_parts")]
+    lines: list[str] = []
+    for task in _order(with_parts, "task", _TASK_ORDER):
+        rt = [r for r in with_parts if r["task"] == task]
+        runs = sorted(_runs(rt).items(), key=lambda kv: (_MODEL_ORDER.index(kv[0][0]) if kv[0][0] in _MODEL_ORDER
+                                                         else len(_MODEL_ORDER), kv[0]))
+        n = max(len(r["stream_parts"]) for r in rt)
+        sizes = [p["n_targets"] for p in rt[0]["stream_parts"]]
+        lines += ["", f"#### main — `{_cell(dataset)}` — {_cell(task)} over the stream (AUC % / GAUC % on consecutive "
+                  "equal parts of the target stream; Δ: minus `dlrm` of the same seed)", "", repro, "",
+                  "| model | " + " | ".join(f"part {i + 1} ({sizes[i] if i < len(sizes) else '?'} targets)"
+                                         for i in range(n)) + " |", "|---|" + "---|" * n]
+        dlrm = {r["seed"]: r for r in rt if r["model"] == "dlrm"}
+        for (model, preset, variant), rs in runs:
+            lines.append(f"| {_cell(_label(model, preset, variant))} | " + " | ".join(
+                f"{_pm(_part(rs, i, 'auc'))} / {_pm(_part(rs, i, 'gauc'))}" for i in range(n)) + " |")
+        for (model, preset, variant), rs in runs:
+            paired = [(r, dlrm[r["seed"]]) for r in rs if model != "dlrm" and r["seed"] in dlrm]
+            if not paired:
+                continue
+
+            def delta(i: int, metric: str, paired: list[tuple[Record, Record]] = paired) -> str:
+                a = [r for r, _ in paired]
+                b = [d for _, d in paired]
+                xs = [x - y if x is not None and y is not None else None
+                      for x, y in zip(_part(a, i, metric), _part(b, i, metric), strict=True)]
+                return _pm(xs, sign=True)
+
+            lines.append(f"| Δ {_cell(_label(model, preset, variant))} − dlrm | " + " | ".join(
+                f"{delta(i, 'auc')} / {delta(i, 'gauc')}" for i in range(n)) + " |")
     return lines
 
 

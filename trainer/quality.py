@@ -28,7 +28,10 @@ suite          runs (per dataset and seed)
 Records (one per run × scenario × task; scenario ``*`` = overall)::
 
     {suite, dataset, preset, model, variant, seed, scenario, task, auc, gauc, n_targets, wall_s, targets_per_s,
-     commit, command, limit_targets[, flops_per_target][, base_preset]}
+     commit, command, limit_targets[, stream_parts][, flops_per_target][, base_preset]}
+
+``stream_parts`` (overall records): ``[{auc, gauc, n_targets}, ...]`` over :data:`STREAM_PARTS` consecutive equal
+parts of the run's target stream (stream order), so a table can show where one model gains on another.
 
 ``wall_s`` is the model's predict-then-train pass (the shared core and collate are printed, not recorded);
 ``commit`` is ``git rev-parse --short HEAD`` plus ``-dirty`` when tracked files differ from it. Records are merged
@@ -309,9 +312,27 @@ def _finite(x: float) -> float | None:
     return round(float(x), 6) if math.isfinite(x) else None
 
 
+STREAM_PARTS = 4  # the overall records' ``stream_parts``: AUC/GAUC over this many consecutive parts of the stream
+
+
+def stream_parts(p: np.ndarray, y: np.ndarray, users: np.ndarray, parts: int = STREAM_PARTS) -> list[dict[str, Any]]:
+    """AUC/GAUC over ``parts`` consecutive, equally long parts of a run's targets (stream order): how a model's
+    quality moves as it sees more of the stream.
+
+    >>> [r["n_targets"] for r in stream_parts(np.zeros(10), np.array([0, 1] * 5), np.zeros(10), parts=3)]
+    [4, 3, 3]
+    """
+    out = []
+    for idx in np.array_split(np.arange(len(y)), parts):
+        sc = score(p[idx], y[idx], users[idx])
+        out.append({"auc": _finite(sc["auc"]), "gauc": _finite(sc["gauc"]), "n_targets": len(idx)})
+    return out
+
+
 def records_of(preds: Predictions, tg: Targets, scenarios: Sequence[str] | None, base: dict[str, Any],
                wall_s: float) -> list[dict[str, Any]]:
-    """One record per task × (overall + each scenario) of one run's predictions."""
+    """One record per task × (overall + each scenario) of one run's predictions; the overall ones carry
+    ``stream_parts`` (:func:`stream_parts`)."""
     out = []
     masks: list[tuple[str, np.ndarray]] = [(OVERALL, np.ones(len(tg.ts), dtype=bool))]
     names = sorted(set(tg.scenarios.tolist())) if scenarios is None else list(scenarios)
@@ -321,9 +342,12 @@ def records_of(preds: Predictions, tg: Targets, scenarios: Sequence[str] | None,
         for scen, m in masks:
             sc = score(p[m], y[m], tg.users[m])
             n = len(tg.ts)
-            out.append({**base, "scenario": scen, "task": task, "auc": _finite(sc["auc"]), "gauc": _finite(sc["gauc"]),
-                        "n_targets": int(m.sum()), "wall_s": round(wall_s, 3),
-                        "targets_per_s": round(n / wall_s, 1) if wall_s > 0 else None})
+            rec = {**base, "scenario": scen, "task": task, "auc": _finite(sc["auc"]), "gauc": _finite(sc["gauc"]),
+                   "n_targets": int(m.sum()), "wall_s": round(wall_s, 3),
+                   "targets_per_s": round(n / wall_s, 1) if wall_s > 0 else None}
+            if scen == OVERALL:
+                rec["stream_parts"] = stream_parts(p, y, tg.users)
+            out.append(rec)
     return out
 
 

@@ -298,3 +298,22 @@ def test_distillation_alone_and_a_bad_serving_bench(tmp_path: Path) -> None:
     (tmp_path / results.SERVING_BENCH_JSON).write_text(json.dumps(bench))
     with pytest.raises(results.ResultsError, match="nothing reproduces it"):
         results.build(tmp_path, tmp_path)
+
+
+def test_main_renders_each_run_over_the_stream_parts_and_its_gap_to_dlrm(tmp_path: Path) -> None:
+    def parts(*aucs: float) -> list[dict[str, Any]]:
+        return [{"auc": a, "gauc": a - 0.1, "n_targets": 50} for a in aucs]
+
+    recs = []
+    for seed, d in ((0, 0.0), (1, 0.02)):
+        recs += [_q("main", "ranker", seed, 0.70 + d, stream_parts=parts(0.66 + d, 0.74)),
+                 _q("main", "dlrm", seed, 0.70, stream_parts=parts(0.64, 0.76)),
+                 _q("main", "ranker", seed, 0.65, scenario="age_u25")]
+    (tmp_path / "quality.json").write_text(json.dumps(recs))
+    lines = results.build(tmp_path, tmp_path).splitlines()
+    head = lines.index("| model | part 1 (50 targets) | part 2 (50 targets) |")
+    assert lines[head - 2].startswith("Command: `python -m trainer.quality --suite main`")
+    assert lines[head + 2] == "| ranker (p) | 67.00 ± 1.00 / 57.00 ± 1.00 | 74.00 ± 0.00 / 64.00 ± 0.00 |"
+    assert lines[head + 3] == "| dlrm (p) | 64.00 ± 0.00 / 54.00 ± 0.00 | 76.00 ± 0.00 / 66.00 ± 0.00 |"
+    # paired by seed: ranker − dlrm = +2, +4 in part 1 and -2, -2 in part 2
+    assert lines[head + 4] == "| Δ ranker (p) − dlrm | +3.00 ± 1.00 / +3.00 ± 1.00 | -2.00 ± 0.00 / -2.00 ± 0.00 |"

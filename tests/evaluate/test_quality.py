@@ -16,7 +16,7 @@ from model import PRESETS, Preset
 from model import presets as model_presets
 from streaming.datasets.synthetic import SyntheticConfig, generate
 from trainer import quality
-from trainer.quality import KEY, QualityConfig, load_records, run_suite
+from trainer.quality import KEY, STREAM_PARTS, QualityConfig, load_records, run_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 FIELDS = {*KEY, "auc", "gauc", "n_targets", "wall_s", "targets_per_s", "commit", "command", "limit_targets"}
@@ -55,6 +55,11 @@ def test_cli_main_suite_writes_records_and_a_rerun_replaces_only_its_own(tmp_pat
     overall = {(x["model"], x["task"]): x for x in mine if x["scenario"] == "*"}
     assert {k[0] for k in overall} == {"popularity", "lr"}
     assert all(x["n_targets"] == 3000 for x in overall.values())
+    # the overall records split the stream into STREAM_PARTS consecutive parts; the per-scenario ones do not
+    for x in overall.values():
+        assert [p["n_targets"] for p in x["stream_parts"]] == [750] * STREAM_PARTS
+        assert all(0 <= p["auc"] <= 1 for p in x["stream_parts"])
+    assert not any("stream_parts" in x for x in mine if x["scenario"] != "*")
     assert sum(x["n_targets"] for x in mine if x["model"] == "lr" and x["task"] == "click" and x["scenario"] != "*") == 3000
     # a rerun replaces its own records (a stale value disappears), keeps the foreign one
     stale = [dict(x, auc=0.999) if x["dataset"] == "synthetic" else x for x in recs]
