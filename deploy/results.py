@@ -360,11 +360,11 @@ def render_stream_parts(overall: list[Record], dataset: str, repro: str) -> list
         sizes = [p["n_targets"] for p in rt[0]["stream_parts"]]
         lines += ["", f"#### main — `{_cell(dataset)}` — {_cell(task)} over the stream (AUC % / GAUC % on consecutive "
                   "equal parts of the target stream; Δ: minus `dlrm` of the same seed)", "", repro, "",
-                  "| model | " + " | ".join(f"part {i + 1} ({sizes[i] if i < len(sizes) else '?'} targets)"
-                                         for i in range(n)) + " |", "|---|" + "---|" * n]
+                  "| model | seeds | " + " | ".join(f"part {i + 1} ({sizes[i] if i < len(sizes) else '?'} targets)"
+                                                   for i in range(n)) + " |", "|---|---|" + "---|" * n]
         dlrm = {r["seed"]: r for r in rt if r["model"] == "dlrm"}
         for (model, preset, variant), rs in runs:
-            lines.append(f"| {_cell(_label(model, preset, variant))} | " + " | ".join(
+            lines.append(f"| {_cell(_label(model, preset, variant))} | {_seeds(rs)} | " + " | ".join(
                 f"{_pm(_part(rs, i, 'auc'))} / {_pm(_part(rs, i, 'gauc'))}" for i in range(n)) + " |")
         for (model, preset, variant), rs in runs:
             paired = [(r, dlrm[r["seed"]]) for r in rs if model != "dlrm" and r["seed"] in dlrm]
@@ -378,7 +378,8 @@ def render_stream_parts(overall: list[Record], dataset: str, repro: str) -> list
                       for x, y in zip(_part(a, i, metric), _part(b, i, metric), strict=True)]
                 return _pm(xs, sign=True)
 
-            lines.append(f"| Δ {_cell(_label(model, preset, variant))} − dlrm | " + " | ".join(
+            lines.append(f"| Δ {_cell(_label(model, preset, variant))} − dlrm | {_seeds([r for r, _ in paired])} | "
+                         + " | ".join(
                 f"{delta(i, 'auc')} / {delta(i, 'gauc')}" for i in range(n)) + " |")
     return lines
 

@@ -311,9 +311,9 @@ def test_main_renders_each_run_over_the_stream_parts_and_its_gap_to_dlrm(tmp_pat
                  _q("main", "ranker", seed, 0.65, scenario="age_u25")]
     (tmp_path / "quality.json").write_text(json.dumps(recs))
     lines = results.build(tmp_path, tmp_path).splitlines()
-    head = lines.index("| model | part 1 (50 targets) | part 2 (50 targets) |")
+    head = lines.index("| model | seeds | part 1 (50 targets) | part 2 (50 targets) |")
     assert lines[head - 2].startswith("Command: `python -m trainer.quality --suite main`")
-    assert lines[head + 2] == "| ranker (p) | 67.00 ± 1.00 / 57.00 ± 1.00 | 74.00 ± 0.00 / 64.00 ± 0.00 |"
-    assert lines[head + 3] == "| dlrm (p) | 64.00 ± 0.00 / 54.00 ± 0.00 | 76.00 ± 0.00 / 66.00 ± 0.00 |"
+    assert lines[head + 2] == "| ranker (p) | 0, 1 | 67.00 ± 1.00 / 57.00 ± 1.00 | 74.00 ± 0.00 / 64.00 ± 0.00 |"
+    assert lines[head + 3] == "| dlrm (p) | 0, 1 | 64.00 ± 0.00 / 54.00 ± 0.00 | 76.00 ± 0.00 / 66.00 ± 0.00 |"
     # paired by seed: ranker − dlrm = +2, +4 in part 1 and -2, -2 in part 2
-    assert lines[head + 4] == "| Δ ranker (p) − dlrm | +3.00 ± 1.00 / +3.00 ± 1.00 | -2.00 ± 0.00 / -2.00 ± 0.00 |"
+    assert lines[head + 4] == "| Δ ranker (p) − dlrm | 0, 1 | +3.00 ± 1.00 / +3.00 ± 1.00 | -2.00 ± 0.00 / -2.00 ± 0.00 |"
