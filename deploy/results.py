@@ -304,6 +304,16 @@ _MODEL_ORDER = ("ranker", "dlrm", "lr", "popularity")
 _TASK_ORDER = ("click", "conversion")
 
 
+def _model_key(run: tuple[str, str, str]) -> tuple[int, tuple[str, str, str]]:
+    """Sort key of a (model, preset, variant) run: :data:`_MODEL_ORDER` first, then by name."""
+    return (_MODEL_ORDER.index(run[0]) if run[0] in _MODEL_ORDER else len(_MODEL_ORDER), run)
+
+
+def _sorted_runs(recs: list[Record]) -> list[tuple[tuple[str, str, str], list[Record]]]:
+    """:func:`_runs` in :func:`_model_key` order."""
+    return sorted(_runs(recs).items(), key=lambda kv: _model_key(kv[0]))
+
+
 def _seeds(recs: list[Record]) -> str:
     return ", ".join(str(s) for s in sorted({r["seed"] for r in recs}))
 
@@ -312,8 +322,7 @@ def render_main(recs: list[Record], dataset: str) -> list[str]:
     """Per dataset: the overall table (model/preset × task) and a GAUC table per task over scenarios."""
     overall = [r for r in recs if r["scenario"] == OVERALL]
     repro = _repro(recs)
-    runs = sorted(_runs(overall).items(), key=lambda kv: (_MODEL_ORDER.index(kv[0][0]) if kv[0][0] in _MODEL_ORDER
-                                                          else len(_MODEL_ORDER), kv[0]))
+    runs = _sorted_runs(overall)
     lines = [f"### main — `{_cell(dataset)}`", "", repro, "",
              "| model | task | AUC % | GAUC % | seeds | targets | wall s | targets/s |",
              "|---|---|---|---|---|---|---|---|"]
@@ -329,8 +338,7 @@ def render_main(recs: list[Record], dataset: str) -> list[str]:
     scen = [r for r in recs if r["scenario"] != OVERALL]
     for task in _order(scen, "task", _TASK_ORDER):
         rt = [r for r in scen if r["task"] == task]
-        cols = sorted(_runs(rt), key=lambda k: (_MODEL_ORDER.index(k[0]) if k[0] in _MODEL_ORDER
-                                                else len(_MODEL_ORDER), k))
+        cols = sorted(_runs(rt), key=_model_key)
         lines += ["", f"#### main — `{_cell(dataset)}` — {_cell(task)} GAUC per scenario", "", repro, "",
                   "| scenario | targets | " + " | ".join(f"{_cell(_label(*c))} GAUC %" for c in cols) + " |",
                   "|---|---|" + "---|" * len(cols)]
@@ -354,8 +362,7 @@ def render_stream_parts(overall: list[Record], dataset: str, repro: str) -> list
     lines: list[str] = []
     for task in _order(with_parts, "task", _TASK_ORDER):
         rt = [r for r in with_parts if r["task"] == task]
-        runs = sorted(_runs(rt).items(), key=lambda kv: (_MODEL_ORDER.index(kv[0][0]) if kv[0][0] in _MODEL_ORDER
-                                                         else len(_MODEL_ORDER), kv[0]))
+        runs = _sorted_runs(rt)
         n = max(len(r["stream_parts"]) for r in rt)
         sizes = [p["n_targets"] for p in rt[0]["stream_parts"]]
         lines += ["", f"#### main — `{_cell(dataset)}` — {_cell(task)} over the stream (AUC % / GAUC % on consecutive "
@@ -367,19 +374,16 @@ def render_stream_parts(overall: list[Record], dataset: str, repro: str) -> list
             lines.append(f"| {_cell(_label(model, preset, variant))} | {_seeds(rs)} | " + " | ".join(
                 f"{_pm(_part(rs, i, 'auc'))} / {_pm(_part(rs, i, 'gauc'))}" for i in range(n)) + " |")
         for (model, preset, variant), rs in runs:
-            paired = [(r, dlrm[r["seed"]]) for r in rs if model != "dlrm" and r["seed"] in dlrm]
-            if not paired:
+            mine = [r for r in rs if model != "dlrm" and r["seed"] in dlrm]
+            if not mine:
                 continue
+            theirs = [dlrm[r["seed"]] for r in mine]
 
-            def delta(i: int, metric: str, paired: list[tuple[Record, Record]] = paired) -> str:
-                a = [r for r, _ in paired]
-                b = [d for _, d in paired]
-                xs = [x - y if x is not None and y is not None else None
-                      for x, y in zip(_part(a, i, metric), _part(b, i, metric), strict=True)]
-                return _pm(xs, sign=True)
+            def delta(i: int, metric: str, mine: list[Record] = mine, theirs: list[Record] = theirs) -> str:
+                return _pm([None if x is None or y is None else x - y for x, y in
+                            zip(_part(mine, i, metric), _part(theirs, i, metric), strict=True)], sign=True)
 
-            lines.append(f"| Δ {_cell(_label(model, preset, variant))} − dlrm | {_seeds([r for r, _ in paired])} | "
-                         + " | ".join(
+            lines.append(f"| Δ {_cell(_label(model, preset, variant))} − dlrm | {_seeds(mine)} | " + " | ".join(
                 f"{delta(i, 'auc')} / {delta(i, 'gauc')}" for i in range(n)) + " |")
     return lines
 
