@@ -154,3 +154,46 @@ class CrossRates(nn.Module):
         rate = (c[..., 1:] + m * prior) / (c[..., :1] + m)  # (T, dims, tasks)
         z = torch.logit(rate.clamp(1e-4, 1 - 1e-4)) - torch.logit(prior)
         return self.proj(z.reshape(T, -1))  # type: ignore[no-any-return]
+
+
+class UserItemFactors(nn.Module):
+    """Per-task user × item factorization logits (SVD++'s form) on the model's own embeddings.
+
+    The user factor reads the user's profile (the summed raw U-token features: the user-id and profile embeddings)
+    and the mean of the raw H-token features (the items and actions of the history: SVD++'s implicit feedback);
+    the item factor reads the target's item-id and item-feature embeddings::
+
+        p_u = A u_sum + B h_mean      (tasks, k)   A, B zero-initialised: the term starts at 0
+        q_i = C [item_id ‖ item_feat]  (k,)
+        logit_task(u, i) = <p_u[task], q_i>
+
+    Attention reads the history as a weighted mix of its tokens; nothing in it is a direct user-id × item-id
+    product, which is what a factorization model (and DLRM's user · target dot) learns from a user's later
+    targets. The user factor depends on the context only, so :meth:`Ranker.encode_user` caches it.
+
+    Example:
+        >>> f = UserItemFactors(user_dim=4, hist_dim=6, item_dim=5, tasks=2, dim=3)
+        >>> p = f.user(torch.ones(7, 4), torch.ones(7, 6))
+        >>> p.shape, f(p, torch.ones(7, 5)).abs().sum().item()
+        (torch.Size([7, 6]), 0.0)
+    """
+
+    def __init__(self, user_dim: int, hist_dim: int, item_dim: int, tasks: int, dim: int) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError("UserItemFactors needs dim >= 1")
+        self.tasks, self.dim, self.item_dim = tasks, dim, item_dim
+        self.user_proj = nn.Linear(user_dim, tasks * dim, bias=False)
+        self.hist_proj = nn.Linear(hist_dim, tasks * dim, bias=False)
+        nn.init.zeros_(self.user_proj.weight)
+        nn.init.zeros_(self.hist_proj.weight)
+        self.item_proj = nn.Linear(item_dim, dim, bias=False)
+
+    def user(self, u_sum: torch.Tensor, h_mean: torch.Tensor) -> torch.Tensor:
+        """(B, user_dim) summed U features, (B, hist_dim) mean H features -> (B, tasks * dim) user factors."""
+        return self.user_proj(u_sum) + self.hist_proj(h_mean)  # type: ignore[no-any-return]
+
+    def forward(self, user: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
+        """(T, tasks * dim) each target's user factors, (T, item_dim) its item features -> (T, tasks) logits."""
+        q = self.item_proj(item)  # (T, dim)
+        return torch.einsum("tkd,td->tk", user.view(-1, self.tasks, self.dim), q)

@@ -16,6 +16,8 @@ preset                  shape                                                   
 ``base``                d=64, 2 blocks, K=3; L=256, R=64; full tables              ``python -m trainer``'s default
 ``eval-ml100k``         d=32, 1 block, K=0; L=256, R=64; full tables; co-watch     the published MovieLens-100K
                         readout, cross-counter rates, label-prior output biases    numbers (``docs/results/eval``)
+``eval-ml1m``           ``eval-ml100k`` plus user x item factorization logits      the best MovieLens-1M preset of
+                        (``mf_dim=32``)                                            the main table (trainer.quality)
 ``small``               d=32, 1 block, K=3, GQA 3:1, head width d/2, experts 2d;   :data:`SCALING`: MTGR's
 ``medium``              d=64, 2 blocks; ``large``: d=128, 3 blocks; all with       small/medium/large scaled to a
 ``large``               cross-counter rates, label-prior biases; L=256, R=64       2-core CPU (trainer.quality)
@@ -27,7 +29,7 @@ analytic forward cost per target of a preset.
 
 Example:
     >>> sorted(PRESETS)
-    ['base', 'eval-ml100k', 'laptop', 'large', 'medium', 'small']
+    ['base', 'eval-ml100k', 'eval-ml1m', 'laptop', 'large', 'medium', 'small']
     >>> ABLATIONS["no_group_norm"](PRESETS["small"]).ranker.variant
     'no_group_norm'
     >>> p = PRESETS["laptop"]
@@ -138,6 +140,14 @@ PRESETS: dict[str, Preset] = {
                     "priors — the settings tuned on that stream",
         ranker=RankerConfig(preset="eval-ml100k", d_model=32, num_blocks=1, target_layers=0, cross_rates=True,
                             cross_rates_init=0.5, task_priors=MOVIELENS_PRIORS, cowatch=True),
+    ),
+    "eval-ml1m": Preset(
+        name="eval-ml1m",
+        description="eval-ml100k plus the user x item factorization logits (mf_dim=32: the user's profile and mean "
+                    "history against the target's item embeddings), added on MovieLens-1M where DLRM's user . "
+                    "target dot had been learning more than the Ranker from the later stream (docs/experiments.md)",
+        ranker=RankerConfig(preset="eval-ml1m", d_model=32, num_blocks=1, target_layers=0, cross_rates=True,
+                            cross_rates_init=0.5, task_priors=MOVIELENS_PRIORS, cowatch=True, mf_dim=32),
     ),
 }
 

@@ -29,6 +29,7 @@ from model.features import FeatureSpec
 from model.heads import (
     CrossRates,
     MMoE,
+    UserItemFactors,
     item_bias_logits,
     item_bias_table,
     target_item_rows,
@@ -85,6 +86,8 @@ class RankerConfig:
             (so targets see earlier targets; the ``no_dynamic_mask`` ablation).
         prompt_tokens: MDL-style prompt tokens (:class:`model.prompts.PromptTokens`): a learned token for the
             sample's scenario mix and one per task, prepended to every user's sequence as U tokens.
+        mf_dim: width of the user × item factorization logits (:class:`model.heads.UserItemFactors`: the user's
+            U features and mean H features against the target's item embeddings, SVD++'s form); 0 = off.
         preset: name of the :mod:`model.presets` entry this config was built from ('' = built by hand);
             provenance only (snapshots and reports name it), it changes nothing in the model.
         variant: the :data:`model.presets.ABLATIONS` entry applied to that preset ('' = none); provenance only.
@@ -124,6 +127,7 @@ class RankerConfig:
     group_norm: bool = True
     dynamic_mask: bool = True
     prompt_tokens: bool = False
+    mf_dim: int = 0
     preset: str = ""
     variant: str = ""
 
@@ -132,6 +136,8 @@ class RankerConfig:
             raise ValueError(f"q_heads ({self.q_heads}) must be a multiple of kv_heads ({self.kv_heads})")
         if self.num_blocks < 1 or self.target_layers < 0:
             raise ValueError("num_blocks must be >= 1 and target_layers >= 0")
+        if self.mf_dim < 0:
+            raise ValueError("mf_dim must be >= 0")
         if self.cross_rates and not self.cross_features:
             raise ValueError("cross_rates reads the cross features: it needs cross_features=True")
 
@@ -176,6 +182,7 @@ class UserCache:
     user_logit: torch.Tensor  # (B, tasks) per-user first-order logits
     cw_rows: torch.Tensor | None = None  # (N_ctx,) co-watch sketch row of each context token (RankerConfig.cowatch)
     cw_act: torch.Tensor | None = None  # (N_ctx, a) action embedding of each context token (zeros on U tokens)
+    mf_user: torch.Tensor | None = None  # (B, tasks * mf_dim) user factors (RankerConfig.mf_dim)
 
     @property
     def num_users(self) -> int:
@@ -192,7 +199,7 @@ class UserCache:
 
         return UserCache([mv(k) for k in self.keys], [mv(v) for v in self.values], mv(self.offsets), mv(self.ts),
                          mv(self.group), self.max_len, mv(self.ts_origin), list(self.user_ids),
-                         mv(self.user_logit), opt(self.cw_rows), opt(self.cw_act))
+                         mv(self.user_logit), opt(self.cw_rows), opt(self.cw_act), opt(self.mf_user))
 
 
 def _user_of(offsets: torch.Tensor, n: int) -> torch.Tensor:
@@ -276,6 +283,10 @@ class Ranker(nn.Module):
                 self.head.set_output_bias(task, math.log(p / (1.0 - p)))
         # created last and only when on: a model without prompts draws the same initial weights as before
         self.prompts = PromptTokens(spec, c.d_model) if c.prompt_tokens else None
+        self._item_cols = dims["item_id"] + dims["item_feat"]  # the item embeddings' columns in raw T features
+        assert GROUP_FEATURES[TokenGroup.T][:2] == ("item_id", "item_feat")
+        self.mf = UserItemFactors(dims["user_feat"], sum(dims[f] for f in feats), self._item_cols, n_tasks,
+                                  c.mf_dim) if c.mf_dim else None
 
     def _inputs(self, batch: Batch) -> Batch:
         """``batch`` as this model reads it: without the targets' cross features when ``cross_features`` is off."""
@@ -297,8 +308,10 @@ class Ranker(nn.Module):
         :meth:`score_candidates` then runs :meth:`forward` instead of the context cache."""
         return not self.config.dynamic_mask or self.config.prompt_tokens
 
-    def _user_logit(self, batch: Batch, raw: dict[TokenGroup, torch.Tensor]) -> torch.Tensor:
-        """(B, tasks) per-user first-order logits from the raw U/H features."""
+    def _user_terms(self, batch: Batch, raw: dict[TokenGroup, torch.Tensor]) -> tuple[torch.Tensor,
+                                                                                     torch.Tensor | None]:
+        """(B, tasks) per-user first-order logits and (B, tasks * mf_dim) user factors (None without ``mf_dim``)
+        from the raw U/H features."""
         B, lens = batch.num_samples, batch.group_lengths
 
         def per_user_sum(g: TokenGroup) -> torch.Tensor:
@@ -308,7 +321,7 @@ class Ranker(nn.Module):
 
         u = per_user_sum(TokenGroup.U)
         h = per_user_sum(TokenGroup.H) / lens[:, TokenGroup.H].clamp(min=1).unsqueeze(1).to(raw[TokenGroup.H].dtype)
-        return self.user_lin(u) + self.hist_lin(h)  # type: ignore[no-any-return]
+        return self.user_lin(u) + self.hist_lin(h), None if self.mf is None else self.mf.user(u, h)
 
     def _item_logit(self, batch: Batch) -> torch.Tensor:
         """(T, tasks) first-order logits of the targets' own features: the item bias table and (when on) the user's
@@ -336,11 +349,16 @@ class Ranker(nn.Module):
         return self
 
     def _head(self, x: torch.Tensor, x0: torch.Tensor, raw: torch.Tensor, scen: torch.Tensor,
-              user_logit: torch.Tensor, t_user: torch.Tensor, item_logit: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Final target tokens (T, d), their input tokens (T, d) and raw features (T, in), per-user logits
-        (B, tasks), each target's user (T,) and per-target logits (T, tasks) -> {task: (T,) logits}."""
+              user: tuple[torch.Tensor, torch.Tensor | None], t_user: torch.Tensor,
+              item_logit: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Final target tokens (T, d), their input tokens (T, d) and raw features (T, in), per-user terms
+        (:meth:`_user_terms`), each target's user (T,) and per-target logits (T, tasks) -> {task: (T,) logits}."""
         h = torch.cat([self.final_norm(x), self.wide_norm(x0)], dim=-1)
         out: dict[str, torch.Tensor] = self.head(h, scen)
+        user_logit, mf_user = user
+        if self.mf is not None:
+            assert mf_user is not None
+            item_logit = item_logit + self.mf(mf_user[t_user], raw[:, :self._item_cols])
         lin, ul = self.linear(raw), user_logit[t_user]  # (T, tasks) each; added in this order (bitwise-stable scores)
         return {t: z + lin[:, i] + item_logit[:, i] + ul[:, i] for i, (t, z) in enumerate(out.items())}
 
@@ -389,7 +407,7 @@ class Ranker(nn.Module):
             cw = self.cowatch(rows_all, self._actions(batch, raw, N), batch.token_ts, batch.token_group, tok_user,
                               rows_all[b_t_rows], batch.token_ts[b_t_rows], t_user)
             item_logit = item_logit + cw
-        return self._head(x[t_rows], x0, raw[TokenGroup.T], scen, self._user_logit(batch, raw), t_user, item_logit)
+        return self._head(x[t_rows], x0, raw[TokenGroup.T], scen, self._user_terms(batch, raw), t_user, item_logit)
 
     @torch.no_grad()
     def encode_user(self, batch: Batch) -> UserCache:
@@ -422,8 +440,9 @@ class Ranker(nn.Module):
             cw_rows = rows.new_empty(n_ctx).index_copy(0, dst, rows)
             act = self._actions(batch, raw, batch.num_tokens)
             cw_act = act.new_empty(n_ctx, act.shape[1]).index_copy(0, dst, act[ctx_rows])
+        user_logit, mf_user = self._user_terms(batch, raw)
         return UserCache(keys, values, ctx_offsets, ts, group, batch.max_context_len, batch.ts_origin,
-                         list(batch.user_ids), self._user_logit(batch, raw), cw_rows, cw_act)
+                         list(batch.user_ids), user_logit, cw_rows, cw_act, mf_user)
 
     @torch.no_grad()
     def score_candidates(self, cache: UserCache, batch: Batch) -> dict[str, torch.Tensor]:
@@ -459,7 +478,9 @@ class Ranker(nn.Module):
             t_rows = self.cowatch.sketch_rows(batch)[batch.group_rows[TokenGroup.T]]
             cw = self.cowatch(cache.cw_rows, cache.cw_act, cache.ts, cache.group, c_user, t_rows, t_ts, t_user)
             item_logit = item_logit + cw
-        user_logit = cache.user_logit
+        if self.mf is not None and cache.mf_user is None:
+            raise ValueError("score_candidates: the cache was encoded without the user factors (mf_dim)")
+        user = (cache.user_logit, cache.mf_user)
 
         def merge(ctx: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
             out = ctx.new_empty((n_ctx + T, *ctx.shape[1:]))
@@ -472,7 +493,7 @@ class Ranker(nn.Module):
                 k, v = layer.kv(xn)
                 x = layer.target_update(x, xn, t_group, k, v, t_off, t_ts, batch.max_targets, ctx, cache.keys[li],
                                         cache.values[li])
-            return self._head(x, x0, raw[TokenGroup.T], scen, user_logit, t_user, item_logit)
+            return self._head(x, x0, raw[TokenGroup.T], scen, user, t_user, item_logit)
         kv = KVLayout(kv_offsets, merge(cache.ts, t_ts), merge(cache.group, t_group), cache.max_len + batch.max_targets)
         for li, (_, layer) in enumerate(self.layers()):
             xn = layer.norm_in(x, t_group)
@@ -481,7 +502,7 @@ class Ranker(nn.Module):
                 x, xn, t_group, merge(cache.keys[li], k), merge(cache.values[li], v), kv, t_off, q_pos,
                 batch.max_targets,
             )
-        return self._head(x, x0, raw[TokenGroup.T], scen, user_logit, t_user, item_logit)
+        return self._head(x, x0, raw[TokenGroup.T], scen, user, t_user, item_logit)
 
     def embedding_parameters(self) -> list[nn.Parameter]:
         """Embedding-table parameters (row-wise Adagrad in the trainer)."""
