@@ -27,7 +27,7 @@ bench: setup ## Benchmarks (throughput, latency, ratios); results are printed an
 	@$(PY) -m deploy bench
 
 eval: setup ## Quality suites (main, unified, scaling, ablations, distill) into docs/results/quality.json, then docs/results.md (hours on a CPU)
-	@$(PY) -m trainer.quality --suite main
+	@$(PY) -m trainer.quality --suite main --presets eval-ml100k,eval-ml1m,small,medium,large
 	@$(PY) -m trainer.quality --suite unified
 	@$(PY) -m trainer.quality --suite scaling --limit-targets 300000
 	@$(PY) -m trainer.quality --suite ablations --limit-targets 300000

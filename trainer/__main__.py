@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--cowatch", action="store_true",
                    help="ranker co-watch readout (a kNN over the history keyed by a co-occurrence sketch; pair it with "
                         "the worker's --skip-action skip) (default: the preset's)")
+    t.add_argument("--mf-dim", type=int, default=None,
+                   help="ranker user x item factorization logits width, 0 = off (default: the preset's)")
     t.add_argument("--dropout", type=float, default=None, help="ranker residual dropout (default: the preset's)")
     t.add_argument("--max-history", type=int, default=None, help="FeatureSpec.max_history (default: the preset's)")
     t.add_argument("--max-realtime", type=int, default=None, help="FeatureSpec.max_realtime (default: the preset's)")
@@ -125,7 +127,7 @@ def preset_from_args(args: argparse.Namespace) -> Preset:
     return PRESETS[args.preset].with_changes(
         max_history=args.max_history, max_realtime=args.max_realtime, max_table_rows=args.max_table_rows,
         d_model=args.d_model, num_blocks=args.num_blocks, target_layers=args.target_layers, dropout=args.dropout,
-        cowatch=args.cowatch or None)
+        cowatch=args.cowatch or None, mf_dim=args.mf_dim)
 
 
 def _spec(args: argparse.Namespace) -> FeatureSpec:

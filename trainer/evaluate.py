@@ -448,6 +448,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--target-layers", type=int, help="Ranker target layers per block (default: the preset's)")
     p.add_argument("--cowatch-dim", type=int,
                    help="Ranker co-watch sketch width, 0 = no co-watch readout (default: the preset's)")
+    p.add_argument("--mf-dim", type=int,
+                   help="Ranker user x item factorization logits width, 0 = off (default: the preset's)")
     p.add_argument("--dlrm-dim", type=int, default=EvalConfig().dlrm.embed_dim, help="DLRM embedding width")
     p.add_argument("--cross-rates-init", type=float,
                    help="initial weight of the user's cross-counter rate term, both models, 0 = no such term "
@@ -479,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     preset = PRESETS[ns.preset].with_changes(
         max_history=ns.max_history, d_model=ns.d_model, num_blocks=ns.num_blocks, target_layers=ns.target_layers,
         cowatch=None if cw is None else cw > 0, cowatch_dim=None if cw is None else max(cw, 1),
-        cross_rates=None if cr is None else cr != 0, cross_rates_init=cr)
+        cross_rates=None if cr is None else cr != 0, cross_rates_init=cr, mf_dim=ns.mf_dim)
     dlrm = EvalConfig().dlrm
     if cr is not None:
         dlrm = dataclasses.replace(dlrm, cross_rates=cr != 0, cross_rates_init=cr)

@@ -114,14 +114,15 @@ def test_cli_synthetic_report(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     r = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--dataset", "synthetic", "--syn-users", "30",
                         "--syn-requests", "4", "--out", str(out), "--preset", "laptop", "--d-model", "16",
-                        "--target-layers", "1", "--dlrm-dim", "8", "--threads", "1", "--points", "3"],
+                        "--target-layers", "1", "--mf-dim", "4", "--dlrm-dim", "8", "--threads", "1", "--points", "3"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ranker" in r.stdout and "popularity" in r.stdout and "ranker − dlrm (click)" in r.stdout
     assert (out / "summary.md").is_file() and (out / "auc_click.png").is_file()
     cfg = json.loads((out / "metrics.json").read_text())["config"]  # the numbers name their preset and overrides
     assert cfg["preset"] == cfg["ranker"]["preset"] == "laptop"
-    assert (cfg["ranker"]["d_model"], cfg["ranker"]["target_layers"], cfg["ranker"]["num_blocks"]) == (16, 1, 1)
+    assert (cfg["ranker"]["d_model"], cfg["ranker"]["target_layers"], cfg["ranker"]["num_blocks"],
+            cfg["ranker"]["mf_dim"]) == (16, 1, 1, 4)
     assert (cfg["max_history"], cfg["max_realtime"], cfg["max_table_rows"]) == (32, 16, 32768)
     assert "Ranker preset: `laptop`" in (out / "summary.md").read_text()
     bad = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--dataset", "log", "--path",

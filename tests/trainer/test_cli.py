@@ -58,11 +58,13 @@ def test_preset_flag_builds_the_preset_exactly(name: str) -> None:
 
 
 def test_single_flags_override_a_preset_field_and_keep_its_name() -> None:
-    args = _parser().parse_args(["--preset", "laptop", "--d-model", "16", "--max-history", "8", "--cowatch"])
+    args = _parser().parse_args(["--preset", "laptop", "--d-model", "16", "--max-history", "8", "--cowatch",
+                                 "--mf-dim", "4"])
     spec = _spec(args)
     assert (spec.max_history, spec.max_realtime) == (8, PRESETS["laptop"].max_realtime)
     m = _model(args, spec)
     assert isinstance(m, Ranker) and m.config.preset == "laptop"
-    assert (m.config.d_model, m.config.num_blocks, m.config.cowatch) == (16, 1, True)
+    assert (m.config.d_model, m.config.num_blocks, m.config.cowatch, m.config.mf_dim) == (16, 1, True, 4)
+    assert m.mf is not None and PRESETS["laptop"].build().mf is None
     full = _spec(_parser().parse_args(["--preset", "laptop", "--max-table-rows", "0"]))  # 0 = FeatureSpec's sizes
     assert full.tables == PRESETS["base"].feature_spec().tables
