@@ -141,15 +141,13 @@ PRESETS: dict[str, Preset] = {
         ranker=RankerConfig(preset="eval-ml100k", d_model=32, num_blocks=1, target_layers=0, cross_rates=True,
                             cross_rates_init=0.5, task_priors=MOVIELENS_PRIORS, cowatch=True),
     ),
-    "eval-ml1m": Preset(
-        name="eval-ml1m",
-        description="eval-ml100k plus the user x item factorization logits (mf_dim=32: the user's profile and mean "
-                    "history against the target's item embeddings), added on MovieLens-1M where DLRM's user . "
-                    "target dot had been learning more than the Ranker from the later stream (docs/experiments.md)",
-        ranker=RankerConfig(preset="eval-ml1m", d_model=32, num_blocks=1, target_layers=0, cross_rates=True,
-                            cross_rates_init=0.5, task_priors=MOVIELENS_PRIORS, cowatch=True, mf_dim=32),
-    ),
 }
+PRESETS["eval-ml1m"] = dataclasses.replace(
+    PRESETS["eval-ml100k"], name="eval-ml1m",
+    description="eval-ml100k plus the user x item factorization logits (mf_dim=32: the user's profile and mean history "
+                "against the target's item embeddings), added on MovieLens-1M where DLRM's user . target dot had been "
+                "learning more than the Ranker from the later stream (docs/experiments.md)",
+    ranker=dataclasses.replace(PRESETS["eval-ml100k"].ranker, preset="eval-ml1m", mf_dim=32))
 
 
 # --- The scaling family -------------------------------------------------------------------------------------------

@@ -8,13 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from model import Ranker, RankerConfig
-from model.batch import collate
+from model.batch import Batch, collate
+from model.features import FeatureSpec
 from model.heads import UserItemFactors
 from model.snapshot import SnapshotMeta, load_snapshot, save_snapshot
 from tests.model.helpers import make_sample, seeded, small_config, small_spec
 
 
-def _batch():  # type: ignore[no-untyped-def]
+def _batch() -> tuple[FeatureSpec, Batch]:
     spec = small_spec()
     return spec, collate([make_sample(31, n_tgt=5), make_sample(32, n_hist=0, n_rt=0, n_tgt=3)], spec)
 
