@@ -13,7 +13,14 @@ than ``t`` — the same causality as the attention mask), one softmax read per t
 
     w_tau(t, j) = softmax_{j in V(t)}(tau * sim(item_t, item_j))
     read_tau(t) = sum_j w_tau(t, j) * a_j           (a_j: token j's learned action embedding, e.g. click/like/skip)
-    logits(t)   = W [read_tau1(t), ..., log(1 + |V(t)|)]      (W zero-initialised)
+    f(t)        = [read_tau1(t), ..., log(1 + |V(t)|)]
+    logits(t)   = W f(t) + W_b(t) f(t)        b(t) = min(floor(log2(1 + |V(t)|)), size_buckets - 1)
+
+``W`` and the per-bucket ``W_b`` (only with ``size_buckets > 0``) start at zero. A read over three visible items is
+a noisier estimate than one over three hundred, most of all at high ``tau`` where one item takes nearly all the
+weight; one shared ``W`` learns the weights that suit the users with long contexts (most of the stream) and
+applies them to a user's first targets too. ``W_b`` lets the readout weigh its reads by how much context they
+average over (log2 buckets of ``|V(t)|``: 0, 1-2, 3-6, 7-14, ...).
 
 ``tau = 0`` is the plain mean (the user's action mix); larger ``tau`` reads the actions on the most similar past
 items — with skip behaviors in the history (``CoreConfig.skip_action``) this is "did the user like or skip items
@@ -47,6 +54,18 @@ from model.features import FeatureSpec
 from model.heads import token_item_rows
 
 
+def size_bucket(n: torch.Tensor, buckets: int) -> torch.Tensor:
+    """Context sizes (any shape, integer counts >= 0) -> their log2 bucket ``min(floor(log2(1 + n)), buckets - 1)``.
+
+    Example:
+        >>> size_bucket(torch.tensor([0, 1, 2, 3, 6, 7, 1000]), 9).tolist()
+        [0, 1, 1, 2, 2, 3, 8]
+    """
+    # exact floor(log2(x)) for x >= 1: x = mantissa * 2**exponent with mantissa in [0.5, 1)
+    exponent = torch.frexp((n.to(torch.float64) + 1.0).clamp(min=1.0)).exponent
+    return (exponent.to(torch.int64) - 1).clamp(max=buckets - 1)
+
+
 class CoWatch(nn.Module):
     """The co-watch sketch (buffers) and its readout head (one zero-initialised linear layer); see the module doc.
 
@@ -54,18 +73,26 @@ class CoWatch(nn.Module):
     """
 
     def __init__(self, spec: FeatureSpec, action_dim: int, rows: int = 16384, dim: int = 64,
-                 temperatures: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0), seed: int = 0x5EED) -> None:
+                 temperatures: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0), seed: int = 0x5EED,
+                 size_buckets: int = 0) -> None:
         super().__init__()
         if rows < 1 or dim < 1 or not temperatures:
             raise ValueError("CoWatch needs rows >= 1, dim >= 1 and at least one temperature")
+        if size_buckets < 0:
+            raise ValueError("CoWatch needs size_buckets >= 0")
         self.table_rows = spec.tables["item_id"].num_embeddings
         self.rows, self.temperatures = rows, tuple(float(t) for t in temperatures)
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("basis", torch.randn(rows, dim, generator=gen) / math.sqrt(dim), persistent=False)
         self.register_buffer("context", torch.zeros(rows, dim))
-        self.proj = nn.Linear(action_dim * len(self.temperatures) + 1, len(spec.tasks))
+        n_in, tasks = action_dim * len(self.temperatures) + 1, len(spec.tasks)
+        self.proj = nn.Linear(n_in, tasks)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
+        self.size_buckets = size_buckets
+        # (buckets, features, tasks) per-context-size read weights W_b; zeros draw no random numbers, so a model
+        # with them starts bit-identical to one without
+        self.size_proj = nn.Parameter(torch.zeros(size_buckets, n_in, tasks)) if size_buckets else None
 
     def sketch_rows(self, batch: Batch) -> torch.Tensor:
         """(N,) sketch row of each token (item-table row folded to ``rows``)."""
@@ -91,7 +118,12 @@ class CoWatch(nn.Module):
                 w = torch.softmax((sim * tau).masked_fill(~vis, -math.inf), dim=1)
                 weights.append(torch.nan_to_num(w, nan=0.0) * any_vis)  # rows without context: all -inf -> 0
         reads = [w @ c_act for w in weights]  # (T, a) each; gradients reach the action embeddings
-        return self.proj(torch.cat([*reads, torch.log1p(n_vis.to(c_act.dtype))], dim=-1))  # type: ignore[no-any-return]
+        f = torch.cat([*reads, torch.log1p(n_vis.to(c_act.dtype))], dim=-1)  # (T, features)
+        out: torch.Tensor = self.proj(f)
+        if self.size_proj is not None:
+            b = size_bucket(n_vis.squeeze(1), self.size_buckets)
+            out = out + torch.einsum("tf,tfk->tk", f, self.size_proj[b])
+        return out
 
     @torch.no_grad()
     def observe(self, batch: Batch) -> None:

@@ -77,6 +77,9 @@ class RankerConfig:
             (:class:`model.cowatch.CoWatch`: ``cowatch_rows`` x ``cowatch_dim`` sketch, one softmax read of
             the context tokens' action embeddings per temperature in :data:`COWATCH_TEMPERATURES`), added to the
             logits. Its sketch is model state updated by :meth:`Ranker.observe` after each training step.
+        cowatch_size_buckets: with ``cowatch``, read weights per log2 bucket of the number of context tokens
+            read (:func:`model.cowatch.size_bucket`) next to the shared ones, so a read over a user's first few
+            items is weighed apart from one over a long history; 0 = shared weights only.
         cross_features: the targets' cross features (the weighted ``cross`` bag) reach the model; False empties
             that bag in every batch the Ranker reads (the ``no_cross`` ablation; ``cross_rates`` must be off too).
         group_norm: MTGR's Group LayerNorm (one affine per token group) in every layer; False = one shared
@@ -123,6 +126,7 @@ class RankerConfig:
     cowatch: bool = False
     cowatch_rows: int = 16384
     cowatch_dim: int = 128
+    cowatch_size_buckets: int = 0
     cross_features: bool = True
     group_norm: bool = True
     dynamic_mask: bool = True
@@ -136,8 +140,8 @@ class RankerConfig:
             raise ValueError(f"q_heads ({self.q_heads}) must be a multiple of kv_heads ({self.kv_heads})")
         if self.num_blocks < 1 or self.target_layers < 0:
             raise ValueError("num_blocks must be >= 1 and target_layers >= 0")
-        if self.mf_dim < 0:
-            raise ValueError("mf_dim must be >= 0")
+        if self.mf_dim < 0 or self.cowatch_size_buckets < 0:
+            raise ValueError("mf_dim and cowatch_size_buckets must be >= 0")
         if self.cross_rates and not self.cross_features:
             raise ValueError("cross_rates reads the cross features: it needs cross_features=True")
 
@@ -276,8 +280,8 @@ class Ranker(nn.Module):
         assert GROUP_FEATURES[TokenGroup.R] == feats
         a0 = sum(dims[f] for f in feats[:feats.index("action")])
         self._action_cols = (a0, a0 + dims["action"])  # the action embedding's columns in raw H/R features
-        self.cowatch = CoWatch(spec, dims["action"], c.cowatch_rows, c.cowatch_dim, COWATCH_TEMPERATURES) \
-            if c.cowatch else None
+        self.cowatch = CoWatch(spec, dims["action"], c.cowatch_rows, c.cowatch_dim, COWATCH_TEMPERATURES,
+                               size_buckets=c.cowatch_size_buckets) if c.cowatch else None
         for task, p in c.task_priors:
             if task in spec.tasks:
                 self.head.set_output_bias(task, math.log(p / (1.0 - p)))

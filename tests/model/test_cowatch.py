@@ -6,15 +6,16 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from kernels.attention import TokenGroup
-from model import Ranker
+from model import Ranker, RankerConfig
 from model.batch import collate
-from model.cowatch import CoWatch
+from model.cowatch import CoWatch, size_bucket
 from model.features import FeatureSpec
 from model.heads import token_item_rows
 from streaming.sample import Behavior, Sample, Target
@@ -48,21 +49,27 @@ def _reference(cw: CoWatch, c_rows: list[int], c_act: torch.Tensor, c_ts: list[f
             feats.append((w.unsqueeze(1) * c_act[vis].double()).sum(0))
         feats.append(torch.tensor([math.log1p(len(vis))], dtype=torch.float64))
         x = torch.cat(feats)
-        out.append(x @ cw.proj.weight.double().T + cw.proj.bias.double())
+        z = x @ cw.proj.weight.double().T + cw.proj.bias.double()
+        if cw.size_proj is not None:  # the weights of this context size's log2 bucket
+            z = z + x @ cw.size_proj[min(int(math.log2(1 + len(vis))), cw.size_buckets - 1)].double()
+        out.append(z)
     return torch.stack(out)
 
 
 @settings(max_examples=40, deadline=None)
 @given(st.data())
 def test_readout_matches_a_per_target_brute_force(data: st.DataObject) -> None:
-    """Only the target's own user's H tokens and strictly earlier R tokens are read; U/T tokens never."""
+    """Only the target's own user's H tokens and strictly earlier R tokens are read; U/T tokens never; with size
+    buckets, each target also gets the read weights of its context size's bucket."""
     spec = small_spec()
-    cw = CoWatch(spec, action_dim=3, rows=8, dim=4, temperatures=(0.0, 5.0))
+    cw = CoWatch(spec, action_dim=3, rows=8, dim=4, temperatures=(0.0, 5.0), size_buckets=data.draw(st.integers(0, 4)))
     g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     with torch.no_grad():
         cw.context.normal_(generator=g)
         cw.proj.weight.normal_(generator=g)
         cw.proj.bias.normal_(generator=g)
+        if cw.size_proj is not None:
+            cw.size_proj.normal_(generator=g)
     nc = data.draw(st.integers(0, 12))
     c_rows = data.draw(st.lists(st.integers(0, 7), min_size=nc, max_size=nc))
     c_ts = data.draw(st.lists(st.sampled_from([-5.0, 0.0, 1.0, 2.0, 3.0]), min_size=nc, max_size=nc))
@@ -151,3 +158,63 @@ def test_snapshot_round_trip_keeps_the_sketch(tmp_path: Path) -> None:
     with torch.no_grad():
         for task, z in model(batch).items():
             assert torch.equal(loaded(batch)[task], z)
+
+
+@given(st.lists(st.integers(0, 10**6), min_size=1, max_size=20), st.integers(1, 24))
+def test_size_bucket_is_the_capped_integer_log2(ns: list[int], buckets: int) -> None:
+    got = size_bucket(torch.tensor(ns), buckets).tolist()
+    assert got == [min((1 + n).bit_length() - 1, buckets - 1) for n in ns]
+
+
+def test_size_buckets_learn_and_survive_a_snapshot(tmp_path: Path) -> None:
+    from model.snapshot import SnapshotMeta, load_snapshot, save_snapshot
+
+    spec = small_spec()
+    batch = collate([make_sample(70, n_tgt=5), make_sample(71, n_hist=0, n_rt=2, n_tgt=3),
+                     make_sample(72, n_hist=3, n_rt=6, n_tgt=4)], spec)
+    models = []
+    for buckets in (0, 5):
+        torch.manual_seed(11)
+        models.append(Ranker(spec, small_config(cowatch=True, cowatch_rows=64, cowatch_dim=16,
+                                                cowatch_size_buckets=buckets)))
+    plain, bucketed = models
+    assert plain.cowatch is not None and plain.cowatch.size_proj is None
+    assert bucketed.cowatch is not None and bucketed.cowatch.size_proj is not None
+    trainers = [Trainer(TrainerConfig(run_dir=tmp_path / str(i), device="cpu"), m, spec, CollectorRegistry())
+                for i, m in enumerate(models)]
+    for _ in range(3):  # the first step sees an empty sketch; the later ones read the observed co-occurrences
+        for t in trainers:
+            t.train_step(batch)
+    assert bucketed.cowatch.size_proj.abs().sum() > 0  # reads of different context sizes get their own weights
+    plain.eval()
+    bucketed.eval()
+    with torch.no_grad():
+        full = bucketed(batch)
+        assert not torch.allclose(full["click"], plain(batch)["click"], atol=1e-6)  # same start, trained apart
+        cached = bucketed.score_candidates(bucketed.encode_user(batch), batch)
+        for task in spec.tasks:
+            torch.testing.assert_close(cached[task], full[task], atol=1e-5, rtol=1e-5)
+    loaded = load_snapshot(save_snapshot(tmp_path / "snap", bucketed, SnapshotMeta(1, 0.0, 0.0, 0))).model
+    assert isinstance(loaded, Ranker) and loaded.cowatch is not None and loaded.cowatch.size_proj is not None
+    assert torch.equal(loaded.cowatch.size_proj, bucketed.cowatch.size_proj)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch)["click"], full["click"])
+
+
+def test_size_buckets_at_zero_init_change_nothing() -> None:
+    spec = small_spec()
+    batch = collate([make_sample(73, n_tgt=4), make_sample(74, n_hist=0, n_rt=0, n_tgt=2)], spec)
+    out = []
+    for buckets in (0, 9):
+        torch.manual_seed(5)
+        model = Ranker(spec, small_config(cowatch=True, cowatch_rows=64, cowatch_dim=16,
+                                          cowatch_size_buckets=buckets)).eval()
+        assert model.cowatch is not None
+        with torch.no_grad():
+            model.cowatch.context.normal_(generator=torch.Generator().manual_seed(5))
+            model.cowatch.proj.weight.normal_(generator=torch.Generator().manual_seed(6))
+            out.append(model(batch))
+    for task in spec.tasks:
+        assert torch.equal(out[0][task], out[1][task])
+    with pytest.raises(ValueError, match="cowatch_size_buckets"):
+        RankerConfig(cowatch=True, cowatch_size_buckets=-1)
