@@ -128,6 +128,11 @@ class CoWatch(nn.Module):
     @torch.no_grad()
     def observe(self, batch: Batch) -> None:
         """Add ``batch``'s co-occurrences to the sketch (call after training on it)."""
+        self._count(batch, None, None)
+
+    def _count(self, batch: Batch, token_sign: torch.Tensor | None, target_sign: torch.Tensor | None) -> None:
+        """Add each new target's co-occurrences; with signs (token_sign: (N,) per token, 0 = not counted;
+        target_sign: (T,)) each pair counts with the product of its two items' signs."""
         basis, ctx = self.basis, self.context
         assert isinstance(basis, torch.Tensor) and isinstance(ctx, torch.Tensor)
         rows = self.sketch_rows(batch).to(ctx.device)
@@ -137,10 +142,76 @@ class CoWatch(nn.Module):
         user = torch.repeat_interleave(torch.arange(B, device=ctx.device), offsets.diff(), output_size=rows.numel())
         is_t = group == TokenGroup.T
         is_c = (group == TokenGroup.H) | (group == TokenGroup.R)
-        key = torch.unique(user[is_c] * self.rows + rows[is_c])  # distinct (user, item) of each context
-        cu, cr = key // self.rows, key % self.rows
         tu, tr = user[is_t], rows[is_t]
-        s_ctx = ctx.new_zeros(B, ctx.shape[1]).index_add_(0, cu, basis[cr])  # (B, k) sum over the context items
-        s_tgt = ctx.new_zeros(B, ctx.shape[1]).index_add_(0, tu, basis[tr])  # (B, k) sum over the targets
-        ctx.index_add_(0, tr, s_ctx[tu] + s_tgt[tu] - basis[tr])  # target <- context and the other targets
-        ctx.index_add_(0, cr, s_tgt[cu])  # context item <- the new targets
+        if token_sign is None or target_sign is None:
+            key = torch.unique(user[is_c] * self.rows + rows[is_c])  # distinct (user, item) of each context
+            cu, cr = key // self.rows, key % self.rows
+            c_vec, t_vec = basis[cr], basis[tr]
+            c_s = t_s = None
+        else:
+            sign = token_sign.to(ctx.device)
+            is_c = is_c & (sign != 0)
+            pos = (sign[is_c] > 0).to(torch.int64)
+            key = torch.unique((user[is_c] * self.rows + rows[is_c]) * 2 + pos)  # distinct (user, item, sign)
+            cu, cr = key // 2 // self.rows, key // 2 % self.rows
+            c_s = (key % 2).to(ctx.dtype) * 2 - 1  # (n_c, 1) sign of each distinct context item
+            t_s = target_sign.to(device=ctx.device, dtype=ctx.dtype)
+            c_vec, t_vec = basis[cr] * c_s[:, None], basis[tr] * t_s[:, None]
+        s_ctx = ctx.new_zeros(B, ctx.shape[1]).index_add_(0, cu, c_vec)  # (B, k) sum over the context items
+        s_tgt = ctx.new_zeros(B, ctx.shape[1]).index_add_(0, tu, t_vec)  # (B, k) sum over the targets
+        to_t = s_ctx[tu] + s_tgt[tu] - t_vec  # target <- context and the other targets
+        to_c = s_tgt[cu]  # context item <- the new targets
+        if c_s is not None and t_s is not None:
+            to_t, to_c = to_t * t_s[:, None], to_c * c_s[:, None]
+        ctx.index_add_(0, tr, to_t)
+        ctx.index_add_(0, cr, to_c)
+
+
+class CoLike(CoWatch):
+    """The co-watch readout over a *signed* co-occurrence sketch: items liked (or not) by the same users.
+
+    Counting is :class:`CoWatch`'s with each item carrying a sign ``s = +1`` (liked) or ``-1`` (not liked): a pair
+    counts ``s_i s_j``, so ``c_i = sum_j s_i s_j r_j`` sketches row ``i`` of the agreement matrix (pairs liked or
+    disliked together minus pairs split) and ``cos(c_i, c_j)`` is high for items the same people rate alike —
+    item-based collaborative filtering's similarity, where co-watch's is "watched by the same people". A context
+    token's sign comes from its action (``signs``: ``((action, sign), ...)``, other actions are not counted); a new
+    target's from its label of the first task (1 -> +1, 0 -> -1). The readout (reads, size buckets, zero-initialised
+    weights) is :class:`CoWatch`'s.
+
+    Example:
+        >>> from streaming.sample import Behavior, Sample, Target
+        >>> from model.batch import collate
+        >>> spec = FeatureSpec()
+        >>> cl = CoLike(spec, action_dim=8, rows=64, dim=8, signs=(("click", 1.0), ("skip", -1.0)))
+        >>> s = Sample("s", "u", [Target("e", "r", "i2", "home", 2.0, labels={"click": 0})],
+        ...            history=[Behavior("i1", "home", "click", 1.0)])
+        >>> cl.observe(collate([s], spec))
+        >>> bool(cl.context.abs().sum() > 0)
+        True
+    """
+
+    def __init__(self, spec: FeatureSpec, action_dim: int, rows: int = 16384, dim: int = 64,
+                 temperatures: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0), seed: int = 0x11CE,
+                 size_buckets: int = 0, signs: tuple[tuple[str, float], ...] = (("click", 1.0), ("skip", -1.0))) -> None:
+        super().__init__(spec, action_dim, rows, dim, temperatures, seed, size_buckets)
+        if not signs or any(v not in (1.0, -1.0) for _, v in signs):
+            raise ValueError("CoLike needs signs: ((action, +1.0 or -1.0), ...)")
+        self.task = spec.tasks[0]
+        self.register_buffer("action_ids", torch.tensor([spec.bucket("action", a) for a, _ in signs]),
+                             persistent=False)
+        self.register_buffer("action_signs", torch.tensor([float(v) for _, v in signs]), persistent=False)
+
+    @torch.no_grad()
+    def observe(self, batch: Batch) -> None:
+        """Add ``batch``'s signed co-occurrences (call after training on it: it reads the targets' labels)."""
+        ids, signs = self.action_ids, self.action_signs
+        assert isinstance(ids, torch.Tensor) and isinstance(signs, torch.Tensor)
+        jt = batch.sparse["action"]  # one bag per token: exactly one action on H/R tokens, none on U/T
+        lens = jt.lengths()
+        has = lens > 0
+        act = torch.full_like(lens, -1, dtype=torch.int64)
+        act[has] = jt.values()[jt.offsets()[:-1][has]]
+        match = act.unsqueeze(1) == ids.to(act.device).unsqueeze(0)  # (N, n_signs)
+        token_sign = (match.to(signs.dtype) * signs.to(act.device)).sum(1)
+        target_sign = batch.labels[self.task] * 2 - 1  # labels in group_rows[T] order, as the T tokens
+        self._count(batch, token_sign, target_sign)

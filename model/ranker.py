@@ -23,7 +23,7 @@ from torchrec import KeyedJaggedTensor
 from kernels.attention import AttentionKind, TokenGroup
 from kernels.dispatch import Kernel, get_kernel, use_triton
 from model.batch import Batch
-from model.cowatch import CoWatch
+from model.cowatch import CoLike, CoWatch
 from model.embedding import GROUP_FEATURES, TokenEmbedder
 from model.features import FeatureSpec
 from model.heads import (
@@ -80,6 +80,9 @@ class RankerConfig:
         cowatch_size_buckets: with ``cowatch``, read weights per log2 bucket of the number of context tokens
             read (:func:`model.cowatch.size_bucket`) next to the shared ones, so a read over a user's first few
             items is weighed apart from one over a long history; 0 = shared weights only.
+        colike_signs: with ``cowatch``, a second readout of the same form over a signed co-occurrence sketch
+            (:class:`model.cowatch.CoLike`: items liked or not by the same users), ``((action, +1.0 | -1.0),
+            ...)`` the sign of a history token's action (a target's sign is its first task's label); () = off.
         cross_features: the targets' cross features (the weighted ``cross`` bag) reach the model; False empties
             that bag in every batch the Ranker reads (the ``no_cross`` ablation; ``cross_rates`` must be off too).
         group_norm: MTGR's Group LayerNorm (one affine per token group) in every layer; False = one shared
@@ -127,6 +130,7 @@ class RankerConfig:
     cowatch_rows: int = 16384
     cowatch_dim: int = 128
     cowatch_size_buckets: int = 0
+    colike_signs: tuple[tuple[str, float], ...] = ()
     cross_features: bool = True
     group_norm: bool = True
     dynamic_mask: bool = True
@@ -142,6 +146,8 @@ class RankerConfig:
             raise ValueError("num_blocks must be >= 1 and target_layers >= 0")
         if self.mf_dim < 0 or self.cowatch_size_buckets < 0:
             raise ValueError("mf_dim and cowatch_size_buckets must be >= 0")
+        if any(v not in (1.0, -1.0) for _, v in self.colike_signs):
+            raise ValueError(f"colike_signs are (action, +1.0 or -1.0) pairs, got {self.colike_signs!r}")
         if self.cross_rates and not self.cross_features:
             raise ValueError("cross_rates reads the cross features: it needs cross_features=True")
 
@@ -164,6 +170,7 @@ class RankerConfig:
                 raise ValueError(f"RankerConfig.{name}={value!r} is no longer supported: this build always has "
                                  f"{name}={fixed!r} (train a new model, e.g. from a model.presets preset)")
         d["task_priors"] = tuple((str(t), float(p)) for t, p in d.get("task_priors", ()))
+        d["colike_signs"] = tuple((str(a), float(v)) for a, v in d.get("colike_signs", ()))
         return RankerConfig(**d)
 
 
@@ -291,6 +298,9 @@ class Ranker(nn.Module):
         assert GROUP_FEATURES[TokenGroup.T][:2] == ("item_id", "item_feat")
         self.mf = UserItemFactors(dims["user_feat"], sum(dims[f] for f in feats), self._item_cols, n_tasks,
                                   c.mf_dim) if c.mf_dim else None
+        self.colike = CoLike(spec, dims["action"], c.cowatch_rows, c.cowatch_dim, COWATCH_TEMPERATURES,
+                             size_buckets=c.cowatch_size_buckets, signs=c.colike_signs) \
+            if c.cowatch and c.colike_signs else None
 
     def _inputs(self, batch: Batch) -> Batch:
         """``batch`` as this model reads it: without the targets' cross features when ``cross_features`` is off."""
@@ -347,6 +357,8 @@ class Ranker(nn.Module):
         """Update model-side streaming statistics with a batch just trained on (the co-watch sketch)."""
         if self.cowatch is not None:
             self.cowatch.observe(batch)
+        if self.colike is not None:
+            self.colike.observe(batch)
 
     def to_ranker(self) -> Ranker:
         """The servable form of this model: itself (see :class:`model.SnapshotSource`)."""
@@ -408,9 +420,11 @@ class Ranker(nn.Module):
             rows_all = self.cowatch.sketch_rows(batch)
             tok_user = _user_of(batch.seq_offsets, N)
             b_t_rows = batch.group_rows[TokenGroup.T]
-            cw = self.cowatch(rows_all, self._actions(batch, raw, N), batch.token_ts, batch.token_group, tok_user,
-                              rows_all[b_t_rows], batch.token_ts[b_t_rows], t_user)
-            item_logit = item_logit + cw
+            args = (rows_all, self._actions(batch, raw, N), batch.token_ts, batch.token_group, tok_user,
+                    rows_all[b_t_rows], batch.token_ts[b_t_rows], t_user)
+            item_logit = item_logit + self.cowatch(*args)
+            if self.colike is not None:
+                item_logit = item_logit + self.colike(*args)
         return self._head(x[t_rows], x0, raw[TokenGroup.T], scen, self._user_terms(batch, raw), t_user, item_logit)
 
     @torch.no_grad()
@@ -480,8 +494,10 @@ class Ranker(nn.Module):
             if cache.cw_rows is None or cache.cw_act is None:
                 raise ValueError("score_candidates: the cache was encoded without the co-watch context")
             t_rows = self.cowatch.sketch_rows(batch)[batch.group_rows[TokenGroup.T]]
-            cw = self.cowatch(cache.cw_rows, cache.cw_act, cache.ts, cache.group, c_user, t_rows, t_ts, t_user)
-            item_logit = item_logit + cw
+            args = (cache.cw_rows, cache.cw_act, cache.ts, cache.group, c_user, t_rows, t_ts, t_user)
+            item_logit = item_logit + self.cowatch(*args)
+            if self.colike is not None:
+                item_logit = item_logit + self.colike(*args)
         if self.mf is not None and cache.mf_user is None:
             raise ValueError("score_candidates: the cache was encoded without the user factors (mf_dim)")
         user = (cache.user_logit, cache.mf_user)

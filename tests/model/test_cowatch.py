@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from kernels.attention import TokenGroup
 from model import Ranker, RankerConfig
 from model.batch import collate
-from model.cowatch import CoWatch, size_bucket
+from model.cowatch import CoLike, CoWatch, size_bucket
 from model.features import FeatureSpec
 from model.heads import token_item_rows
 from streaming.sample import Behavior, Sample, Target
@@ -218,3 +218,67 @@ def test_size_buckets_at_zero_init_change_nothing() -> None:
         assert torch.equal(out[0][task], out[1][task])
     with pytest.raises(ValueError, match="cowatch_size_buckets"):
         RankerConfig(cowatch=True, cowatch_size_buckets=-1)
+
+
+SIGNS = (("click", 1.0), ("like", 1.0), ("skip", -1.0))
+
+
+def test_colike_counts_each_pair_with_the_product_of_its_signs() -> None:
+    """With an identity basis the signed sketch is the agreement matrix: +1 for a pair liked or passed over
+    together, -1 for a split pair; actions without a sign are not counted."""
+    spec = small_spec()
+    cl = CoLike(spec, action_dim=4, rows=997, dim=997, signs=SIGNS)
+    cl.basis = torch.eye(997)
+    items = ["a", "b", "c", "d", "e"]
+    row = {i: spec.bucket("item_id", i) % 997 for i in items}
+    assert len(set(row.values())) == 5
+    hist = [Behavior("a", "home", "click", 1.0), Behavior("a", "home", "like", 2.0), Behavior("b", "home", "skip", 3.0),
+            Behavior("e", "home", "view", 4.0)]  # "view" has no sign
+    tgts = [Target("e1", "r", "c", "home", 10.0, labels={"click": 1}),
+            Target("e2", "r", "d", "home", 11.0, labels={"click": 0})]
+    cl.observe(collate([Sample("s", "u", tgts, history=hist)], spec))
+    c = cl.context
+
+    def n(i: str, j: str) -> float:
+        return float(c[row[i], row[j]])
+
+    assert (n("c", "a"), n("c", "b"), n("c", "d"), n("d", "a"), n("d", "b"), n("d", "c")) == (1, -1, -1, -1, 1, -1)
+    assert (n("a", "c"), n("a", "d"), n("b", "c"), n("b", "d")) == (1, -1, -1, 1)
+    assert not c[row["e"]].any() and not c[:, row["e"]].any()
+    assert (n("a", "b"), n("c", "c")) == (0, 0)
+    assert float(c.abs().sum()) == 10
+
+
+def test_colike_starts_at_zero_then_learns_and_serves_like_forward(tmp_path: Path) -> None:
+    from model.snapshot import SnapshotMeta, load_snapshot, save_snapshot
+
+    spec = small_spec()
+    batch = collate([make_sample(60, n_tgt=5), make_sample(61, n_hist=0, n_rt=2, n_tgt=3),
+                     make_sample(62, n_hist=3, n_rt=6, n_tgt=4)], spec)
+    models = []
+    for signs in ((), SIGNS):
+        torch.manual_seed(13)
+        models.append(Ranker(spec, small_config(cowatch=True, cowatch_rows=64, cowatch_dim=16, colike_signs=signs)))
+    plain, signed = models
+    assert plain.colike is None and signed.colike is not None
+    with torch.no_grad():
+        for task, z in plain.eval()(batch).items():
+            assert torch.equal(signed.eval()(batch)[task], z)  # created last, zero readout: the same start
+    trainer = Trainer(TrainerConfig(run_dir=tmp_path, device="cpu"), signed.train(), spec, CollectorRegistry())
+    for _ in range(3):
+        trainer.train_step(batch)
+    assert signed.colike.context.any() and signed.colike.proj.weight.any()
+    signed.eval()
+    with torch.no_grad():
+        full = signed(batch)
+        cached = signed.score_candidates(signed.encode_user(batch), batch)
+        for task in spec.tasks:
+            torch.testing.assert_close(cached[task], full[task], atol=1e-5, rtol=1e-5)
+        signed.colike.context.zero_()
+        assert not torch.allclose(signed(batch)["click"], full["click"])  # the signed readout is live
+    loaded = load_snapshot(save_snapshot(tmp_path / "snap", signed, SnapshotMeta(1, 0.0, 0.0, 0))).model
+    assert isinstance(loaded, Ranker) and loaded.colike is not None and loaded.config == signed.config
+    assert torch.equal(loaded.colike.context, signed.colike.context)
+    assert RankerConfig.from_json(signed.config.to_json()).colike_signs == SIGNS
+    with pytest.raises(ValueError, match="colike_signs"):
+        RankerConfig(cowatch=True, colike_signs=(("click", 2.0),))
