@@ -154,7 +154,7 @@ class CoWatch(nn.Module):
             pos = (sign[is_c] > 0).to(torch.int64)
             key = torch.unique((user[is_c] * self.rows + rows[is_c]) * 2 + pos)  # distinct (user, item, sign)
             cu, cr = key // 2 // self.rows, key // 2 % self.rows
-            c_s = (key % 2).to(ctx.dtype) * 2 - 1  # (n_c, 1) sign of each distinct context item
+            c_s = (key % 2).to(ctx.dtype) * 2 - 1  # (n_c,) sign of each distinct (user, item, sign)
             t_s = target_sign.to(device=ctx.device, dtype=ctx.dtype)
             c_vec, t_vec = basis[cr] * c_s[:, None], basis[tr] * t_s[:, None]
         s_ctx = ctx.new_zeros(B, ctx.shape[1]).index_add_(0, cu, c_vec)  # (B, k) sum over the context items
@@ -175,8 +175,9 @@ class CoLike(CoWatch):
     disliked together minus pairs split) and ``cos(c_i, c_j)`` is high for items the same people rate alike —
     item-based collaborative filtering's similarity, where co-watch's is "watched by the same people". A context
     token's sign comes from its action (``signs``: ``((action, sign), ...)``, other actions are not counted); a new
-    target's from its label of the first task (1 -> +1, 0 -> -1). The readout (reads, size buckets, zero-initialised
-    weights) is :class:`CoWatch`'s.
+    target's from its label of the first task (positive -> +1, else -1; ``collate`` gives a missing label 0, so it
+    counts as not liked). An item a user's context holds both liked and not liked counts both ways, which cancel.
+    The readout (reads, size buckets, zero-initialised weights) is :class:`CoWatch`'s.
 
     Example:
         >>> from streaming.sample import Behavior, Sample, Target
@@ -192,10 +193,13 @@ class CoLike(CoWatch):
 
     def __init__(self, spec: FeatureSpec, action_dim: int, rows: int = 16384, dim: int = 64,
                  temperatures: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0), seed: int = 0x11CE,
-                 size_buckets: int = 0, signs: tuple[tuple[str, float], ...] = (("click", 1.0), ("skip", -1.0))) -> None:
+                 size_buckets: int = 0,
+                 signs: tuple[tuple[str, float], ...] = (("click", 1.0), ("skip", -1.0))) -> None:
         super().__init__(spec, action_dim, rows, dim, temperatures, seed, size_buckets)
         if not signs or any(v not in (1.0, -1.0) for _, v in signs):
             raise ValueError("CoLike needs signs: ((action, +1.0 or -1.0), ...)")
+        if len({spec.bucket("action", a) for a, _ in signs}) != len(signs):
+            raise ValueError("CoLike: two signed actions share an action bucket; enlarge the action table")
         self.task = spec.tasks[0]
         self.register_buffer("action_ids", torch.tensor([spec.bucket("action", a) for a, _ in signs]),
                              persistent=False)
@@ -213,5 +217,6 @@ class CoLike(CoWatch):
         act[has] = jt.values()[jt.offsets()[:-1][has]]
         match = act.unsqueeze(1) == ids.to(act.device).unsqueeze(0)  # (N, n_signs)
         token_sign = (match.to(signs.dtype) * signs.to(act.device)).sum(1)
-        target_sign = batch.labels[self.task] * 2 - 1  # labels in group_rows[T] order, as the T tokens
+        labels = batch.labels[self.task]  # (T,) in group_rows[T] order, as the T tokens
+        target_sign = torch.where(labels > 0.5, 1.0, -1.0)
         self._count(batch, token_sign, target_sign)

@@ -79,10 +79,11 @@ class RankerConfig:
             logits. Its sketch is model state updated by :meth:`Ranker.observe` after each training step.
         cowatch_size_buckets: with ``cowatch``, read weights per log2 bucket of the number of context tokens
             read (:func:`model.cowatch.size_bucket`) next to the shared ones, so a read over a user's first few
-            items is weighed apart from one over a long history; 0 = shared weights only.
+            items is weighed apart from one over a long history; 0 = shared weights only (ignored without cowatch).
         colike_signs: with ``cowatch``, a second readout of the same form over a signed co-occurrence sketch
             (:class:`model.cowatch.CoLike`: items liked or not by the same users), ``((action, +1.0 | -1.0),
-            ...)`` the sign of a history token's action (a target's sign is its first task's label); () = off.
+            ...)`` the sign of a history token's action (a target's sign is its first task's label); () = off
+            (ignored without cowatch).
         cross_features: the targets' cross features (the weighted ``cross`` bag) reach the model; False empties
             that bag in every batch the Ranker reads (the ``no_cross`` ablation; ``cross_rates`` must be off too).
         group_norm: MTGR's Group LayerNorm (one affine per token group) in every layer; False = one shared
@@ -354,7 +355,7 @@ class Ranker(nn.Module):
                               torch.cat([h, r]))
 
     def observe(self, batch: Batch) -> None:
-        """Update model-side streaming statistics with a batch just trained on (the co-watch sketch)."""
+        """Update model-side streaming statistics with a batch just trained on (the co-watch and co-like sketches)."""
         if self.cowatch is not None:
             self.cowatch.observe(batch)
         if self.colike is not None:

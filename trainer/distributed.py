@@ -105,9 +105,9 @@ class ShardedRanker(nn.Module):
         return []
 
     def observe(self, batch: Batch) -> None:
-        """Add this rank's batch to its co-watch sketch. Ranks keep their own sketches (no collective: cosine
-        similarities are scale-free, so a sketch of some users' streams estimates the same ones); the snapshot is
-        rank 0's."""
+        """Add this rank's batch to its co-watch sketches (:class:`CoWatch` and its signed subclass ``CoLike``, each
+        observed once). Ranks keep their own sketches (no collective: cosine similarities are scale-free, so a sketch
+        of some users' streams estimates the same ones); the snapshot is rank 0's."""
         for m in self.dmp.modules():
             if isinstance(m, CoWatch):
                 m.observe(batch)

@@ -447,7 +447,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--num-blocks", type=int, help="Ranker HTA blocks (default: the preset's)")
     p.add_argument("--target-layers", type=int, help="Ranker target layers per block (default: the preset's)")
     p.add_argument("--cowatch-dim", type=int,
-                   help="Ranker co-watch sketch width, 0 = no co-watch readout (default: the preset's)")
+                   help="Ranker co-watch sketch width, 0 = no co-watch readout (and so none of its options: the "
+                        "per-size weights and the co-like readout) (default: the preset's)")
     p.add_argument("--mf-dim", type=int,
                    help="Ranker user x item factorization logits width, 0 = off (default: the preset's)")
     p.add_argument("--dlrm-dim", type=int, default=EvalConfig().dlrm.embed_dim, help="DLRM embedding width")

@@ -247,6 +247,10 @@ def test_colike_counts_each_pair_with_the_product_of_its_signs() -> None:
     assert not c[row["e"]].any() and not c[:, row["e"]].any()
     assert (n("a", "b"), n("c", "c")) == (0, 0)
     assert float(c.abs().sum()) == 10
+    cl.context.zero_()  # an item the context holds both liked and skipped counts both ways: they cancel
+    both = [Behavior("a", "home", "click", 1.0), Behavior("a", "home", "skip", 2.0)]
+    cl.observe(collate([Sample("s2", "u", tgts[:1], history=both)], spec))
+    assert (n("c", "a"), n("a", "c")) == (0, 0)
 
 
 def test_colike_starts_at_zero_then_learns_and_serves_like_forward(tmp_path: Path) -> None:
