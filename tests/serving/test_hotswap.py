@@ -95,9 +95,12 @@ async def test_swap_under_concurrent_load_fails_no_request(stack: Stack) -> None
         r = await client.post(url + "/v1/score", json=req(8, user=f"load-{i % 17}"))
         results.append((r.status_code, r.json().get("model_version") if r.status_code == 200 else r.text))
 
+    wave_done = asyncio.Event()  # set after each wave: every swap starts after a wave answered by the old version
+
     async def announce() -> None:
         for _ in range(2):
-            await asyncio.sleep(0.3)
+            await wave_done.wait()
+            wave_done.clear()
             path, meta = await asyncio.to_thread(stack.snaps.write, 0.05)
             written.append(meta.version)
             await asyncio.to_thread(stack.snaps.announce, path, meta)
@@ -114,6 +117,7 @@ async def test_swap_under_concurrent_load_fails_no_request(stack: Stack) -> None
         while not stop.is_set() and i < 6000:
             await asyncio.gather(*(one(client, i + k) for k in range(200)))
             i += 200
+            wave_done.set()
         await announcer
         await asyncio.gather(*(one(client, i + k) for k in range(200)))  # all on the newest version
     failed = [r for r in results if r[0] != 200]
