@@ -51,7 +51,7 @@ from torch import nn
 from kernels.attention import TokenGroup
 from model.batch import Batch
 from model.features import FeatureSpec
-from model.heads import token_item_rows
+from model.heads import token_ids, token_item_rows
 
 
 def size_bucket(n: torch.Tensor, buckets: int) -> torch.Tensor:
@@ -128,11 +128,14 @@ class CoWatch(nn.Module):
     @torch.no_grad()
     def observe(self, batch: Batch) -> None:
         """Add ``batch``'s co-occurrences to the sketch (call after training on it)."""
-        self._count(batch, None, None)
+        ctx = self.context
+        assert isinstance(ctx, torch.Tensor)
+        ones = torch.ones(batch.num_tokens, device=ctx.device)
+        self._count(batch, ones, ones[:batch.num_targets])  # every item +1: plain counts (x 1.0 is exact)
 
-    def _count(self, batch: Batch, token_sign: torch.Tensor | None, target_sign: torch.Tensor | None) -> None:
-        """Add each new target's co-occurrences; with signs (token_sign: (N,) per token, 0 = not counted;
-        target_sign: (T,)) each pair counts with the product of its two items' signs."""
+    def _count(self, batch: Batch, token_sign: torch.Tensor, target_sign: torch.Tensor) -> None:
+        """Add each new target's co-occurrences, each pair counted with the product of its two items' signs
+        (token_sign: (N,) +1/-1 per token, 0 = not counted; target_sign: (T,) +1/-1)."""
         basis, ctx = self.basis, self.context
         assert isinstance(basis, torch.Tensor) and isinstance(ctx, torch.Tensor)
         rows = self.sketch_rows(batch).to(ctx.device)
@@ -143,28 +146,18 @@ class CoWatch(nn.Module):
         is_t = group == TokenGroup.T
         is_c = (group == TokenGroup.H) | (group == TokenGroup.R)
         tu, tr = user[is_t], rows[is_t]
-        if token_sign is None or target_sign is None:
-            key = torch.unique(user[is_c] * self.rows + rows[is_c])  # distinct (user, item) of each context
-            cu, cr = key // self.rows, key % self.rows
-            c_vec, t_vec = basis[cr], basis[tr]
-            c_s = t_s = None
-        else:
-            sign = token_sign.to(ctx.device)
-            is_c = is_c & (sign != 0)
-            pos = (sign[is_c] > 0).to(torch.int64)
-            key = torch.unique((user[is_c] * self.rows + rows[is_c]) * 2 + pos)  # distinct (user, item, sign)
-            cu, cr = key // 2 // self.rows, key // 2 % self.rows
-            c_s = (key % 2).to(ctx.dtype) * 2 - 1  # (n_c,) sign of each distinct (user, item, sign)
-            t_s = target_sign.to(device=ctx.device, dtype=ctx.dtype)
-            c_vec, t_vec = basis[cr] * c_s[:, None], basis[tr] * t_s[:, None]
+        sign = token_sign.to(ctx.device)
+        is_c = is_c & (sign != 0)
+        pos = (sign[is_c] > 0).to(torch.int64)
+        key = torch.unique((user[is_c] * self.rows + rows[is_c]) * 2 + pos)  # distinct (user, item, sign)
+        cu, cr = key // 2 // self.rows, key // 2 % self.rows
+        c_s = (key % 2).to(ctx.dtype) * 2 - 1  # (n_c,) sign of each distinct (user, item, sign)
+        t_s = target_sign.to(device=ctx.device, dtype=ctx.dtype)
+        c_vec, t_vec = basis[cr] * c_s[:, None], basis[tr] * t_s[:, None]
         s_ctx = ctx.new_zeros(B, ctx.shape[1]).index_add_(0, cu, c_vec)  # (B, k) sum over the context items
         s_tgt = ctx.new_zeros(B, ctx.shape[1]).index_add_(0, tu, t_vec)  # (B, k) sum over the targets
-        to_t = s_ctx[tu] + s_tgt[tu] - t_vec  # target <- context and the other targets
-        to_c = s_tgt[cu]  # context item <- the new targets
-        if c_s is not None and t_s is not None:
-            to_t, to_c = to_t * t_s[:, None], to_c * c_s[:, None]
-        ctx.index_add_(0, tr, to_t)
-        ctx.index_add_(0, cr, to_c)
+        ctx.index_add_(0, tr, (s_ctx[tu] + s_tgt[tu] - t_vec) * t_s[:, None])  # target <- context, other targets
+        ctx.index_add_(0, cr, s_tgt[cu] * c_s[:, None])  # context item <- the new targets
 
 
 class CoLike(CoWatch):
@@ -210,11 +203,7 @@ class CoLike(CoWatch):
         """Add ``batch``'s signed co-occurrences (call after training on it: it reads the targets' labels)."""
         ids, signs = self.action_ids, self.action_signs
         assert isinstance(ids, torch.Tensor) and isinstance(signs, torch.Tensor)
-        jt = batch.sparse["action"]  # one bag per token: exactly one action on H/R tokens, none on U/T
-        lens = jt.lengths()
-        has = lens > 0
-        act = torch.full_like(lens, -1, dtype=torch.int64)
-        act[has] = jt.values()[jt.offsets()[:-1][has]]
+        act = token_ids(batch, "action", missing=-1)  # exactly one action on H/R tokens, none on U/T
         match = act.unsqueeze(1) == ids.to(act.device).unsqueeze(0)  # (N, n_signs)
         token_sign = (match.to(signs.dtype) * signs.to(act.device)).sum(1)
         labels = batch.labels[self.task]  # (T,) in group_rows[T] order, as the T tokens

@@ -65,17 +65,21 @@ class MMoE(nn.Module):
         return out
 
 
+def token_ids(batch: Batch, feature: str, missing: int = 0) -> torch.Tensor:
+    """(N,) the id of each token's single-valued sparse ``feature`` (as collate wrote it: raw hashes under managed
+    collision), sequence order; ``missing`` on tokens without one."""
+    jt = batch.sparse[feature]  # one bag per token (stride N): at most one id each
+    lens = jt.lengths()
+    has = lens > 0
+    out = torch.full((lens.numel(),), missing, dtype=torch.int64, device=lens.device)
+    out[has] = jt.values()[jt.offsets()[:-1][has]]
+    return out
+
+
 def token_item_rows(batch: Batch, table_rows: int) -> torch.Tensor:
     """(N,) row of each token's item id in a ``table_rows``-sized table, sequence order (raw managed-collision
     hashes folded); 0 on tokens without an item (U tokens)."""
-    jt = batch.sparse["item_id"]  # one bag per token (stride N): exactly one id on H/R/T tokens
-    ids = jt.values() % table_rows
-    lens = jt.lengths()
-    first = jt.offsets()[:-1]
-    has = lens > 0
-    out = torch.zeros(lens.numel(), dtype=torch.int64, device=ids.device)
-    out[has] = ids[first[has]]
-    return out
+    return token_ids(batch, "item_id") % table_rows  # exactly one id on H/R/T tokens
 
 
 def target_item_rows(batch: Batch, spec: FeatureSpec) -> torch.Tensor:
