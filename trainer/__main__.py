@@ -186,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --teacher-scores-topic / --distill-from run on one process (not --distributed)",
                   file=sys.stderr)
             return 2
+        if args.ema_decay:
+            print("error: --ema-decay runs on one process (not --distributed: averaging replicated DDP weights "
+                  "is untested)", file=sys.stderr)
+            return 2
         from trainer.distributed import run_distributed
 
         return run_distributed(args, _spec, model_fn, config_from_args)

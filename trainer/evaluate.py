@@ -271,13 +271,6 @@ def run_neural(model: torch.nn.Module, batches: Sequence[tuple[list[Sample], Bat
     """Progressive predictions of a neural model trained by the continual trainer's own ``train_step``."""
     from tqdm import tqdm
 
-    captured: dict[str, torch.Tensor] = {}
-
-    def hook(_m: torch.nn.Module, _inp: Any, out: dict[str, torch.Tensor]) -> None:
-        captured.clear()
-        captured.update({t: z.detach() for t, z in out.items()})
-
-    handle = model.register_forward_hook(hook)
     probs: dict[str, list[np.ndarray]] = {t: [] for t in spec.tasks}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="streamrec-eval-") as run_dir:
@@ -286,9 +279,8 @@ def run_neural(model: torch.nn.Module, batches: Sequence[tuple[list[Sample], Bat
         for _, batch in tqdm(batches, disable=not progress, file=sys.stderr, leave=False,
                              desc=type(model).__name__, unit="batch"):
             trainer.train_step(batch)  # forward (scored before the update) + backward + optimizer step
-            for t in spec.tasks:
-                probs[t].append(torch.sigmoid(captured[t]).double().numpy())
-    handle.remove()
+            for t in spec.tasks:  # the scores progressive validation took (averaged weights with ema_decay)
+                probs[t].append(trainer.last_probs[t].double().numpy())
     return Predictions({t: np.concatenate(v) if v else np.zeros(0) for t, v in probs.items()},
                        time.perf_counter() - t0)
 
@@ -459,6 +451,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--embedding-lr", type=float, default=o.embedding_lr, help="row-wise Adagrad lr (both models)")
     p.add_argument("--dense-lr", type=float, default=o.dense_lr, help="AdamW lr (both models)")
     p.add_argument("--ranker-dense-lr", type=float, help="AdamW lr of the Ranker only (default: --dense-lr)")
+    p.add_argument("--ema-decay", type=float, default=o.ema_decay,
+                   help="score with an exponential moving average of the dense weights, this decay (both models; "
+                        "0 = off, the published runs)")
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
     return p
 
@@ -477,7 +472,6 @@ def main(argv: list[str] | None = None) -> int:
     if not events:
         print("error: the dataset has no events", file=sys.stderr)
         return 2
-    optim = OptimConfig(embedding_lr=ns.embedding_lr, dense_lr=ns.dense_lr)
     cw, cr = ns.cowatch_dim, ns.cross_rates_init
     preset = PRESETS[ns.preset].with_changes(
         max_history=ns.max_history, d_model=ns.d_model, num_blocks=ns.num_blocks, target_layers=ns.target_layers,
@@ -487,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     if cr is not None:
         dlrm = dataclasses.replace(dlrm, cross_rates=cr != 0, cross_rates_init=cr)
     try:
+        optim = OptimConfig(embedding_lr=ns.embedding_lr, dense_lr=ns.dense_lr, ema_decay=ns.ema_decay)
         config = cli.config_from_args(
             EvalConfig, ns, names=_EVAL_NAMES, preset=preset.name, max_history=preset.max_history,
             max_realtime=preset.max_realtime, max_table_rows=preset.max_table_rows, ranker=preset.ranker,

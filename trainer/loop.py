@@ -22,12 +22,14 @@ restart would roll back.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import threading
 import time
 from collections import Counter
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -52,7 +54,7 @@ from trainer.checkpoint import (
 )
 from trainer.distill import DistillConfig, DistilledStudent, DistillStats, TeacherTargets
 from trainer.metrics import TrainerMetrics
-from trainer.optim import OptimConfig, build_optimizers, multitask_bce
+from trainer.optim import OptimConfig, WeightAverage, build_optimizers, multitask_bce
 from trainer.outputs import MetricsLog, SnapshotAnnouncer
 from trainer.progressive import ProgressiveConfig, ProgressiveValidator
 from trainer.schedule import PersistSchedule, RunLimits, RunSummary
@@ -186,6 +188,10 @@ class Trainer:
         self.trainable: TrainableModel = model  # the same object, seen through the trainer's contract
         self.emb_opt, self.dense_opt = build_optimizers(model.embedding_parameters(), model.dense_parameters(),
                                                         config.optim)
+        # scores and snapshots use the average of the dense weights (OptimConfig.ema_decay; None = the weights)
+        self.average: WeightAverage | None = (
+            WeightAverage([p for g in self.dense_opt.param_groups for p in g["params"]], config.optim.ema_decay)
+            if config.optim.ema_decay > 0 and self.dense_opt is not None else None)
         self.progressive = ProgressiveValidator(config.progressive)
         self.metrics = TrainerMetrics(registry if registry is not None else REGISTRY)
         self.trained = RecentIds(config.source.dedupe_capacity)
@@ -242,6 +248,8 @@ class Trainer:
             self.emb_opt.load_state_dict(ck["optim_embedding"])
         if self.dense_opt is not None and ck.get("optim_dense") is not None:
             self.dense_opt.load_state_dict(ck["optim_dense"])
+        if self.average is not None and ck.get("weight_average") is not None:
+            self.average.load_state_dict(ck["weight_average"])
         saved_topic = ck["offsets"]["topic"]
         if saved_topic == self.config.source.topic:
             self.offsets.update({int(p): int(o) for p, o in ck["offsets"]["partitions"].items()})
@@ -275,6 +283,7 @@ class Trainer:
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optim_embedding": self.emb_opt.state_dict() if self.emb_opt is not None else None,
             "optim_dense": self.dense_opt.state_dict() if self.dense_opt is not None else None,
+            "weight_average": self.average.state_dict() if self.average is not None else None,
             "offsets": {"topic": self.config.source.topic, "partitions": dict(self.offsets)},
             "progressive": self.progressive.state_dict(),
             "trained_ids": self.trained.to_list(),
@@ -298,7 +307,8 @@ class Trainer:
         return path
 
     def snapshot(self) -> Path:
-        """Checkpoint, then write + announce a serving snapshot of the raw model (version + 1)."""
+        """Checkpoint, then write + announce a serving snapshot of the model (version + 1; with
+        ``OptimConfig.ema_decay`` its averaged dense weights, the ones progressive validation scores)."""
         from model.snapshot import SnapshotMeta, prune_snapshots, save_snapshot
 
         if self.servable is None:
@@ -310,17 +320,20 @@ class Trainer:
         created = time.time()
         meta = SnapshotMeta(version=version, created_at=created, max_event_ts=self.max_event_ts,
                             samples_trained=self.samples_trained, max_produce_ts=self.max_produce_ts)
-        model: Ranker | None = self.servable.to_ranker()  # sharded: a collective gather, the Ranker on rank 0 only
+        with self._averaged():  # serve what progressive validation scored: the averaged weights, if any
+            # sharded: a collective gather, the Ranker on rank 0 only; unsharded: the model itself
+            model: Ranker | None = self.servable.to_ranker()
+            if model is not None:
+                was_training = model.training
+                model.eval()
+                try:
+                    path = Path(save_snapshot(self.config.snapshots_path, model, meta))
+                finally:
+                    model.train(was_training)
         if model is None:  # another rank writes and announces
             self.schedule.snapshotted(time.monotonic(), self.samples_trained)
             self.metrics.snapshot_published(version, created)
             return self.config.snapshots_path
-        was_training = model.training
-        model.eval()
-        try:
-            path = Path(save_snapshot(self.config.snapshots_path, model, meta))
-        finally:
-            model.train(was_training)
         prune_snapshots(self.config.snapshots_path, self.config.snapshot_keep)
         self.last_snapshot_path = path
         self.schedule.snapshotted(time.monotonic(), self.samples_trained)
@@ -333,6 +346,10 @@ class Trainer:
         self.metrics_log.write({"event": "snapshot", **announcement})
         return path
 
+    def _averaged(self) -> AbstractContextManager[None]:
+        """The averaged dense weights in the model inside the block (a no-op without ``ema_decay``)."""
+        return self.average.swapped() if self.average is not None else contextlib.nullcontext()
+
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Batch, weight: float = 1.0, teacher: TeacherTargets | None = None) -> dict[str, float]:
         """Score ``batch`` (progressive validation), then learn from it. Returns per-task losses.
@@ -343,13 +360,14 @@ class Trainer:
         ``last_probs`` (what a teacher publishes).
         """
         model = self.model
-        if self._score_in_eval:  # dropout active: score with a separate deterministic forward, as serving would
+        separate = self._score_in_eval or self.average is not None
+        if separate:  # dropout or averaged weights: score with a separate forward of what serving would run
             model.eval()
-            with torch.no_grad():
+            with torch.no_grad(), self._averaged():
                 probs = {t: torch.sigmoid(z) for t, z in model(batch).items()}
         model.train()
         logits = model(batch)  # {task: (T,)}
-        if not self._score_in_eval:  # no dropout: the training forward's scores equal serving's
+        if not separate:  # the training forward's scores equal serving's
             probs = {t: torch.sigmoid(z.detach()) for t, z in logits.items()}
         # Progressive validation: these scores come from the model *before* this batch's update.
         if weight > 0:
@@ -373,6 +391,8 @@ class Trainer:
         for opt in (self.emb_opt, self.dense_opt):
             if opt is not None:
                 opt.step()
+        if self.average is not None:
+            self.average.update()
         if weight > 0:  # after scoring and learning: no progressive score sees its own batch's statistics
             self.trainable.observe(batch)
         per_task["total"] = float(loss.detach())

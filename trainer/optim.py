@@ -15,8 +15,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,12 +35,19 @@ class OptimConfig:
         dense_lr: AdamW learning rate for dense parameters.
         weight_decay: AdamW decoupled weight decay.
         grad_clip: clip the dense gradient norm to this (0 = off).
+        ema_decay: score and serve an exponential moving average of the dense parameters with this decay
+            (:class:`WeightAverage`; 0 = off: the trained weights). The embeddings are served as trained.
     """
 
     embedding_lr: float = 0.05
     dense_lr: float = 1e-3
     weight_decay: float = 1e-5
     grad_clip: float = 1.0
+    ema_decay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
 
 def build_optimizers(
@@ -50,6 +59,73 @@ def build_optimizers(
     emb_opt = RowWiseAdagrad(emb, lr=cfg.embedding_lr) if emb else None
     dense_opt = torch.optim.AdamW(dense, lr=cfg.dense_lr, weight_decay=cfg.weight_decay) if dense else None
     return emb_opt, dense_opt
+
+
+class WeightAverage:
+    """An exponential moving average of parameters (Polyak averaging), to score and serve with.
+
+    After each optimizer step ``update()`` moves the average towards the weights,
+    ``avg <- d_t avg + (1 - d_t) w`` with ``d_t = min(decay, (1 + t) / (10 + t))`` at update ``t = 0, 1, ...``: the
+    warm-up keeps the average from lagging the fast learning of the first steps (the form of TensorFlow's
+    ``ExponentialMovingAverage`` with ``num_updates``). ``swapped()`` puts the average into the parameters for a
+    forward pass or a snapshot and the trained weights back after it. On MovieLens-1M's whole stream, scoring with
+    the average of the dense weights (decay 0.99) lifted click AUC by 0.13–0.15 pt for both the Ranker and DLRM
+    (docs/experiments.md).
+
+    Example:
+        >>> w = nn.Parameter(torch.zeros(2))
+        >>> avg = WeightAverage([w], decay=0.5)
+        >>> with torch.no_grad():
+        ...     _ = w.fill_(1.0)
+        >>> avg.update()  # d_0 = min(0.5, 1 / 10) = 0.1
+        >>> with avg.swapped():
+        ...     [round(x, 2) for x in w.tolist()]
+        [0.9, 0.9]
+        >>> w.tolist()
+        [1.0, 1.0]
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"WeightAverage needs 0 < decay < 1, got {decay}")
+        self.params = list(params)
+        self.decay = decay
+        self.updates = 0
+        self.average = [p.detach().clone() for p in self.params]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the current weights into the average (call after each optimizer step)."""
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for a, p in zip(self.average, self.params, strict=True):
+            a.lerp_(p.detach(), 1.0 - d)
+        self.updates += 1
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The average in the parameters inside the block; the trained weights restored after it."""
+        with torch.no_grad():
+            for a, p in zip(self.average, self.params, strict=True):
+                a.data, p.data = p.data, a.data
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for a, p in zip(self.average, self.params, strict=True):
+                    a.data, p.data = p.data, a.data
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "average": [a.detach().cpu() for a in self.average]}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        average = list(state["average"])
+        if len(average) != len(self.average) or any(
+                a.shape != b.shape for a, b in zip(average, self.average, strict=True)):
+            raise ValueError("WeightAverage state does not fit these parameters")
+        with torch.no_grad():
+            for a, b in zip(self.average, average, strict=True):
+                a.copy_(b)
+        self.updates = int(state["updates"])
 
 
 def multitask_bce(

@@ -68,3 +68,12 @@ def test_single_flags_override_a_preset_field_and_keep_its_name() -> None:
     assert m.mf is not None and PRESETS["laptop"].build().mf is None
     full = _spec(_parser().parse_args(["--preset", "laptop", "--max-table-rows", "0"]))  # 0 = FeatureSpec's sizes
     assert full.tables == PRESETS["base"].feature_spec().tables
+
+
+def test_ema_decay_reaches_the_optimizer_config_and_is_refused_with_distributed(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from trainer.__main__ import main
+
+    assert config_from_args(_parser().parse_args(["--ema-decay", "0.99"])).optim.ema_decay == 0.99
+    assert main(["--distributed", "--ema-decay", "0.99"]) == 2
+    assert "--ema-decay runs on one process" in capsys.readouterr().err
