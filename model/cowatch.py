@@ -66,6 +66,28 @@ def size_bucket(n: torch.Tensor, buckets: int) -> torch.Tensor:
     return (exponent.to(torch.int64) - 1).clamp(max=buckets - 1)
 
 
+def per_owner_grid(owner: torch.Tensor, n_owners: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(n,) owner of each row (ids in [0, n_owners)) -> ``(grid, valid)``, both (n_owners, L) with L the largest
+    owner's row count: ``grid[o, j]`` = index of owner ``o``'s ``j``-th row (original order kept; 0 where
+    ``valid`` is False, past the owner's last row).
+
+    Example:
+        >>> grid, valid = per_owner_grid(torch.tensor([1, 0, 1, 1]), 3)
+        >>> grid.tolist(), valid.tolist()
+        ([[1, 0, 0], [0, 2, 3], [0, 0, 0]], [[True, False, False], [True, True, True], [False, False, False]])
+    """
+    counts = torch.bincount(owner, minlength=n_owners)
+    width = int(counts.max()) if owner.numel() else 0
+    order = torch.argsort(owner, stable=True)
+    start = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(owner.numel(), device=owner.device) - start[owner[order]]
+    grid = torch.zeros(n_owners, width, dtype=torch.int64, device=owner.device)
+    valid = torch.zeros(n_owners, width, dtype=torch.bool, device=owner.device)
+    grid[owner[order], pos] = order
+    valid[owner[order], pos] = True
+    return grid, valid
+
+
 class CoWatch(nn.Module):
     """The co-watch sketch (buffers) and its readout head (one zero-initialised linear layer); see the module doc.
 
@@ -101,27 +123,38 @@ class CoWatch(nn.Module):
     def forward(self, c_rows: torch.Tensor, c_act: torch.Tensor, c_ts: torch.Tensor, c_group: torch.Tensor,
                 c_user: torch.Tensor, t_rows: torch.Tensor, t_ts: torch.Tensor, t_user: torch.Tensor) -> torch.Tensor:
         """Context tokens (Nc,): sketch rows, action embeddings (Nc, a), ts, TokenGroup, owning user; targets (T,):
-        sketch rows, ts (same origin as ``c_ts``), owning user -> (T, tasks) logits. Non-H/R context is ignored."""
+        sketch rows, ts (same origin as ``c_ts``), owning user -> (T, tasks) logits. Non-H/R context is ignored.
+
+        Each user's targets read only that user's context, so the reads run per user on padded blocks
+        (U, Lt, Lc) — not on one (T, Nc) matrix that is mostly other users' tokens."""
         ctx = self.context
         assert isinstance(ctx, torch.Tensor)
+        users = torch.unique(torch.cat([c_user, t_user]), return_inverse=True)[1]
+        n_users = int(users.max()) + 1 if users.numel() else 0
+        c_grid, c_valid = per_owner_grid(users[:c_user.numel()], n_users)  # (U, Lc)
+        t_grid, t_valid = per_owner_grid(users[c_user.numel():], n_users)  # (U, Lt)
         with torch.no_grad():
-            ce = nn.functional.normalize(ctx[c_rows], dim=-1)  # (Nc, k)
-            te = nn.functional.normalize(ctx[t_rows], dim=-1)  # (T, k)
-            sim = te @ ce.T  # (T, Nc)
-            is_h = (c_group == TokenGroup.H).unsqueeze(0)
-            is_r = (c_group == TokenGroup.R).unsqueeze(0)
-            vis = (c_user.unsqueeze(0) == t_user.unsqueeze(1)) & (is_h | (is_r & (c_ts.unsqueeze(0) < t_ts.unsqueeze(1))))
-            n_vis = vis.sum(1, keepdim=True)
+            ce = nn.functional.normalize(ctx[c_rows], dim=-1)[c_grid]  # (U, Lc, k)
+            te = nn.functional.normalize(ctx[t_rows], dim=-1)[t_grid]  # (U, Lt, k)
+            sim = te @ ce.transpose(1, 2)  # (U, Lt, Lc)
+            g = c_group[c_grid]
+            is_r = (g == TokenGroup.R).unsqueeze(1)
+            vis = (c_valid & (g == TokenGroup.H)).unsqueeze(1) | (is_r & (c_valid.unsqueeze(1) & (
+                c_ts[c_grid].unsqueeze(1) < t_ts[t_grid].unsqueeze(2))))  # (U, Lt, Lc)
+            n_vis = vis.sum(2, keepdim=True)  # (U, Lt, 1)
             any_vis = (n_vis > 0).to(sim.dtype)
             weights = []
             for tau in self.temperatures:
-                w = torch.softmax((sim * tau).masked_fill(~vis, -math.inf), dim=1)
+                w = torch.softmax((sim * tau).masked_fill(~vis, -math.inf), dim=2)
                 weights.append(torch.nan_to_num(w, nan=0.0) * any_vis)  # rows without context: all -inf -> 0
-        reads = [w @ c_act for w in weights]  # (T, a) each; gradients reach the action embeddings
-        f = torch.cat([*reads, torch.log1p(n_vis.to(c_act.dtype))], dim=-1)  # (T, features)
+        act = c_act[c_grid]  # (U, Lc, a); gradients reach the action embeddings
+        reads = torch.cat([w @ act for w in weights], dim=2)  # (U, Lt, a * temperatures)
+        f = torch.cat([reads, torch.log1p(n_vis.to(c_act.dtype))], dim=2)[t_valid]  # (T, features), grid order
+        f = f.new_empty(f.shape).index_copy(0, t_grid[t_valid], f)  # back to the targets' order
         out: torch.Tensor = self.proj(f)
         if self.size_proj is not None:
-            b = size_bucket(n_vis.squeeze(1), self.size_buckets)
+            b = size_bucket(n_vis[t_valid].squeeze(1), self.size_buckets)
+            b = b.new_empty(b.shape).index_copy(0, t_grid[t_valid], b)
             out = out + torch.einsum("tf,tfk->tk", f, self.size_proj[b])
         return out
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from kernels.attention import TokenGroup
 from model import Ranker, RankerConfig
 from model.batch import collate
-from model.cowatch import CoLike, CoWatch, size_bucket
+from model.cowatch import CoLike, CoWatch, per_owner_grid, size_bucket
 from model.features import FeatureSpec
 from model.heads import token_item_rows
 from streaming.sample import Behavior, Sample, Target
@@ -88,6 +88,19 @@ def test_readout_matches_a_per_target_brute_force(data: st.DataObject) -> None:
              torch.tensor(t_ts), i64(t_user))
     want = _reference(cw, c_rows, c_act, c_ts, [int(x) for x in c_group], c_user, t_rows, t_ts, t_user)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+
+
+@given(st.lists(st.integers(0, 4), max_size=30), st.integers(0, 3))
+def test_per_owner_grid_lists_each_row_once_under_its_owner_in_order(owner: list[int], extra: int) -> None:
+    """The per-user blocks the readout runs on: row i sits in its owner's line, owners' rows in their original
+    order, padding only after an owner's last row, one line per owner id (owners without rows: empty lines)."""
+    n_owners = (max(owner) + 1 if owner else 0) + extra
+    grid, valid = per_owner_grid(torch.tensor(owner, dtype=torch.int64), n_owners)
+    assert grid.shape == valid.shape and grid.shape[0] == n_owners
+    for o in range(n_owners):
+        mine = [i for i, x in enumerate(owner) if x == o]
+        assert grid[o][valid[o]].tolist() == mine
+        assert valid[o].tolist() == [True] * len(mine) + [False] * (grid.shape[1] - len(mine))
 
 
 def test_observe_counts_each_new_co_occurrence_once() -> None:
