@@ -147,14 +147,17 @@ class CoWatch(nn.Module):
             for tau in self.temperatures:
                 w = torch.softmax((sim * tau).masked_fill(~vis, -math.inf), dim=2)
                 weights.append(torch.nan_to_num(w, nan=0.0) * any_vis)  # rows without context: all -inf -> 0
-        act = c_act[c_grid]  # (U, Lc, a); gradients reach the action embeddings
+        # (U, Lc, a); gradients reach the action embeddings (index_select: its backward is an index_add, plain
+        # indexing's accumulating index_put sorts on the CPU)
+        act = c_act.index_select(0, c_grid.reshape(-1)).reshape(*c_grid.shape, c_act.shape[1])
         reads = torch.cat([w @ act for w in weights], dim=2)  # (U, Lt, a * temperatures)
+        t_src = t_grid[t_valid]  # (T,) the target in each valid grid slot, grid order
         f = torch.cat([reads, torch.log1p(n_vis.to(c_act.dtype))], dim=2)[t_valid]  # (T, features), grid order
-        f = f.new_empty(f.shape).index_copy(0, t_grid[t_valid], f)  # back to the targets' order
+        f = f.new_empty(f.shape).index_copy(0, t_src, f)  # back to the targets' order
         out: torch.Tensor = self.proj(f)
         if self.size_proj is not None:
             b = size_bucket(n_vis[t_valid].squeeze(1), self.size_buckets)
-            b = b.new_empty(b.shape).index_copy(0, t_grid[t_valid], b)
+            b = b.new_empty(b.shape).index_copy(0, t_src, b)
             out = out + torch.einsum("tf,tfk->tk", f, self.size_proj[b])
         return out
 
