@@ -454,6 +454,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ema-decay", type=float, default=o.ema_decay,
                    help="score with an exponential moving average of the dense weights, this decay (both models; "
                         "0 = off, the published runs)")
+    p.add_argument("--rank-loss-weight", type=float, default=o.rank_loss_weight,
+                   help="weight of the within-sample pairwise ranking loss next to the BCE (both models; 0 = off, "
+                        "the published runs; trainer.optim.pairwise_rank_loss)")
     p.add_argument("--progress", action="store_true", help="progress bars on stderr")
     return p
 
@@ -481,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
     if cr is not None:
         dlrm = dataclasses.replace(dlrm, cross_rates=cr != 0, cross_rates_init=cr)
     try:
-        optim = OptimConfig(embedding_lr=ns.embedding_lr, dense_lr=ns.dense_lr, ema_decay=ns.ema_decay)
+        optim = OptimConfig(embedding_lr=ns.embedding_lr, dense_lr=ns.dense_lr, ema_decay=ns.ema_decay,
+                            rank_loss_weight=ns.rank_loss_weight)
         config = cli.config_from_args(
             EvalConfig, ns, names=_EVAL_NAMES, preset=preset.name, max_history=preset.max_history,
             max_realtime=preset.max_realtime, max_table_rows=preset.max_table_rows, ranker=preset.ranker,

@@ -54,7 +54,7 @@ from trainer.checkpoint import (
 )
 from trainer.distill import DistillConfig, DistilledStudent, DistillStats, TeacherTargets
 from trainer.metrics import TrainerMetrics
-from trainer.optim import OptimConfig, WeightAverage, build_optimizers, multitask_bce
+from trainer.optim import OptimConfig, WeightAverage, build_optimizers, multitask_bce, pairwise_rank_loss
 from trainer.outputs import MetricsLog, SnapshotAnnouncer
 from trainer.progressive import ProgressiveConfig, ProgressiveValidator
 from trainer.schedule import PersistSchedule, RunLimits, RunSummary
@@ -375,6 +375,10 @@ class Trainer:
                                     batch.target_user_ids)
         self.last_probs = probs
         loss, per_task = multitask_bce(logits, batch.labels)
+        if self.config.optim.rank_loss_weight > 0:
+            rank = pairwise_rank_loss(logits, batch.labels, batch.target_offsets)
+            if rank is not None:
+                loss = loss + self.config.optim.rank_loss_weight * rank
         self.last_distill = None
         if teacher is not None and isinstance(model, DistilledStudent) and weight > 0:
             d_loss, self.last_distill = model.distill_loss(logits, probs, batch.labels, teacher.to(self.device))

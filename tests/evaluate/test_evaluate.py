@@ -114,7 +114,8 @@ def test_cli_synthetic_report(tmp_path: Path) -> None:
     out = tmp_path / "eval"
     r = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--dataset", "synthetic", "--syn-users", "30",
                         "--syn-requests", "4", "--out", str(out), "--preset", "laptop", "--d-model", "16",
-                        "--target-layers", "1", "--mf-dim", "4", "--dlrm-dim", "8", "--threads", "1", "--points", "3"],
+                        "--target-layers", "1", "--mf-dim", "4", "--dlrm-dim", "8", "--threads", "1", "--points", "3",
+                        "--rank-loss-weight", "0.1"],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "ranker" in r.stdout and "popularity" in r.stdout and "ranker − dlrm (click)" in r.stdout
@@ -124,6 +125,7 @@ def test_cli_synthetic_report(tmp_path: Path) -> None:
     assert (cfg["ranker"]["d_model"], cfg["ranker"]["target_layers"], cfg["ranker"]["num_blocks"],
             cfg["ranker"]["mf_dim"]) == (16, 1, 1, 4)
     assert (cfg["max_history"], cfg["max_realtime"], cfg["max_table_rows"]) == (32, 16, 32768)
+    assert cfg["optim"]["rank_loss_weight"] == 0.1
     assert "Ranker preset: `laptop`" in (out / "summary.md").read_text()
     bad = subprocess.run([sys.executable, "-m", "trainer.evaluate", "--dataset", "log", "--path",
                           str(tmp_path / "missing.csv"), "--user-col", "u", "--item-col", "i", "--ts-col", "t",

@@ -77,3 +77,8 @@ def test_ema_decay_reaches_the_optimizer_config_and_is_refused_with_distributed(
     assert config_from_args(_parser().parse_args(["--ema-decay", "0.99"])).optim.ema_decay == 0.99
     assert main(["--distributed", "--ema-decay", "0.99"]) == 2
     assert "--ema-decay runs on one process" in capsys.readouterr().err
+
+
+def test_rank_loss_weight_reaches_the_optimizer_config() -> None:
+    assert config_from_args(_parser().parse_args(["--rank-loss-weight", "0.1"])).optim.rank_loss_weight == 0.1
+    assert config_from_args(_parser().parse_args([])).optim.rank_loss_weight == 0.0
