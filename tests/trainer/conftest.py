@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from pathlib import Path
 
 import pytest
+import torch
+from prometheus_client import CollectorRegistry
 
+from model import Ranker, RankerConfig
+from model.features import FeatureSpec, TableSpec
 from streaming.sample import Behavior, Sample, Target, make_sample_id
+from trainer.loop import Trainer, TrainerConfig
+from trainer.optim import OptimConfig
 
 SCENARIOS = ("home", "search", "detail")
 
@@ -57,3 +65,14 @@ def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes] |
 @pytest.fixture
 def samples_factory():
     return make_samples
+
+
+def tiny_ranker_trainer(run_dir: Path, optim: OptimConfig) -> Trainer:
+    """A Trainer (no Kafka, private registry) of a seeded d=16 Ranker on tables capped at 512 rows."""
+    base = FeatureSpec()
+    spec = dataclasses.replace(base, tables={n: TableSpec(min(t.num_embeddings, 512), t.dim)
+                                             for n, t in base.tables.items()})
+    torch.manual_seed(0)
+    model = Ranker(spec, RankerConfig(d_model=16, num_blocks=1, target_layers=1, head_dim=8))
+    cfg = TrainerConfig(run_dir=run_dir, device="cpu", snapshots_topic="", optim=optim)
+    return Trainer(cfg, model, spec, CollectorRegistry())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
@@ -10,13 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 
-from model import Ranker, RankerConfig
 from model.batch import collate
-from model.features import FeatureSpec, TableSpec
-from tests.trainer.conftest import make_samples
-from trainer.loop import Trainer, TrainerConfig
+from tests.trainer.conftest import make_samples, tiny_ranker_trainer
+from trainer.loop import Trainer
 from trainer.optim import OptimConfig, multitask_bce, pairwise_rank_loss
 
 # a batch: per sample, its targets' (logit, click label); conversion labels are drawn separately
@@ -82,14 +78,7 @@ def test_negative_weights_are_refused() -> None:
 
 
 def _trainer(run_dir: Path, weight: float) -> Trainer:
-    base = FeatureSpec()
-    spec = dataclasses.replace(base, tables={n: TableSpec(min(t.num_embeddings, 512), t.dim)
-                                             for n, t in base.tables.items()})
-    torch.manual_seed(0)
-    model = Ranker(spec, RankerConfig(d_model=16, num_blocks=1, target_layers=1, head_dim=8))
-    cfg = TrainerConfig(run_dir=run_dir, device="cpu", snapshots_topic="",
-                        optim=OptimConfig(rank_loss_weight=weight))
-    return Trainer(cfg, model, spec, CollectorRegistry())
+    return tiny_ranker_trainer(run_dir, OptimConfig(rank_loss_weight=weight))
 
 
 def test_the_training_step_adds_the_weighted_rank_loss_to_the_bce(tmp_path: Path) -> None:

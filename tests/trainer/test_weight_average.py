@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
 from torch import nn
 
-from model import Ranker, RankerConfig
+from model import Ranker
 from model.batch import collate
-from model.features import FeatureSpec, TableSpec
 from model.snapshot import load_snapshot
-from tests.trainer.conftest import make_samples
-from trainer.loop import Trainer, TrainerConfig
+from tests.trainer.conftest import make_samples, tiny_ranker_trainer
+from trainer.loop import Trainer
 from trainer.optim import OptimConfig, WeightAverage
 
 
@@ -53,14 +50,7 @@ def test_bad_decays_are_refused() -> None:
 
 
 def _trainer(run_dir: Path, ema_decay: float) -> Trainer:
-    base = FeatureSpec()
-    spec = dataclasses.replace(base, tables={n: TableSpec(min(t.num_embeddings, 512), t.dim)
-                                             for n, t in base.tables.items()})
-    torch.manual_seed(0)
-    model = Ranker(spec, RankerConfig(d_model=16, num_blocks=1, target_layers=1, head_dim=8))
-    cfg = TrainerConfig(run_dir=run_dir, device="cpu", snapshots_topic="",
-                        optim=OptimConfig(dense_lr=1e-2, ema_decay=ema_decay))
-    return Trainer(cfg, model, spec, CollectorRegistry())
+    return tiny_ranker_trainer(run_dir, OptimConfig(dense_lr=1e-2, ema_decay=ema_decay))
 
 
 def _averaged_copy(t: Trainer) -> Ranker:
