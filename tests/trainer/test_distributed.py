@@ -38,7 +38,8 @@ def test_two_gloo_ranks_shard_tables_and_split_partitions(bootstrap: str, topic_
            "--topic", topic, "--run-dir", str(run_dir), "--trained-log", str(tmp_path / "ids.txt"),
            "--batch-samples", "8", "--snapshot-every-s", "1", "--metrics-port", "0", "--threads", "1",
            "--snapshots-topic", "", "--deadletter-topic", "", "--exit-when-idle", "3", "--max-seconds", "200",
-           "--max-table-rows", "2048", "--d-model", "16", "--num-blocks", "1", "--target-layers", "1"]
+           "--max-table-rows", "2048", "--d-model", "16", "--num-blocks", "1", "--target-layers", "1",
+           "--rank-loss-weight", "0.1"]  # the ranking loss runs in each rank's step like the BCE
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     log = tmp_path / "torchrun.log"
     with open(log, "wb") as out:
