@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec.optim import RowWiseAdagrad
 
+from kernels.attention.reference import pad_jagged
+
 
 @dataclass(frozen=True, slots=True)
 class OptimConfig:
@@ -195,25 +197,17 @@ def pairwise_rank_loss(
         >>> round(float(pairwise_rank_loss(z, y, torch.tensor([0, 2, 3]))), 4)  # one pair: log(1 + e^-2)
         0.1269
     """
-    counts = target_offsets[1:] - target_offsets[:-1]
-    n = int(counts.numel())
-    if n == 0 or int(target_offsets[-1]) == 0:
+    if int(target_offsets[-1]) == 0:
         return None
-    width = int(counts.max())
-    owner = torch.repeat_interleave(torch.arange(n, device=counts.device), counts)
-    slot = torch.arange(owner.numel(), device=counts.device) - target_offsets[:-1][owner]
-    grid = torch.zeros(n, width, dtype=torch.int64, device=counts.device)  # (B, Lt) target index per slot
-    valid = torch.zeros(n, width, dtype=torch.bool, device=counts.device)
-    grid[owner, slot] = torch.arange(owner.numel(), device=counts.device)
-    valid[owner, slot] = True
+    max_len = int((target_offsets[1:] - target_offsets[:-1]).max())
     total: torch.Tensor | None = None
     for task, z in logits.items():
-        y = labels[task].to(z.device) > 0.5
-        pos, neg = valid & y[grid], valid & ~y[grid]  # (B, Lt)
+        zg, valid = pad_jagged(z, target_offsets, max_len)  # (B, Lt)
+        yg, _ = pad_jagged(labels[task].to(z), target_offsets, max_len)
+        pos, neg = valid & (yg > 0.5), valid & (yg <= 0.5)
         pairs = pos.unsqueeze(2) & neg.unsqueeze(1)  # (B, Lt, Lt): [s, i, j] = i positive, j negative
         if not bool(pairs.any()):
             continue
-        zg = z[grid]
         loss = F.softplus(zg.unsqueeze(1) - zg.unsqueeze(2))[pairs].mean()  # softplus(-(z_i - z_j))
         total = loss if total is None else total + loss
     return total
