@@ -18,7 +18,8 @@ preset                  shape                                                   
                         readout, cross-counter rates, label-prior output biases    numbers (``docs/results/eval``)
 ``eval-ml1m``           ``eval-ml100k`` plus user x item factorization logits      the best MovieLens-1M preset of
                         (``mf_dim=32``), co-watch read weights per context size    the main table (trainer.quality)
-                        and the signed co-like readout; 65,536 sketch rows
+                        and the signed co-like readout; 65,536 sketch rows;
+                        reads of actions minus a learned item baseline
 ``small``               d=32, 1 block, K=3, GQA 3:1, head width d/2, experts 2d;   :data:`SCALING`: MTGR's
 ``medium``              d=64, 2 blocks; ``large``: d=128, 3 blocks; all with       small/medium/large scaled to a
 ``large``               cross-counter rates, label-prior biases; L=256, R=64       2-core CPU (trainer.quality)
@@ -151,11 +152,11 @@ PRESETS["eval-ml1m"] = dataclasses.replace(
     description="eval-ml100k plus the user x item factorization logits (mf_dim=32: the user's profile and mean history "
                 "against the target's item embeddings), co-watch read weights per context-size bucket and the "
                 "co-like readout (a signed co-occurrence sketch: items liked or skipped by the same users), with "
-                "65,536 sketch rows (fewer items folded onto one row), added on "
+                "65,536 sketch rows (fewer items folded onto one row) and item-baseline-adjusted reads, added on "
                 "MovieLens-1M where DLRM had been learning more than the Ranker from the later stream and from a "
                 "user's first targets (docs/experiments.md)",
     ranker=dataclasses.replace(PRESETS["eval-ml100k"].ranker, preset="eval-ml1m", mf_dim=32, cowatch_size_buckets=9,
-                               colike_signs=LIKED_AND_SKIPPED, cowatch_rows=65536))
+                               colike_signs=LIKED_AND_SKIPPED, cowatch_rows=65536, cowatch_item_baseline=True))
 
 
 # --- The scaling family -------------------------------------------------------------------------------------------

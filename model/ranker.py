@@ -84,6 +84,10 @@ class RankerConfig:
             (:class:`model.cowatch.CoLike`: items liked or not by the same users), ``((action, +1.0 | -1.0),
             ...)`` the sign of a history token's action (a target's sign is its first task's label); () = off
             (ignored without cowatch).
+        cowatch_item_baseline: with ``cowatch``, the readouts read each context token's action embedding minus a
+            learned linear function of its item's embeddings (zero-initialised): the user's action relative to
+            how that item is usually received — the baseline-adjusted neighbourhood of item-based CF — instead of
+            the raw action (ignored without cowatch).
         cross_features: the targets' cross features (the weighted ``cross`` bag) reach the model; False empties
             that bag in every batch the Ranker reads (the ``no_cross`` ablation; ``cross_rates`` must be off too).
         group_norm: MTGR's Group LayerNorm (one affine per token group) in every layer; False = one shared
@@ -132,6 +136,7 @@ class RankerConfig:
     cowatch_dim: int = 128
     cowatch_size_buckets: int = 0
     colike_signs: tuple[tuple[str, float], ...] = ()
+    cowatch_item_baseline: bool = False
     cross_features: bool = True
     group_norm: bool = True
     dynamic_mask: bool = True
@@ -296,12 +301,17 @@ class Ranker(nn.Module):
         # created last and only when on: a model without prompts draws the same initial weights as before
         self.prompts = PromptTokens(spec, c.d_model) if c.prompt_tokens else None
         self._item_cols = dims["item_id"] + dims["item_feat"]  # the item embeddings' columns in raw T features
-        assert GROUP_FEATURES[TokenGroup.T][:2] == ("item_id", "item_feat")
+        assert GROUP_FEATURES[TokenGroup.T][:2] == feats[:2] == ("item_id", "item_feat")
         self.mf = UserItemFactors(dims["user_feat"], sum(dims[f] for f in feats), self._item_cols, n_tasks,
                                   c.mf_dim) if c.mf_dim else None
         self.colike = CoLike(spec, dims["action"], c.cowatch_rows, c.cowatch_dim, COWATCH_TEMPERATURES,
                              size_buckets=c.cowatch_size_buckets, signs=c.colike_signs) \
             if c.cowatch and c.colike_signs else None
+        # (item embeddings -> action width), zero-initialised: the readouts start as without it
+        self.cw_baseline = nn.Linear(self._item_cols, dims["action"], bias=False) \
+            if c.cowatch and c.cowatch_item_baseline else None
+        if self.cw_baseline is not None:
+            nn.init.zeros_(self.cw_baseline.weight)
 
     def _inputs(self, batch: Batch) -> Batch:
         """``batch`` as this model reads it: without the targets' cross features when ``cross_features`` is off."""
@@ -347,12 +357,15 @@ class Ranker(nn.Module):
         return out
 
     def _actions(self, batch: Batch, raw: dict[TokenGroup, torch.Tensor], n: int) -> torch.Tensor:
-        """(n, a) action embedding of every token in sequence order (zeros on U and T tokens)."""
+        """(n, a) what the co-watch readouts read of every token, in sequence order (zeros on U and T tokens): its
+        action embedding, minus its item's learned baseline with ``cowatch_item_baseline``."""
         a0, a1 = self._action_cols
-        h, r = raw[TokenGroup.H][:, a0:a1], raw[TokenGroup.R][:, a0:a1]
-        out = h.new_zeros(n, a1 - a0)
-        return out.index_copy(0, torch.cat([batch.group_rows[TokenGroup.H], batch.group_rows[TokenGroup.R]]),
-                              torch.cat([h, r]))
+        h, r = raw[TokenGroup.H], raw[TokenGroup.R]
+        act = torch.cat([h[:, a0:a1], r[:, a0:a1]])  # (N_H + N_R, a)
+        if self.cw_baseline is not None:  # H/R raw features start with the item embeddings, as T's do
+            act = act - self.cw_baseline(torch.cat([h[:, :self._item_cols], r[:, :self._item_cols]]))
+        out = act.new_zeros(n, a1 - a0)
+        return out.index_copy(0, torch.cat([batch.group_rows[TokenGroup.H], batch.group_rows[TokenGroup.R]]), act)
 
     def observe(self, batch: Batch) -> None:
         """Update model-side streaming statistics with a batch just trained on (the co-watch and co-like sketches)."""
