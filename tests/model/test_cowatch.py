@@ -299,3 +299,63 @@ def test_colike_starts_at_zero_then_learns_and_serves_like_forward(tmp_path: Pat
     assert RankerConfig.from_json(signed.config.to_json()).colike_signs == SIGNS
     with pytest.raises(ValueError, match="colike_signs"):
         RankerConfig(cowatch=True, colike_signs=(("click", 2.0),))
+
+
+def test_item_baseline_reads_each_context_action_minus_its_items_learned_baseline() -> None:
+    spec = small_spec()
+    batch = collate([make_sample(80, n_tgt=3), make_sample(81, n_hist=0, n_rt=3, n_tgt=2)], spec)
+    torch.manual_seed(7)
+    model = Ranker(spec, small_config(cowatch=True, cowatch_rows=64, cowatch_dim=16, cowatch_item_baseline=True))
+    assert model.cw_baseline is not None
+    with torch.no_grad():
+        model.cw_baseline.weight.normal_(generator=torch.Generator().manual_seed(8))
+    raw: dict[TokenGroup, torch.Tensor] = {}
+    model.embedder(batch, inputs=raw)
+    got = model._actions(batch, raw, batch.num_tokens)
+    (a0, a1), n_item = model._action_cols, model._item_cols
+    w = model.cw_baseline.weight.double()  # (a, item columns)
+    expected = torch.zeros(batch.num_tokens, a1 - a0, dtype=torch.float64)
+    for g in (TokenGroup.H, TokenGroup.R):  # token by token: its action minus W x its item embeddings
+        for row, feats in zip(batch.group_rows[g].tolist(), raw[g].double(), strict=True):
+            expected[row] = feats[a0:a1] - w @ feats[:n_item]
+    torch.testing.assert_close(got.double(), expected, atol=1e-6, rtol=1e-6)
+    ctx = (batch.token_group == TokenGroup.H) | (batch.token_group == TokenGroup.R)
+    assert not got[~ctx].any() and got[ctx].any()  # U and T tokens read nothing
+    assert Ranker(spec, small_config(cowatch_item_baseline=True)).cw_baseline is None  # needs the readout
+
+
+def test_item_baseline_starts_at_zero_then_learns_and_serves_like_forward(tmp_path: Path) -> None:
+    from model.snapshot import SnapshotMeta, load_snapshot, save_snapshot
+
+    spec = small_spec()
+    batch = collate([make_sample(82, n_tgt=5), make_sample(83, n_hist=0, n_rt=2, n_tgt=3),
+                     make_sample(84, n_hist=3, n_rt=6, n_tgt=4)], spec)
+    models = []
+    for on in (False, True):
+        torch.manual_seed(17)
+        models.append(Ranker(spec, small_config(cowatch=True, cowatch_rows=64, cowatch_dim=16, colike_signs=SIGNS,
+                                                cowatch_item_baseline=on)))
+    plain, adjusted = models
+    assert plain.cw_baseline is None and adjusted.cw_baseline is not None
+    with torch.no_grad():
+        for task, z in plain.eval()(batch).items():
+            assert torch.equal(adjusted.eval()(batch)[task], z)  # created last, zero weights: the same start
+    trainer = Trainer(TrainerConfig(run_dir=tmp_path, device="cpu"), adjusted.train(), spec, CollectorRegistry())
+    for _ in range(3):  # the first step reads an empty sketch; the later ones train the baseline through the reads
+        trainer.train_step(batch)
+    assert adjusted.cw_baseline.weight.any()
+    adjusted.eval()
+    with torch.no_grad():
+        full = adjusted(batch)
+        cached = adjusted.score_candidates(adjusted.encode_user(batch), batch)
+        for task in spec.tasks:
+            torch.testing.assert_close(cached[task], full[task], atol=1e-5, rtol=1e-5)
+        saved = adjusted.cw_baseline.weight.clone()
+        adjusted.cw_baseline.weight.zero_()
+        assert not torch.allclose(adjusted(batch)["click"], full["click"])  # the baseline is live
+        adjusted.cw_baseline.weight.copy_(saved)
+    loaded = load_snapshot(save_snapshot(tmp_path / "snap", adjusted, SnapshotMeta(1, 0.0, 0.0, 0))).model
+    assert isinstance(loaded, Ranker) and loaded.config.cowatch_item_baseline and loaded.cw_baseline is not None
+    assert torch.equal(loaded.cw_baseline.weight, adjusted.cw_baseline.weight)
+    with torch.no_grad():
+        assert torch.equal(loaded(batch)["click"], full["click"])
