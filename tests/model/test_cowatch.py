@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from kernels.attention import TokenGroup
 from model import Ranker, RankerConfig
-from model.batch import collate
+from model.batch import Batch, collate
 from model.cowatch import CoLike, CoWatch, per_owner_grid, size_bucket
 from model.features import FeatureSpec
 from model.heads import token_item_rows
@@ -236,6 +236,20 @@ def test_size_buckets_at_zero_init_change_nothing() -> None:
 SIGNS = (("click", 1.0), ("like", 1.0), ("skip", -1.0))
 
 
+def _same_start_pair(spec: FeatureSpec, batch: Batch, seed: int, base: dict[str, object],
+                     option: dict[str, object]) -> tuple[Ranker, Ranker]:
+    """A co-watch Ranker with ``base`` and one with ``base`` plus ``option``, from the same seed; asserts that the
+    option (created last, zero-initialised) changes no initial score."""
+    models = []
+    for extra in ({}, option):
+        torch.manual_seed(seed)
+        models.append(Ranker(spec, small_config(cowatch=True, cowatch_rows=64, cowatch_dim=16, **base, **extra)))
+    with torch.no_grad():
+        for task, z in models[0].eval()(batch).items():
+            assert torch.equal(models[1].eval()(batch)[task], z)
+    return models[0], models[1]
+
+
 def test_colike_counts_each_pair_with_the_product_of_its_signs() -> None:
     """With an identity basis the signed sketch is the agreement matrix: +1 for a pair liked or passed over
     together, -1 for a split pair; actions without a sign are not counted."""
@@ -272,15 +286,8 @@ def test_colike_starts_at_zero_then_learns_and_serves_like_forward(tmp_path: Pat
     spec = small_spec()
     batch = collate([make_sample(60, n_tgt=5), make_sample(61, n_hist=0, n_rt=2, n_tgt=3),
                      make_sample(62, n_hist=3, n_rt=6, n_tgt=4)], spec)
-    models = []
-    for signs in ((), SIGNS):
-        torch.manual_seed(13)
-        models.append(Ranker(spec, small_config(cowatch=True, cowatch_rows=64, cowatch_dim=16, colike_signs=signs)))
-    plain, signed = models
+    plain, signed = _same_start_pair(spec, batch, 13, {}, {"colike_signs": SIGNS})
     assert plain.colike is None and signed.colike is not None
-    with torch.no_grad():
-        for task, z in plain.eval()(batch).items():
-            assert torch.equal(signed.eval()(batch)[task], z)  # created last, zero readout: the same start
     trainer = Trainer(TrainerConfig(run_dir=tmp_path, device="cpu"), signed.train(), spec, CollectorRegistry())
     for _ in range(3):
         trainer.train_step(batch)
@@ -330,16 +337,8 @@ def test_item_baseline_starts_at_zero_then_learns_and_serves_like_forward(tmp_pa
     spec = small_spec()
     batch = collate([make_sample(82, n_tgt=5), make_sample(83, n_hist=0, n_rt=2, n_tgt=3),
                      make_sample(84, n_hist=3, n_rt=6, n_tgt=4)], spec)
-    models = []
-    for on in (False, True):
-        torch.manual_seed(17)
-        models.append(Ranker(spec, small_config(cowatch=True, cowatch_rows=64, cowatch_dim=16, colike_signs=SIGNS,
-                                                cowatch_item_baseline=on)))
-    plain, adjusted = models
+    plain, adjusted = _same_start_pair(spec, batch, 17, {"colike_signs": SIGNS}, {"cowatch_item_baseline": True})
     assert plain.cw_baseline is None and adjusted.cw_baseline is not None
-    with torch.no_grad():
-        for task, z in plain.eval()(batch).items():
-            assert torch.equal(adjusted.eval()(batch)[task], z)  # created last, zero weights: the same start
     trainer = Trainer(TrainerConfig(run_dir=tmp_path, device="cpu"), adjusted.train(), spec, CollectorRegistry())
     for _ in range(3):  # the first step reads an empty sketch; the later ones train the baseline through the reads
         trainer.train_step(batch)
