@@ -250,6 +250,22 @@ def _same_start_pair(spec: FeatureSpec, batch: Batch, seed: int, base: dict[str,
     return models[0], models[1]
 
 
+def _trained_serves_like_forward(model: Ranker, spec: FeatureSpec, batch: Batch,
+                                 run_dir: Path) -> dict[str, torch.Tensor]:
+    """Three trainer steps on ``batch`` (the first reads an empty sketch, the later ones the observed
+    co-occurrences), then asserts that cached scoring equals ``forward``; returns ``forward``'s scores (eval mode)."""
+    trainer = Trainer(TrainerConfig(run_dir=run_dir, device="cpu"), model.train(), spec, CollectorRegistry())
+    for _ in range(3):
+        trainer.train_step(batch)
+    model.eval()
+    with torch.no_grad():
+        full = model(batch)
+        cached = model.score_candidates(model.encode_user(batch), batch)
+    for task in spec.tasks:
+        torch.testing.assert_close(cached[task], full[task], atol=1e-5, rtol=1e-5)
+    return full
+
+
 def test_colike_counts_each_pair_with_the_product_of_its_signs() -> None:
     """With an identity basis the signed sketch is the agreement matrix: +1 for a pair liked or passed over
     together, -1 for a split pair; actions without a sign are not counted."""
@@ -288,16 +304,9 @@ def test_colike_starts_at_zero_then_learns_and_serves_like_forward(tmp_path: Pat
                      make_sample(62, n_hist=3, n_rt=6, n_tgt=4)], spec)
     plain, signed = _same_start_pair(spec, batch, 13, {}, {"colike_signs": SIGNS})
     assert plain.colike is None and signed.colike is not None
-    trainer = Trainer(TrainerConfig(run_dir=tmp_path, device="cpu"), signed.train(), spec, CollectorRegistry())
-    for _ in range(3):
-        trainer.train_step(batch)
+    full = _trained_serves_like_forward(signed, spec, batch, tmp_path)
     assert signed.colike.context.any() and signed.colike.proj.weight.any()
-    signed.eval()
     with torch.no_grad():
-        full = signed(batch)
-        cached = signed.score_candidates(signed.encode_user(batch), batch)
-        for task in spec.tasks:
-            torch.testing.assert_close(cached[task], full[task], atol=1e-5, rtol=1e-5)
         signed.colike.context.zero_()
         assert not torch.allclose(signed(batch)["click"], full["click"])  # the signed readout is live
     loaded = load_snapshot(save_snapshot(tmp_path / "snap", signed, SnapshotMeta(1, 0.0, 0.0, 0))).model
@@ -339,16 +348,9 @@ def test_item_baseline_starts_at_zero_then_learns_and_serves_like_forward(tmp_pa
                      make_sample(84, n_hist=3, n_rt=6, n_tgt=4)], spec)
     plain, adjusted = _same_start_pair(spec, batch, 17, {"colike_signs": SIGNS}, {"cowatch_item_baseline": True})
     assert plain.cw_baseline is None and adjusted.cw_baseline is not None
-    trainer = Trainer(TrainerConfig(run_dir=tmp_path, device="cpu"), adjusted.train(), spec, CollectorRegistry())
-    for _ in range(3):  # the first step reads an empty sketch; the later ones train the baseline through the reads
-        trainer.train_step(batch)
-    assert adjusted.cw_baseline.weight.any()
-    adjusted.eval()
+    full = _trained_serves_like_forward(adjusted, spec, batch, tmp_path)
+    assert adjusted.cw_baseline.weight.any()  # trained through the reads
     with torch.no_grad():
-        full = adjusted(batch)
-        cached = adjusted.score_candidates(adjusted.encode_user(batch), batch)
-        for task in spec.tasks:
-            torch.testing.assert_close(cached[task], full[task], atol=1e-5, rtol=1e-5)
         saved = adjusted.cw_baseline.weight.clone()
         adjusted.cw_baseline.weight.zero_()
         assert not torch.allclose(adjusted(batch)["click"], full["click"])  # the baseline is live
