@@ -44,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -88,6 +89,40 @@ def per_owner_grid(owner: torch.Tensor, n_owners: int) -> tuple[torch.Tensor, to
     return grid, valid
 
 
+class Visibility(NamedTuple):
+    """What each target may read of its user's context, on per-user padded blocks (see :func:`visible_context`)."""
+
+    c_grid: torch.Tensor  # (U, Lc) context row of each slot (per_owner_grid)
+    c_valid: torch.Tensor  # (U, Lc)
+    t_grid: torch.Tensor  # (U, Lt) target row of each slot
+    t_valid: torch.Tensor  # (U, Lt)
+    vis: torch.Tensor  # (U, Lt, Lc) bool: the slot's target may read the slot's context token
+
+
+def visible_context(c_ts: torch.Tensor, c_group: torch.Tensor, c_user: torch.Tensor, t_ts: torch.Tensor,
+                    t_user: torch.Tensor) -> Visibility:
+    """Context tokens (Nc,) ts, TokenGroup, owning user; targets (T,) ts (same origin), owning user -> which
+    context tokens each target reads: its own user's H tokens and the R tokens strictly earlier than it (the
+    attention mask's causality; U tokens are never read). Per user, in the rows' original order.
+
+    Example:
+        >>> H, R = int(TokenGroup.H), int(TokenGroup.R)
+        >>> v = visible_context(torch.tensor([0.0, 5.0, 1.0]), torch.tensor([H, R, H]), torch.tensor([0, 0, 1]),
+        ...                     torch.tensor([3.0, 9.0, 2.0]), torch.tensor([0, 0, 1]))
+        >>> v.vis[0].tolist(), v.vis[1, :1].tolist()
+        ([[True, False], [True, True]], [[True, False]])
+    """
+    users = torch.unique(torch.cat([c_user, t_user]), return_inverse=True)[1]
+    n_users = int(users.max()) + 1 if users.numel() else 0
+    c_grid, c_valid = per_owner_grid(users[:c_user.numel()], n_users)  # (U, Lc)
+    t_grid, t_valid = per_owner_grid(users[c_user.numel():], n_users)  # (U, Lt)
+    g = c_group[c_grid]
+    is_r = (g == TokenGroup.R).unsqueeze(1)
+    vis = (c_valid & (g == TokenGroup.H)).unsqueeze(1) | (is_r & (c_valid.unsqueeze(1) & (
+        c_ts[c_grid].unsqueeze(1) < t_ts[t_grid].unsqueeze(2))))  # (U, Lt, Lc)
+    return Visibility(c_grid, c_valid, t_grid, t_valid, vis)
+
+
 class CoWatch(nn.Module):
     """The co-watch sketch (buffers) and its readout head (one zero-initialised linear layer); see the module doc.
 
@@ -129,18 +164,11 @@ class CoWatch(nn.Module):
         (U, Lt, Lc) — not on one (T, Nc) matrix that is mostly other users' tokens."""
         ctx = self.context
         assert isinstance(ctx, torch.Tensor)
-        users = torch.unique(torch.cat([c_user, t_user]), return_inverse=True)[1]
-        n_users = int(users.max()) + 1 if users.numel() else 0
-        c_grid, c_valid = per_owner_grid(users[:c_user.numel()], n_users)  # (U, Lc)
-        t_grid, t_valid = per_owner_grid(users[c_user.numel():], n_users)  # (U, Lt)
+        c_grid, _, t_grid, t_valid, vis = visible_context(c_ts, c_group, c_user, t_ts, t_user)
         with torch.no_grad():
             ce = nn.functional.normalize(ctx[c_rows], dim=-1)[c_grid]  # (U, Lc, k)
             te = nn.functional.normalize(ctx[t_rows], dim=-1)[t_grid]  # (U, Lt, k)
             sim = te @ ce.transpose(1, 2)  # (U, Lt, Lc)
-            g = c_group[c_grid]
-            is_r = (g == TokenGroup.R).unsqueeze(1)
-            vis = (c_valid & (g == TokenGroup.H)).unsqueeze(1) | (is_r & (c_valid.unsqueeze(1) & (
-                c_ts[c_grid].unsqueeze(1) < t_ts[t_grid].unsqueeze(2))))  # (U, Lt, Lc)
             n_vis = vis.sum(2, keepdim=True)  # (U, Lt, 1)
             any_vis = (n_vis > 0).to(sim.dtype)
             weights = []
@@ -245,3 +273,58 @@ class CoLike(CoWatch):
         labels = batch.labels[self.task]  # (T,) in group_rows[T] order, as the T tokens
         target_sign = torch.where(labels > 0.5, 1.0, -1.0)
         self._count(batch, token_sign, target_sign)
+
+
+class RecentReads(nn.Module):
+    """Means of the actions on each target's last ``k`` visible context tokens, one per ``k``, as logits.
+
+    The co-watch reads weigh the context by similarity to the target, the ``tau = 0`` read by nothing at all (the
+    user's action mix over the whole visible context, up to L tokens). This reads by recency: for each ``k`` in
+    ``ks`` the mean action over the last ``k`` tokens the target may read (H then R, in sequence order: the
+    latest behaviors), so a user whose recent ratings run above or below their long-run mix is scored by both::
+
+        recent_k(t) = mean_{j in last_k(V(t))} a_j       logits(t) = W [recent_k1(t), recent_k2(t), ...]
+
+    ``W`` starts at zero. The reads use the same visibility as :class:`CoWatch` and the same actions (with
+    ``RankerConfig.cowatch_item_baseline``, each minus its item's baseline); a target without visible context
+    reads zeros.
+
+    Example:
+        >>> rr = RecentReads(action_dim=2, tasks=1, ks=(1, 2))
+        >>> H = int(TokenGroup.H)
+        >>> f = rr.reads(torch.tensor([[1.0, 0.0], [0.0, 1.0], [3.0, 3.0]]), torch.zeros(3),
+        ...              torch.full((3,), H), torch.zeros(3, dtype=torch.int64), torch.ones(1),
+        ...              torch.zeros(1, dtype=torch.int64))
+        >>> f.tolist()  # last 1: the third token; last 2: mean of the second and third
+        [[3.0, 3.0, 1.5, 2.0]]
+    """
+
+    def __init__(self, action_dim: int, tasks: int, ks: tuple[int, ...]) -> None:
+        super().__init__()
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError(f"RecentReads needs ks >= 1, got {ks!r}")
+        self.ks = tuple(ks)
+        self.proj = nn.Linear(action_dim * len(self.ks), tasks)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def reads(self, c_act: torch.Tensor, c_ts: torch.Tensor, c_group: torch.Tensor, c_user: torch.Tensor,
+              t_ts: torch.Tensor, t_user: torch.Tensor) -> torch.Tensor:
+        """Context tokens (Nc,): action embeddings (Nc, a), ts, TokenGroup, owning user; targets (T,): ts, owning
+        user -> (T, a * len(ks)) the recent reads, targets' order."""
+        c_grid, _, t_grid, t_valid, vis = visible_context(c_ts, c_group, c_user, t_ts, t_user)
+        with torch.no_grad():
+            v = vis.to(c_act.dtype)  # (U, Lt, Lc)
+            from_end = v.sum(2, keepdim=True) - v.cumsum(2)  # 0 on a target's last visible token
+            weights = []
+            for k in self.ks:
+                w = v * (from_end < k).to(v.dtype)
+                weights.append(w / w.sum(2, keepdim=True).clamp(min=1.0))
+        act = c_act.index_select(0, c_grid.reshape(-1)).reshape(*c_grid.shape, c_act.shape[1])  # (U, Lc, a)
+        f = torch.cat([w @ act for w in weights], dim=2)[t_valid]  # (T, a * len(ks)), grid order
+        return f.new_empty(f.shape).index_copy(0, t_grid[t_valid], f)
+
+    def forward(self, c_act: torch.Tensor, c_ts: torch.Tensor, c_group: torch.Tensor, c_user: torch.Tensor,
+                t_ts: torch.Tensor, t_user: torch.Tensor) -> torch.Tensor:
+        """The :meth:`reads`' arguments -> (T, tasks) logits."""
+        return self.proj(self.reads(c_act, c_ts, c_group, c_user, t_ts, t_user))  # type: ignore[no-any-return]

@@ -23,7 +23,7 @@ from torchrec import KeyedJaggedTensor
 from kernels.attention import AttentionKind, TokenGroup
 from kernels.dispatch import Kernel, get_kernel, use_triton
 from model.batch import Batch
-from model.cowatch import CoLike, CoWatch
+from model.cowatch import CoLike, CoWatch, RecentReads
 from model.embedding import GROUP_FEATURES, TokenEmbedder
 from model.features import FeatureSpec
 from model.heads import (
@@ -88,6 +88,10 @@ class RankerConfig:
             learned linear function of its item's embeddings (zero-initialised): the user's action relative to
             how that item is usually received — the baseline-adjusted neighbourhood of item-based CF — instead of
             the raw action (ignored without cowatch).
+        cowatch_recent: with ``cowatch``, the recent reads (:class:`model.cowatch.RecentReads`): for each ``k``
+            the mean of those actions over the target's last ``k`` visible context tokens, a zero-initialised
+            logit term — the user's recent behavior next to the readouts' similarity-weighted and whole-context
+            reads; () = off (ignored without cowatch).
         cross_features: the targets' cross features (the weighted ``cross`` bag) reach the model; False empties
             that bag in every batch the Ranker reads (the ``no_cross`` ablation; ``cross_rates`` must be off too).
         group_norm: MTGR's Group LayerNorm (one affine per token group) in every layer; False = one shared
@@ -137,6 +141,7 @@ class RankerConfig:
     cowatch_size_buckets: int = 0
     colike_signs: tuple[tuple[str, float], ...] = ()
     cowatch_item_baseline: bool = False
+    cowatch_recent: tuple[int, ...] = ()
     cross_features: bool = True
     group_norm: bool = True
     dynamic_mask: bool = True
@@ -154,6 +159,8 @@ class RankerConfig:
             raise ValueError("mf_dim and cowatch_size_buckets must be >= 0")
         if any(v not in (1.0, -1.0) for _, v in self.colike_signs):
             raise ValueError(f"colike_signs are (action, +1.0 or -1.0) pairs, got {self.colike_signs!r}")
+        if any(k < 1 for k in self.cowatch_recent):
+            raise ValueError(f"cowatch_recent lengths must be >= 1, got {self.cowatch_recent!r}")
         if self.cross_rates and not self.cross_features:
             raise ValueError("cross_rates reads the cross features: it needs cross_features=True")
 
@@ -177,6 +184,7 @@ class RankerConfig:
                                  f"{name}={fixed!r} (train a new model, e.g. from a model.presets preset)")
         d["task_priors"] = tuple((str(t), float(p)) for t, p in d.get("task_priors", ()))
         d["colike_signs"] = tuple((str(a), float(v)) for a, v in d.get("colike_signs", ()))
+        d["cowatch_recent"] = tuple(int(k) for k in d.get("cowatch_recent", ()))
         return RankerConfig(**d)
 
 
@@ -312,6 +320,8 @@ class Ranker(nn.Module):
             if c.cowatch and c.cowatch_item_baseline else None
         if self.cw_baseline is not None:
             nn.init.zeros_(self.cw_baseline.weight)
+        self.recent = RecentReads(dims["action"], n_tasks, c.cowatch_recent) \
+            if c.cowatch and c.cowatch_recent else None
 
     def _inputs(self, batch: Batch) -> Batch:
         """``batch`` as this model reads it: without the targets' cross features when ``cross_features`` is off."""
@@ -366,6 +376,18 @@ class Ranker(nn.Module):
             act = act - self.cw_baseline(torch.cat([h[:, :self._item_cols], r[:, :self._item_cols]]))
         out = act.new_zeros(n, a1 - a0)
         return out.index_copy(0, torch.cat([batch.group_rows[TokenGroup.H], batch.group_rows[TokenGroup.R]]), act)
+
+    def _readouts(self, item_logit: torch.Tensor, args: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``item_logit`` (T, tasks) plus the co-watch, co-like and recent reads; ``args`` = :meth:`CoWatch.forward`'s
+        (context rows, actions, ts, groups, users; target rows, ts, users)."""
+        assert self.cowatch is not None
+        item_logit = item_logit + self.cowatch(*args)
+        if self.colike is not None:
+            item_logit = item_logit + self.colike(*args)
+        if self.recent is not None:
+            _, c_act, c_ts, c_group, c_user, _, t_ts, t_user = args
+            item_logit = item_logit + self.recent(c_act, c_ts, c_group, c_user, t_ts, t_user)
+        return item_logit
 
     def observe(self, batch: Batch) -> None:
         """Update model-side streaming statistics with a batch just trained on (the co-watch and co-like sketches)."""
@@ -436,9 +458,7 @@ class Ranker(nn.Module):
             b_t_rows = batch.group_rows[TokenGroup.T]
             args = (rows_all, self._actions(batch, raw, N), batch.token_ts, batch.token_group, tok_user,
                     rows_all[b_t_rows], batch.token_ts[b_t_rows], t_user)
-            item_logit = item_logit + self.cowatch(*args)
-            if self.colike is not None:
-                item_logit = item_logit + self.colike(*args)
+            item_logit = self._readouts(item_logit, args)
         return self._head(x[t_rows], x0, raw[TokenGroup.T], scen, self._user_terms(batch, raw), t_user, item_logit)
 
     @torch.no_grad()
@@ -509,9 +529,7 @@ class Ranker(nn.Module):
                 raise ValueError("score_candidates: the cache was encoded without the co-watch context")
             t_rows = self.cowatch.sketch_rows(batch)[batch.group_rows[TokenGroup.T]]
             args = (cache.cw_rows, cache.cw_act, cache.ts, cache.group, c_user, t_rows, t_ts, t_user)
-            item_logit = item_logit + self.cowatch(*args)
-            if self.colike is not None:
-                item_logit = item_logit + self.colike(*args)
+            item_logit = self._readouts(item_logit, args)
         if self.mf is not None and cache.mf_user is None:
             raise ValueError("score_candidates: the cache was encoded without the user factors (mf_dim)")
         user = (cache.user_logit, cache.mf_user)

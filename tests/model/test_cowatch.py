@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from kernels.attention import TokenGroup
 from model import Ranker, RankerConfig
 from model.batch import Batch, collate
-from model.cowatch import CoLike, CoWatch, per_owner_grid, size_bucket
+from model.cowatch import CoLike, CoWatch, RecentReads, per_owner_grid, size_bucket
 from model.features import FeatureSpec
 from model.heads import token_item_rows
 from streaming.sample import Behavior, Sample, Target
@@ -360,3 +360,54 @@ def test_item_baseline_starts_at_zero_then_learns_and_serves_like_forward(tmp_pa
     assert torch.equal(loaded.cw_baseline.weight, adjusted.cw_baseline.weight)
     with torch.no_grad():
         assert torch.equal(loaded(batch)["click"], full["click"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_recent_reads_average_each_targets_last_k_visible_actions(data: st.DataObject) -> None:
+    """Brute force in float64: per target, its own user's H tokens and strictly earlier R tokens in sequence order,
+    the mean action over the last k of them (zeros with none)."""
+    ks = tuple(data.draw(st.lists(st.integers(1, 5), min_size=1, max_size=3)))
+    rr = RecentReads(action_dim=2, tasks=1, ks=ks)
+    nc = data.draw(st.integers(0, 12))
+    c_ts = data.draw(st.lists(st.sampled_from([-5.0, 0.0, 1.0, 2.0, 3.0]), min_size=nc, max_size=nc))
+    c_group = data.draw(st.lists(st.sampled_from([int(g) for g in TokenGroup]), min_size=nc, max_size=nc))
+    c_user = data.draw(st.lists(st.integers(0, 2), min_size=nc, max_size=nc))
+    nt = data.draw(st.integers(1, 6))
+    t_ts = data.draw(st.lists(st.sampled_from([0.0, 1.0, 2.0, 3.0]), min_size=nt, max_size=nt))
+    t_user = data.draw(st.lists(st.integers(0, 2), min_size=nt, max_size=nt))
+    c_act = torch.randn(nc, 2, generator=torch.Generator().manual_seed(data.draw(st.integers(0, 2**16))))
+    got = rr.reads(c_act, torch.tensor(c_ts), torch.tensor(c_group, dtype=torch.int64),
+                   torch.tensor(c_user, dtype=torch.int64), torch.tensor(t_ts), torch.tensor(t_user, dtype=torch.int64))
+    want = []
+    for tt, tu in zip(t_ts, t_user, strict=True):
+        vis = [j for j in range(nc) if c_user[j] == tu and (
+            c_group[j] == TokenGroup.H or (c_group[j] == TokenGroup.R and c_ts[j] < tt))]
+        want.append(torch.cat([c_act[vis[-k:]].double().mean(0) if vis else torch.zeros(2, dtype=torch.float64)
+                               for k in ks]))
+    torch.testing.assert_close(got.double(), torch.stack(want), atol=1e-6, rtol=1e-6)
+
+
+def test_recent_reads_start_at_zero_then_learn_and_serve_like_forward(tmp_path: Path) -> None:
+    from model.snapshot import SnapshotMeta, load_snapshot, save_snapshot
+
+    spec = small_spec()
+    batch = collate([make_sample(85, n_tgt=5), make_sample(86, n_hist=0, n_rt=2, n_tgt=3),
+                     make_sample(87, n_hist=3, n_rt=6, n_tgt=4)], spec)
+    base = {"colike_signs": SIGNS, "cowatch_item_baseline": True}
+    plain, recent = _same_start_pair(spec, batch, 19, base, {"cowatch_recent": (2, 8)})
+    assert plain.recent is None and recent.recent is not None
+    full = _trained_serves_like_forward(recent, spec, batch, tmp_path)
+    assert recent.recent.proj.weight.any()
+    with torch.no_grad():
+        saved = recent.recent.proj.weight.clone()
+        recent.recent.proj.weight.zero_()
+        assert not torch.allclose(recent(batch)["click"], full["click"])  # the recent reads are live
+        recent.recent.proj.weight.copy_(saved)
+    loaded = load_snapshot(save_snapshot(tmp_path / "snap", recent, SnapshotMeta(1, 0.0, 0.0, 0))).model
+    assert isinstance(loaded, Ranker) and loaded.config.cowatch_recent == (2, 8) and loaded.recent is not None
+    with torch.no_grad():
+        assert torch.equal(loaded(batch)["click"], full["click"])
+    assert Ranker(spec, small_config(cowatch_recent=(4,))).recent is None  # needs the readout
+    with pytest.raises(ValueError, match="cowatch_recent"):
+        RankerConfig(cowatch=True, cowatch_recent=(0,))
