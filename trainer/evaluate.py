@@ -61,6 +61,7 @@ from streaming.datasets import DatasetError, summarize
 from streaming.datasets.load import add_dataset_args, load_dataset
 from streaming.events import Event
 from streaming.sample import Sample
+from streaming.spec import DEFAULT_HISTORY_LEN
 from trainer.baselines import LogisticRegressionBaseline, LRConfig, PopularityBaseline
 from trainer.eval_report import METRICS, print_headline, write_report
 from trainer.loop import Trainer, TrainerConfig
@@ -185,20 +186,25 @@ class EvalResult:
 
 # ---------------------------------------------------------------------------------------------- running models
 def default_core(dataset: str, *, attribution_window_s: float | None = None, category_key: str | None = None,
-                 skip_action: str | None = "skip") -> CoreConfig:
+                 skip_action: str | None = "skip", history_len: int = DEFAULT_HISTORY_LEN) -> CoreConfig:
     """The core settings the evaluation uses for ``dataset``: MovieLens (100K and 1M) gets the 60 s attribution
     window and the ``genres`` category; every dataset gets ``skip`` behaviors (None = none). Explicit values win.
+    ``history_len`` is the samples' L (the longest ``max_history`` of the models evaluated on them: each model's
+    collate keeps the latest ``max_history`` of a sample's H).
 
     Example:
         >>> c = default_core("movielens-1m"); c.attribution_window_s, c.cross.category_key, c.skip_action
         (60.0, 'genres', 'skip')
+        >>> default_core("movielens", history_len=512).history_len
+        512
     """
     movielens = dataset.startswith("movielens")
     window = attribution_window_s
     if window is None:
         window = MOVIELENS_WINDOW_S if movielens else CoreConfig.attribution_window_s
     cat = category_key or ("genres" if movielens else "category")
-    return CoreConfig(attribution_window_s=window, skip_action=skip_action or None, cross=CrossSpec(category_key=cat))
+    return CoreConfig(attribution_window_s=window, skip_action=skip_action or None, cross=CrossSpec(category_key=cat),
+                      history_len=history_len)
 
 
 def make_samples(events: Sequence[Event], core: CoreConfig, limit_targets: int | None = None) -> list[Sample]:
@@ -493,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
             ranker_optim=None if ns.ranker_dense_lr is None else dataclasses.replace(optim, dense_lr=ns.ranker_dense_lr),
             core=default_core(
                 ns.dataset, attribution_window_s=ns.attribution_window_s, category_key=ns.category_key,
-                skip_action=ns.skip_action or None))
+                skip_action=ns.skip_action or None, history_len=max(DEFAULT_HISTORY_LEN, preset.max_history)))
     except ValueError as e:
         p.error(str(e))
     t0 = time.perf_counter()

@@ -72,6 +72,7 @@ from streaming.config import CoreConfig
 from streaming.datasets import DatasetError
 from streaming.datasets.load import DATASETS, add_dataset_args, load_dataset
 from streaming.sample import Sample
+from streaming.spec import DEFAULT_HISTORY_LEN
 from trainer.evaluate import (
     DEFAULT_PRESET,
     EvalConfig,
@@ -429,7 +430,7 @@ def run_suite(cfg: QualityConfig, progress: bool = False, log: Callable[[str], N
     for dataset in cfg.datasets:
         t0 = time.perf_counter()
         evs = events(dataset)
-        core = default_core(dataset)
+        core = default_core(dataset, history_len=max(DEFAULT_HISTORY_LEN, *(r.preset.max_history for r in runs)))
         samples = make_samples(evs, core, cfg.limit_targets)
         del evs
         prep = _Prepared(samples, cfg.batch_samples)
