@@ -285,8 +285,13 @@ class RecentReads(nn.Module):
 
         recent_k(t) = mean_{j in last_k(V(t))} a_j       logits(t) = W [recent_k1(t), recent_k2(t), ...]
 
-    ``W`` starts at zero. The reads use the same visibility as :class:`CoWatch` and the same actions (with
-    ``RankerConfig.cowatch_item_baseline``, each minus its item's baseline); a target without visible context
+    With ``similar_window > 0`` it also reads by similarity among the latest tokens only: one softmax read per
+    temperature in ``temperatures`` over the last ``similar_window`` visible tokens, weighted by the cosine of
+    sketch rows passed in (the Ranker passes the co-like sketch's), into a second term ``W_s`` — what the user did
+    lately on items like the target, next to the readouts' reads over the whole context.
+
+    ``W`` and ``W_s`` start at zero. The reads use the same visibility as :class:`CoWatch` and the same actions
+    (with ``RankerConfig.cowatch_item_baseline``, each minus its item's baseline); a target without visible context
     reads zeros.
 
     Example:
@@ -299,32 +304,72 @@ class RecentReads(nn.Module):
         [[3.0, 3.0, 1.5, 2.0]]
     """
 
-    def __init__(self, action_dim: int, tasks: int, ks: tuple[int, ...]) -> None:
+    def __init__(self, action_dim: int, tasks: int, ks: tuple[int, ...], similar_window: int = 0,
+                 temperatures: tuple[float, ...] = (10.0, 30.0)) -> None:
         super().__init__()
         if not ks or any(k < 1 for k in ks):
             raise ValueError(f"RecentReads needs ks >= 1, got {ks!r}")
-        self.ks = tuple(ks)
+        if similar_window < 0 or (similar_window and not temperatures):
+            raise ValueError("RecentReads needs similar_window >= 0 and, with it, temperatures")
+        self.ks, self.similar_window = tuple(ks), similar_window
+        self.temperatures = tuple(float(t) for t in temperatures)
         self.proj = nn.Linear(action_dim * len(self.ks), tasks)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
+        self.sim_proj: nn.Linear | None = None
+        if similar_window:
+            self.sim_proj = nn.Linear(action_dim * len(self.temperatures), tasks)
+            nn.init.zeros_(self.sim_proj.weight)
+            nn.init.zeros_(self.sim_proj.bias)
+
+    @staticmethod
+    def _from_end(vis: torch.Tensor) -> torch.Tensor:
+        """(U, Lt, Lc) visibility -> each slot's rank from the target's last visible token (0 there)."""
+        v = vis.to(torch.float32)
+        return v.sum(2, keepdim=True) - v.cumsum(2)
+
+    @staticmethod
+    def _read(c_act: torch.Tensor, v: Visibility, weights: list[torch.Tensor]) -> torch.Tensor:
+        """(Nc, a) actions, the visibility blocks and (U, Lt, Lc) read weights -> (T, a * len(weights)), targets'
+        order."""
+        act = c_act.index_select(0, v.c_grid.reshape(-1)).reshape(*v.c_grid.shape, c_act.shape[1])  # (U, Lc, a)
+        f = torch.cat([w.to(act.dtype) @ act for w in weights], dim=2)[v.t_valid]  # grid order
+        return f.new_empty(f.shape).index_copy(0, v.t_grid[v.t_valid], f)
+
+    def _recent(self, v: Visibility) -> list[torch.Tensor]:
+        with torch.no_grad():
+            vis = v.vis.to(torch.float32)
+            from_end = self._from_end(v.vis)
+            weights = []
+            for k in self.ks:
+                w = vis * (from_end < k).to(vis.dtype)
+                weights.append(w / w.sum(2, keepdim=True).clamp(min=1.0))
+        return weights
+
+    def _similar(self, v: Visibility, c_emb: torch.Tensor, t_emb: torch.Tensor) -> list[torch.Tensor]:
+        with torch.no_grad():
+            near = v.vis & (self._from_end(v.vis) < self.similar_window)  # (U, Lt, Lc)
+            sim = t_emb[v.t_grid] @ c_emb[v.c_grid].transpose(1, 2)
+            any_near = (near.sum(2, keepdim=True) > 0).to(sim.dtype)
+            return [torch.nan_to_num(torch.softmax((sim * tau).masked_fill(~near, -math.inf), dim=2), nan=0.0)
+                    * any_near for tau in self.temperatures]
 
     def reads(self, c_act: torch.Tensor, c_ts: torch.Tensor, c_group: torch.Tensor, c_user: torch.Tensor,
               t_ts: torch.Tensor, t_user: torch.Tensor) -> torch.Tensor:
         """Context tokens (Nc,): action embeddings (Nc, a), ts, TokenGroup, owning user; targets (T,): ts, owning
         user -> (T, a * len(ks)) the recent reads, targets' order."""
-        c_grid, _, t_grid, t_valid, vis = visible_context(c_ts, c_group, c_user, t_ts, t_user)
-        with torch.no_grad():
-            v = vis.to(c_act.dtype)  # (U, Lt, Lc)
-            from_end = v.sum(2, keepdim=True) - v.cumsum(2)  # 0 on a target's last visible token
-            weights = []
-            for k in self.ks:
-                w = v * (from_end < k).to(v.dtype)
-                weights.append(w / w.sum(2, keepdim=True).clamp(min=1.0))
-        act = c_act.index_select(0, c_grid.reshape(-1)).reshape(*c_grid.shape, c_act.shape[1])  # (U, Lc, a)
-        f = torch.cat([w @ act for w in weights], dim=2)[t_valid]  # (T, a * len(ks)), grid order
-        return f.new_empty(f.shape).index_copy(0, t_grid[t_valid], f)
+        v = visible_context(c_ts, c_group, c_user, t_ts, t_user)
+        return self._read(c_act, v, self._recent(v))
 
     def forward(self, c_act: torch.Tensor, c_ts: torch.Tensor, c_group: torch.Tensor, c_user: torch.Tensor,
-                t_ts: torch.Tensor, t_user: torch.Tensor) -> torch.Tensor:
-        """The :meth:`reads`' arguments -> (T, tasks) logits."""
-        return self.proj(self.reads(c_act, c_ts, c_group, c_user, t_ts, t_user))  # type: ignore[no-any-return]
+                t_ts: torch.Tensor, t_user: torch.Tensor, c_emb: torch.Tensor | None = None,
+                t_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """The :meth:`reads`' arguments (and, with ``similar_window``, unit-norm sketch rows of the context tokens
+        (Nc, k) and the targets (T, k)) -> (T, tasks) logits."""
+        v = visible_context(c_ts, c_group, c_user, t_ts, t_user)
+        out: torch.Tensor = self.proj(self._read(c_act, v, self._recent(v)))
+        if self.sim_proj is not None:
+            if c_emb is None or t_emb is None:
+                raise ValueError("RecentReads with similar_window needs the sketch rows (c_emb, t_emb)")
+            out = out + self.sim_proj(self._read(c_act, v, self._similar(v, c_emb, t_emb)))
+        return out

@@ -153,12 +153,13 @@ PRESETS["eval-ml1m"] = dataclasses.replace(
                 "against the target's item embeddings), co-watch read weights per context-size bucket and the "
                 "co-like readout (a signed co-occurrence sketch: items liked or skipped by the same users), with "
                 "65,536 sketch rows (fewer items folded onto one row), item-baseline-adjusted reads and recent reads "
-                "(the mean action over the last 4, 16 and 64 visible context tokens) and histories of 512, added on "
+                "(the mean action over the last 4, 16 and 64 visible context tokens, co-like reads of the last 64) and "
+                "histories of 512, added on "
                 "MovieLens-1M where DLRM had been learning more than the Ranker from the later stream and from a "
                 "user's first targets (docs/experiments.md)",
     ranker=dataclasses.replace(PRESETS["eval-ml100k"].ranker, preset="eval-ml1m", mf_dim=32, cowatch_size_buckets=9,
                                colike_signs=LIKED_AND_SKIPPED, cowatch_rows=65536, cowatch_item_baseline=True,
-                               cowatch_recent=(4, 16, 64)),
+                               cowatch_recent=(4, 16, 64), cowatch_recent_similar=64),
     max_history=512)
 
 

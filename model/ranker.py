@@ -92,6 +92,9 @@ class RankerConfig:
             the mean of those actions over the target's last ``k`` visible context tokens, a zero-initialised
             logit term — the user's recent behavior next to the readouts' similarity-weighted and whole-context
             reads; () = off (ignored without cowatch).
+        cowatch_recent_similar: with ``cowatch_recent`` and ``colike_signs``, the co-like readout's reads at
+            temperatures 10 and 30 over each target's last this many visible context tokens only (the recent
+            reads' second term); 0 = off.
         cross_features: the targets' cross features (the weighted ``cross`` bag) reach the model; False empties
             that bag in every batch the Ranker reads (the ``no_cross`` ablation; ``cross_rates`` must be off too).
         group_norm: MTGR's Group LayerNorm (one affine per token group) in every layer; False = one shared
@@ -142,6 +145,7 @@ class RankerConfig:
     colike_signs: tuple[tuple[str, float], ...] = ()
     cowatch_item_baseline: bool = False
     cowatch_recent: tuple[int, ...] = ()
+    cowatch_recent_similar: int = 0
     cross_features: bool = True
     group_norm: bool = True
     dynamic_mask: bool = True
@@ -161,6 +165,8 @@ class RankerConfig:
             raise ValueError(f"colike_signs are (action, +1.0 or -1.0) pairs, got {self.colike_signs!r}")
         if any(k < 1 for k in self.cowatch_recent):
             raise ValueError(f"cowatch_recent lengths must be >= 1, got {self.cowatch_recent!r}")
+        if self.cowatch_recent_similar < 0:
+            raise ValueError("cowatch_recent_similar must be >= 0")
         if self.cross_rates and not self.cross_features:
             raise ValueError("cross_rates reads the cross features: it needs cross_features=True")
 
@@ -320,7 +326,8 @@ class Ranker(nn.Module):
             if c.cowatch and c.cowatch_item_baseline else None
         if self.cw_baseline is not None:
             nn.init.zeros_(self.cw_baseline.weight)
-        self.recent = RecentReads(dims["action"], n_tasks, c.cowatch_recent) \
+        self.recent = RecentReads(dims["action"], n_tasks, c.cowatch_recent,
+                                  c.cowatch_recent_similar if c.colike_signs else 0) \
             if c.cowatch and c.cowatch_recent else None
 
     def _inputs(self, batch: Batch) -> Batch:
@@ -385,8 +392,16 @@ class Ranker(nn.Module):
         if self.colike is not None:
             item_logit = item_logit + self.colike(*args)
         if self.recent is not None:
-            _, c_act, c_ts, c_group, c_user, _, t_ts, t_user = args
-            item_logit = item_logit + self.recent(c_act, c_ts, c_group, c_user, t_ts, t_user)
+            c_rows, c_act, c_ts, c_group, c_user, t_rows, t_ts, t_user = args
+            c_emb = t_emb = None
+            if self.recent.sim_proj is not None:
+                assert self.colike is not None
+                sketch = self.colike.context
+                assert isinstance(sketch, torch.Tensor)
+                with torch.no_grad():
+                    c_emb = nn.functional.normalize(sketch[c_rows], dim=-1)
+                    t_emb = nn.functional.normalize(sketch[t_rows], dim=-1)
+            item_logit = item_logit + self.recent(c_act, c_ts, c_group, c_user, t_ts, t_user, c_emb, t_emb)
         return item_logit
 
     def observe(self, batch: Batch) -> None:

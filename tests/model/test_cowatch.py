@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from kernels.attention import TokenGroup
 from model import Ranker, RankerConfig
 from model.batch import Batch, collate
-from model.cowatch import CoLike, CoWatch, RecentReads, per_owner_grid, size_bucket
+from model.cowatch import CoLike, CoWatch, RecentReads, per_owner_grid, size_bucket, visible_context
 from model.features import FeatureSpec
 from model.heads import token_item_rows
 from streaming.sample import Behavior, Sample, Target
@@ -395,15 +395,16 @@ def test_recent_reads_start_at_zero_then_learn_and_serve_like_forward(tmp_path: 
     batch = collate([make_sample(85, n_tgt=5), make_sample(86, n_hist=0, n_rt=2, n_tgt=3),
                      make_sample(87, n_hist=3, n_rt=6, n_tgt=4)], spec)
     base = {"colike_signs": SIGNS, "cowatch_item_baseline": True}
-    plain, recent = _same_start_pair(spec, batch, 19, base, {"cowatch_recent": (2, 8)})
-    assert plain.recent is None and recent.recent is not None
+    plain, recent = _same_start_pair(spec, batch, 19, base, {"cowatch_recent": (2, 8), "cowatch_recent_similar": 3})
+    assert plain.recent is None and recent.recent is not None and recent.recent.sim_proj is not None
     full = _trained_serves_like_forward(recent, spec, batch, tmp_path)
-    assert recent.recent.proj.weight.any()
-    with torch.no_grad():
-        saved = recent.recent.proj.weight.clone()
-        recent.recent.proj.weight.zero_()
-        assert not torch.allclose(recent(batch)["click"], full["click"])  # the recent reads are live
-        recent.recent.proj.weight.copy_(saved)
+    for proj in (recent.recent.proj, recent.recent.sim_proj):  # both terms trained and live
+        assert proj.weight.any()
+        with torch.no_grad():
+            saved = proj.weight.clone()
+            proj.weight.zero_()
+            assert not torch.allclose(recent(batch)["click"], full["click"])
+            proj.weight.copy_(saved)
     loaded = load_snapshot(save_snapshot(tmp_path / "snap", recent, SnapshotMeta(1, 0.0, 0.0, 0))).model
     assert isinstance(loaded, Ranker) and loaded.config.cowatch_recent == (2, 8) and loaded.recent is not None
     with torch.no_grad():
@@ -411,3 +412,18 @@ def test_recent_reads_start_at_zero_then_learn_and_serve_like_forward(tmp_path: 
     assert Ranker(spec, small_config(cowatch_recent=(4,))).recent is None  # needs the readout
     with pytest.raises(ValueError, match="cowatch_recent"):
         RankerConfig(cowatch=True, cowatch_recent=(0,))
+
+
+def test_recent_similar_reads_softmax_over_the_last_window_visible_tokens_only() -> None:
+    """Brute force: the similarity reads weigh only the target's last ``window`` visible tokens, softmax(tau cos)."""
+    rr = RecentReads(action_dim=2, tasks=1, ks=(1,), similar_window=2, temperatures=(3.0,))
+    H, R = int(TokenGroup.H), int(TokenGroup.R)
+    g = torch.Generator().manual_seed(5)
+    c_act, emb = torch.randn(5, 2, generator=g), torch.nn.functional.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    c_ts, c_group = torch.tensor([0.0, 0.0, 0.0, 1.0, 4.0]), torch.tensor([H, H, H, R, R])
+    user = torch.zeros(5, dtype=torch.int64)
+    v = visible_context(c_ts, c_group, user, torch.tensor([2.0]), torch.zeros(1, dtype=torch.int64))
+    got = RecentReads._read(c_act, v, rr._similar(v, emb[:5], emb[5:]))
+    last = [2, 3]  # visible: tokens 0-3 (the R token at ts 4 is later); the last two of them
+    w = torch.softmax(3.0 * (emb[last] @ emb[5]), dim=0)
+    torch.testing.assert_close(got[0], (w.unsqueeze(1) * c_act[last]).sum(0))
