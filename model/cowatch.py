@@ -93,7 +93,6 @@ class Visibility(NamedTuple):
     """What each target may read of its user's context, on per-user padded blocks (see :func:`visible_context`)."""
 
     c_grid: torch.Tensor  # (U, Lc) context row of each slot (per_owner_grid)
-    c_valid: torch.Tensor  # (U, Lc)
     t_grid: torch.Tensor  # (U, Lt) target row of each slot
     t_valid: torch.Tensor  # (U, Lt)
     vis: torch.Tensor  # (U, Lt, Lc) bool: the slot's target may read the slot's context token
@@ -120,7 +119,7 @@ def visible_context(c_ts: torch.Tensor, c_group: torch.Tensor, c_user: torch.Ten
     is_r = (g == TokenGroup.R).unsqueeze(1)
     vis = (c_valid & (g == TokenGroup.H)).unsqueeze(1) | (is_r & (c_valid.unsqueeze(1) & (
         c_ts[c_grid].unsqueeze(1) < t_ts[t_grid].unsqueeze(2))))  # (U, Lt, Lc)
-    return Visibility(c_grid, c_valid, t_grid, t_valid, vis)
+    return Visibility(c_grid, t_grid, t_valid, vis)
 
 
 class CoWatch(nn.Module):
@@ -156,15 +155,19 @@ class CoWatch(nn.Module):
         return token_item_rows(batch, self.table_rows) % self.rows
 
     def forward(self, c_rows: torch.Tensor, c_act: torch.Tensor, c_ts: torch.Tensor, c_group: torch.Tensor,
-                c_user: torch.Tensor, t_rows: torch.Tensor, t_ts: torch.Tensor, t_user: torch.Tensor) -> torch.Tensor:
+                c_user: torch.Tensor, t_rows: torch.Tensor, t_ts: torch.Tensor, t_user: torch.Tensor,
+                visible: Visibility | None = None) -> torch.Tensor:
         """Context tokens (Nc,): sketch rows, action embeddings (Nc, a), ts, TokenGroup, owning user; targets (T,):
         sketch rows, ts (same origin as ``c_ts``), owning user -> (T, tasks) logits. Non-H/R context is ignored.
+        ``visible``: :func:`visible_context` of these arguments, when the caller has it already (several readouts).
 
         Each user's targets read only that user's context, so the reads run per user on padded blocks
         (U, Lt, Lc) — not on one (T, Nc) matrix that is mostly other users' tokens."""
         ctx = self.context
         assert isinstance(ctx, torch.Tensor)
-        c_grid, _, t_grid, t_valid, vis = visible_context(c_ts, c_group, c_user, t_ts, t_user)
+        if visible is None:
+            visible = visible_context(c_ts, c_group, c_user, t_ts, t_user)
+        c_grid, t_grid, t_valid, vis = visible
         with torch.no_grad():
             ce = nn.functional.normalize(ctx[c_rows], dim=-1)[c_grid]  # (U, Lc, k)
             te = nn.functional.normalize(ctx[t_rows], dim=-1)[t_grid]  # (U, Lt, k)
@@ -363,10 +366,10 @@ class RecentReads(nn.Module):
 
     def forward(self, c_act: torch.Tensor, c_ts: torch.Tensor, c_group: torch.Tensor, c_user: torch.Tensor,
                 t_ts: torch.Tensor, t_user: torch.Tensor, c_emb: torch.Tensor | None = None,
-                t_emb: torch.Tensor | None = None) -> torch.Tensor:
+                t_emb: torch.Tensor | None = None, visible: Visibility | None = None) -> torch.Tensor:
         """The :meth:`reads`' arguments (and, with ``similar_window``, unit-norm sketch rows of the context tokens
-        (Nc, k) and the targets (T, k)) -> (T, tasks) logits."""
-        v = visible_context(c_ts, c_group, c_user, t_ts, t_user)
+        (Nc, k) and the targets (T, k); ``visible`` as in :meth:`CoWatch.forward`) -> (T, tasks) logits."""
+        v = visible_context(c_ts, c_group, c_user, t_ts, t_user) if visible is None else visible
         out: torch.Tensor = self.proj(self._read(c_act, v, self._recent(v)))
         if self.sim_proj is not None:
             if c_emb is None or t_emb is None:

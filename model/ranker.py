@@ -23,7 +23,7 @@ from torchrec import KeyedJaggedTensor
 from kernels.attention import AttentionKind, TokenGroup
 from kernels.dispatch import Kernel, get_kernel, use_triton
 from model.batch import Batch
-from model.cowatch import CoLike, CoWatch, RecentReads
+from model.cowatch import CoLike, CoWatch, RecentReads, visible_context
 from model.embedding import GROUP_FEATURES, TokenEmbedder
 from model.features import FeatureSpec
 from model.heads import (
@@ -388,11 +388,12 @@ class Ranker(nn.Module):
         """``item_logit`` (T, tasks) plus the co-watch, co-like and recent reads; ``args`` = :meth:`CoWatch.forward`'s
         (context rows, actions, ts, groups, users; target rows, ts, users)."""
         assert self.cowatch is not None
-        item_logit = item_logit + self.cowatch(*args)
+        c_rows, c_act, c_ts, c_group, c_user, t_rows, t_ts, t_user = args
+        vis = visible_context(c_ts, c_group, c_user, t_ts, t_user)  # one per batch, shared by every readout
+        item_logit = item_logit + self.cowatch(*args, visible=vis)
         if self.colike is not None:
-            item_logit = item_logit + self.colike(*args)
+            item_logit = item_logit + self.colike(*args, visible=vis)
         if self.recent is not None:
-            c_rows, c_act, c_ts, c_group, c_user, t_rows, t_ts, t_user = args
             c_emb = t_emb = None
             if self.recent.sim_proj is not None:
                 assert self.colike is not None
@@ -401,7 +402,7 @@ class Ranker(nn.Module):
                 with torch.no_grad():
                     c_emb = nn.functional.normalize(sketch[c_rows], dim=-1)
                     t_emb = nn.functional.normalize(sketch[t_rows], dim=-1)
-            item_logit = item_logit + self.recent(c_act, c_ts, c_group, c_user, t_ts, t_user, c_emb, t_emb)
+            item_logit = item_logit + self.recent(c_act, c_ts, c_group, c_user, t_ts, t_user, c_emb, t_emb, vis)
         return item_logit
 
     def observe(self, batch: Batch) -> None:
