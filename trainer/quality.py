@@ -7,7 +7,7 @@ trainer`` and the demo, only the data source differs), repeated over datasets ×
 =============  =================================================================================================
 suite          runs (per dataset and seed)
 =============  =================================================================================================
-``main``       ``ranker`` per ``--presets`` entry, ``dlrm`` (on the first preset's feature spec), ``popularity``,
+``main``       ``ranker`` per ``--presets`` entry, ``dlrm`` (:func:`dlrm_shape`'s feature spec), ``popularity``,
                ``lr``; datasets movielens-1m and movielens
 ``unified``    ``ranker`` variant ``unified`` (one model, every scenario's targets) vs variant ``per-scenario``
                (one model per scenario, trained only on that scenario's targets: each sample's targets are
@@ -123,7 +123,7 @@ class QualityConfig:
     Attributes:
         suite: one of :data:`SUITES`.
         datasets: dataset names (``--dataset`` values of ``trainer.evaluate``; not ``log``).
-        presets: preset names: the Ranker's of ``main`` (the first also shapes the DLRM's feature spec), the base
+        presets: preset names: the Ranker's of ``main`` (the longest-history one shapes the DLRM's feature spec), the base
             presets of ``ablations``, the one of ``unified``; ``scaling`` uses ``model.presets.SCALING``.
         seeds: torch seeds (model init); the non-neural models run once per seed as well (same numbers).
         models: the models of ``main``.
@@ -251,6 +251,7 @@ def plan(cfg: QualityConfig) -> list[Run]:
     """The runs of one dataset, in order (empty for ``scaling``/``ablations`` when model.presets lacks them)."""
     runs: list[Run] = []
     first = PRESETS[cfg.presets[0]]
+    shape = dlrm_shape(cfg.presets)
     if cfg.suite == "scaling":  # preset outer, seed inner: the batches of one feature spec are collated once
         return [Run("ranker", PRESETS[p], seed, preset_label=p) for p in scaling_presets() for seed in cfg.seeds]
     if cfg.suite == "ablations":
@@ -270,11 +271,22 @@ def plan(cfg: QualityConfig) -> list[Run]:
                 if m == "ranker":
                     runs += [Run("ranker", PRESETS[p], seed, preset_label=p) for p in cfg.presets]
                 else:
-                    runs.append(Run(m, first, seed, preset_label=first.name if m == "dlrm" else ""))
+                    runs.append(Run(m, shape, seed, preset_label=shape.name if m == "dlrm" else ""))
         else:
             runs += [Run("ranker", first, seed, "unified", first.name),
                      Run("ranker", first, seed, "per-scenario", first.name, per_scenario=True)]
     return runs
+
+
+def dlrm_shape(presets: Sequence[str]) -> Preset:
+    """The preset whose feature spec the main suite's DLRM gets: the one with the longest history (the first of
+    those on a tie), so DLRM reads as much of each user's history as the longest-reading Ranker it is compared with.
+
+    Example:
+        >>> dlrm_shape(("eval-ml100k", "eval-ml1m")).name
+        'eval-ml1m'
+    """
+    return max((PRESETS[p] for p in presets), key=lambda p: p.max_history)
 
 
 def scaling_presets() -> tuple[str, ...]:

@@ -121,6 +121,18 @@ def test_scaling_and_ablations_follow_model_presets(events: list[Any], tmp_path:
     assert {r["suite"] for r in load_records(out)} == {"scaling", "ablations"}  # merged, both kept
 
 
+def test_main_suite_gives_dlrm_the_longest_history_of_its_presets() -> None:
+    presets = ("eval-ml100k", "eval-ml1m", "small")
+    assert PRESETS["eval-ml1m"].max_history > max(PRESETS[p].max_history for p in presets if p != "eval-ml1m")
+    runs = quality.plan(QualityConfig(suite="main", datasets=("synthetic",), presets=presets, seeds=(0, 1)))
+    dlrm = [r for r in runs if r.model == "dlrm"]
+    assert [r.seed for r in dlrm] == [0, 1]
+    assert all(r.preset.name == r.preset_label == "eval-ml1m" for r in dlrm)
+    assert [r.preset.name for r in runs if r.model == "ranker" and r.seed == 0] == list(presets)
+    # a tie keeps the first of the longest
+    assert quality.dlrm_shape(("eval-ml100k", "small")).name == "eval-ml100k"
+
+
 def test_config_is_validated() -> None:
     with pytest.raises(ValueError, match="suite"):
         QualityConfig(suite="nope", datasets=("synthetic",))
