@@ -18,8 +18,9 @@ preset                  shape                                                   
                         readout, cross-counter rates, label-prior output biases    numbers (``docs/results/eval``)
 ``eval-ml1m``           ``eval-ml100k`` plus user x item factorization logits      the best MovieLens-1M preset of
                         (``mf_dim=32``), co-watch read weights per context size    the main table (trainer.quality)
-                        and the signed co-like readout; 65,536 sketch rows;
-                        reads of actions minus a learned item baseline
+                        and the signed co-like readout; 65,536 x 512 sketches;
+                        reads of actions minus a learned item baseline;
+                        recent reads; L=512; experts 128 wide
 ``small``               d=32, 1 block, K=3, GQA 3:1, head width d/2, experts 2d;   :data:`SCALING`: MTGR's
 ``medium``              d=64, 2 blocks; ``large``: d=128, 3 blocks; all with       small/medium/large scaled to a
 ``large``               cross-counter rates, label-prior biases; L=256, R=64       2-core CPU (trainer.quality)
@@ -153,13 +154,14 @@ PRESETS["eval-ml1m"] = dataclasses.replace(
                 "against the target's item embeddings), co-watch read weights per context-size bucket and the "
                 "co-like readout (a signed co-occurrence sketch: items liked or skipped by the same users), with "
                 "65,536 sketch rows (fewer items folded onto one row), item-baseline-adjusted reads and recent reads "
-                "(the mean action over the last 4, 16 and 64 visible context tokens, co-like reads of the last 64) and "
-                "histories of 512, added on "
+                "(the mean action over the last 4, 16 and 64 visible context tokens, co-like reads of the last 64), "
+                "histories of 512, sketches 512 wide (two 128 MB sketches) and experts 128 wide, added on "
                 "MovieLens-1M where DLRM had been learning more than the Ranker from the later stream and from a "
                 "user's first targets (docs/experiments.md)",
     ranker=dataclasses.replace(PRESETS["eval-ml100k"].ranker, preset="eval-ml1m", mf_dim=32, cowatch_size_buckets=9,
                                colike_signs=LIKED_AND_SKIPPED, cowatch_rows=65536, cowatch_item_baseline=True,
-                               cowatch_recent=(4, 16, 64), cowatch_recent_similar=64),
+                               cowatch_recent=(4, 16, 64), cowatch_recent_similar=64, cowatch_dim=512,
+                               expert_dim=128),
     max_history=512)
 
 
