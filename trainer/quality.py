@@ -123,8 +123,9 @@ class QualityConfig:
     Attributes:
         suite: one of :data:`SUITES`.
         datasets: dataset names (``--dataset`` values of ``trainer.evaluate``; not ``log``).
-        presets: preset names: the Ranker's of ``main`` (the longest-history one shapes the DLRM's feature spec), the base
-            presets of ``ablations``, the one of ``unified``; ``scaling`` uses ``model.presets.SCALING``.
+        presets: preset names: the Ranker's of ``main`` (the longest-history one shapes the DLRM's feature spec,
+            :func:`dlrm_shape`), the base presets of ``ablations``, the one of ``unified``; ``scaling`` uses
+            ``model.presets.SCALING``.
         seeds: torch seeds (model init); the non-neural models run once per seed as well (same numbers).
         models: the models of ``main``.
         limit_targets: only this prefix of each dataset's target stream (None = all).
