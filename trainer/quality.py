@@ -100,7 +100,8 @@ DEFAULT_OUT = Path("docs/results/quality.json")
 KEY = ("suite", "dataset", "preset", "model", "variant", "seed", "scenario", "task")
 OVERALL = "*"
 EPILOG = """suites (per dataset and seed):
-  main       ranker (each --presets entry), dlrm, popularity, lr; datasets movielens-1m, movielens
+  main       ranker (each --presets entry), dlrm (on the entry with the longest history), popularity, lr;
+             datasets movielens-1m, movielens
   unified    ranker on every scenario (variant unified) vs one ranker per scenario trained on that scenario's
              targets only (variant per-scenario; histories keep every scenario); dataset movielens-1m
   scaling    ranker for each preset of model.presets.SCALING (+ flops_per_target); dataset movielens-1m
