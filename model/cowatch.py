@@ -154,24 +154,32 @@ class CoWatch(nn.Module):
         """(N,) sketch row of each token (item-table row folded to ``rows``)."""
         return token_item_rows(batch, self.table_rows) % self.rows
 
+    @torch.no_grad()
+    def similarity(self, c_rows: torch.Tensor, t_rows: torch.Tensor, visible: Visibility) -> torch.Tensor:
+        """Context (Nc,) and target (T,) sketch rows on ``visible``'s blocks -> (U, Lt, Lc) cosines of each target's
+        sketch row with each context token's (padding slots hold junk: ``visible.vis`` masks them)."""
+        ctx = self.context
+        assert isinstance(ctx, torch.Tensor)
+        ce = nn.functional.normalize(ctx[c_rows], dim=-1)[visible.c_grid]  # (U, Lc, k)
+        te = nn.functional.normalize(ctx[t_rows], dim=-1)[visible.t_grid]  # (U, Lt, k)
+        return te @ ce.transpose(1, 2)
+
     def forward(self, c_rows: torch.Tensor, c_act: torch.Tensor, c_ts: torch.Tensor, c_group: torch.Tensor,
                 c_user: torch.Tensor, t_rows: torch.Tensor, t_ts: torch.Tensor, t_user: torch.Tensor,
-                visible: Visibility | None = None) -> torch.Tensor:
+                visible: Visibility | None = None, sim: torch.Tensor | None = None) -> torch.Tensor:
         """Context tokens (Nc,): sketch rows, action embeddings (Nc, a), ts, TokenGroup, owning user; targets (T,):
         sketch rows, ts (same origin as ``c_ts``), owning user -> (T, tasks) logits. Non-H/R context is ignored.
-        ``visible``: :func:`visible_context` of these arguments, when the caller has it already (several readouts).
+        ``visible``: :func:`visible_context` of these arguments, ``sim``: :meth:`similarity` on it, when the caller
+        has them already (several readouts).
 
         Each user's targets read only that user's context, so the reads run per user on padded blocks
         (U, Lt, Lc) — not on one (T, Nc) matrix that is mostly other users' tokens."""
-        ctx = self.context
-        assert isinstance(ctx, torch.Tensor)
         if visible is None:
             visible = visible_context(c_ts, c_group, c_user, t_ts, t_user)
+        if sim is None:
+            sim = self.similarity(c_rows, t_rows, visible)  # (U, Lt, Lc)
         c_grid, t_grid, t_valid, vis = visible
         with torch.no_grad():
-            ce = nn.functional.normalize(ctx[c_rows], dim=-1)[c_grid]  # (U, Lc, k)
-            te = nn.functional.normalize(ctx[t_rows], dim=-1)[t_grid]  # (U, Lt, k)
-            sim = te @ ce.transpose(1, 2)  # (U, Lt, Lc)
             n_vis = vis.sum(2, keepdim=True)  # (U, Lt, 1)
             any_vis = (n_vis > 0).to(sim.dtype)
             weights = []
@@ -289,8 +297,8 @@ class RecentReads(nn.Module):
         recent_k(t) = mean_{j in last_k(V(t))} a_j       logits(t) = W [recent_k1(t), recent_k2(t), ...]
 
     With ``similar_window > 0`` it also reads by similarity among the latest tokens only: one softmax read per
-    temperature in ``temperatures`` over the last ``similar_window`` visible tokens, weighted by the cosine of
-    sketch rows passed in (the Ranker passes the co-like sketch's), into a second term ``W_s`` — what the user did
+    temperature in ``temperatures`` over the last ``similar_window`` visible tokens, weighted by similarities passed
+    in (the Ranker passes the co-like readout's, :meth:`CoWatch.similarity`), into a second term ``W_s`` — what the user did
     lately on items like the target, next to the readouts' reads over the whole context.
 
     ``W`` and ``W_s`` start at zero. The reads use the same visibility as :class:`CoWatch` and the same actions
@@ -349,10 +357,9 @@ class RecentReads(nn.Module):
                 weights.append(w / w.sum(2, keepdim=True).clamp(min=1.0))
         return weights
 
-    def _similar(self, v: Visibility, c_emb: torch.Tensor, t_emb: torch.Tensor) -> list[torch.Tensor]:
+    def _similar(self, v: Visibility, sim: torch.Tensor) -> list[torch.Tensor]:
         with torch.no_grad():
             near = v.vis & (self._from_end(v.vis) < self.similar_window)  # (U, Lt, Lc)
-            sim = t_emb[v.t_grid] @ c_emb[v.c_grid].transpose(1, 2)
             any_near = (near.sum(2, keepdim=True) > 0).to(sim.dtype)
             return [torch.nan_to_num(torch.softmax((sim * tau).masked_fill(~near, -math.inf), dim=2), nan=0.0)
                     * any_near for tau in self.temperatures]
@@ -365,14 +372,15 @@ class RecentReads(nn.Module):
         return self._read(c_act, v, self._recent(v))
 
     def forward(self, c_act: torch.Tensor, c_ts: torch.Tensor, c_group: torch.Tensor, c_user: torch.Tensor,
-                t_ts: torch.Tensor, t_user: torch.Tensor, c_emb: torch.Tensor | None = None,
-                t_emb: torch.Tensor | None = None, visible: Visibility | None = None) -> torch.Tensor:
-        """The :meth:`reads`' arguments (and, with ``similar_window``, unit-norm sketch rows of the context tokens
-        (Nc, k) and the targets (T, k); ``visible`` as in :meth:`CoWatch.forward`) -> (T, tasks) logits."""
+                t_ts: torch.Tensor, t_user: torch.Tensor, sim: torch.Tensor | None = None,
+                visible: Visibility | None = None) -> torch.Tensor:
+        """The :meth:`reads`' arguments (and, with ``similar_window``, ``sim``: (U, Lt, Lc) target-to-context
+        similarities on ``visible``'s blocks, e.g. :meth:`CoWatch.similarity`; ``visible`` as in
+        :meth:`CoWatch.forward`) -> (T, tasks) logits."""
         v = visible_context(c_ts, c_group, c_user, t_ts, t_user) if visible is None else visible
         out: torch.Tensor = self.proj(self._read(c_act, v, self._recent(v)))
         if self.sim_proj is not None:
-            if c_emb is None or t_emb is None:
-                raise ValueError("RecentReads with similar_window needs the sketch rows (c_emb, t_emb)")
-            out = out + self.sim_proj(self._read(c_act, v, self._similar(v, c_emb, t_emb)))
+            if sim is None:
+                raise ValueError("RecentReads with similar_window needs the similarities (sim)")
+            out = out + self.sim_proj(self._read(c_act, v, self._similar(v, sim)))
         return out

@@ -391,18 +391,12 @@ class Ranker(nn.Module):
         c_rows, c_act, c_ts, c_group, c_user, t_rows, t_ts, t_user = args
         vis = visible_context(c_ts, c_group, c_user, t_ts, t_user)  # one per batch, shared by every readout
         item_logit = item_logit + self.cowatch(*args, visible=vis)
+        sim = None  # the co-like cosines, shared by its readout and the recent reads' similar term
         if self.colike is not None:
-            item_logit = item_logit + self.colike(*args, visible=vis)
+            sim = self.colike.similarity(c_rows, t_rows, vis)
+            item_logit = item_logit + self.colike(*args, visible=vis, sim=sim)
         if self.recent is not None:
-            c_emb = t_emb = None
-            if self.recent.sim_proj is not None:
-                assert self.colike is not None
-                sketch = self.colike.context
-                assert isinstance(sketch, torch.Tensor)
-                with torch.no_grad():
-                    c_emb = nn.functional.normalize(sketch[c_rows], dim=-1)
-                    t_emb = nn.functional.normalize(sketch[t_rows], dim=-1)
-            item_logit = item_logit + self.recent(c_act, c_ts, c_group, c_user, t_ts, t_user, c_emb, t_emb, vis)
+            item_logit = item_logit + self.recent(c_act, c_ts, c_group, c_user, t_ts, t_user, sim, vis)
         return item_logit
 
     def observe(self, batch: Batch) -> None:

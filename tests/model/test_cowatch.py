@@ -423,7 +423,8 @@ def test_recent_similar_reads_softmax_over_the_last_window_visible_tokens_only()
     c_ts, c_group = torch.tensor([0.0, 0.0, 0.0, 1.0, 4.0]), torch.tensor([H, H, H, R, R])
     user = torch.zeros(5, dtype=torch.int64)
     v = visible_context(c_ts, c_group, user, torch.tensor([2.0]), torch.zeros(1, dtype=torch.int64))
-    got = RecentReads._read(c_act, v, rr._similar(v, emb[:5], emb[5:]))
+    sim = emb[5:][v.t_grid] @ emb[:5][v.c_grid].transpose(1, 2)  # (U, Lt, Lc) cosines on the blocks
+    got = RecentReads._read(c_act, v, rr._similar(v, sim))
     last = [2, 3]  # visible: tokens 0-3 (the R token at ts 4 is later); the last two of them
     w = torch.softmax(3.0 * (emb[last] @ emb[5]), dim=0)
     torch.testing.assert_close(got[0], (w.unsqueeze(1) * c_act[last]).sum(0))
